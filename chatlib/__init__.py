@@ -1,0 +1,1 @@
+"""Core library of OpenRouter Chat: everything except the Gradio wiring."""

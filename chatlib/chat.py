@@ -1,0 +1,237 @@
+"""One chat turn, end to end: checks, upstream stream, frames, metadata and log events."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+import structlog
+
+from chatlib import errors
+from chatlib.client import (
+    ClientPool,
+    Clock,
+    Finished,
+    ReasoningDelta,
+    StreamEvent,
+    StreamFailed,
+    TextDelta,
+    Usage,
+    stream_chat,
+)
+from chatlib.config import Settings
+from chatlib.frames import FrameBudget, TurnControl, coalesce
+from chatlib.messages import (
+    AnswerMeta,
+    ChatMessage,
+    History,
+    build_upstream_messages,
+    check_user_input,
+)
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """Everything one turn needs; built by the UI or the API handler."""
+
+    history: History
+    user_text: str
+    model: str
+    system_prompt: str
+    temperature: float
+    api_key: str | None = None
+    session_key: str | None = None
+    conversation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TurnFrame:
+    """The conversation as it should look now. `done` marks the final frame."""
+
+    history: History
+    done: bool = False
+    error: errors.ChatError | None = None
+
+    @property
+    def answer(self) -> ChatMessage:
+        """The assistant message being written."""
+        return self.history[-1]
+
+
+@dataclass
+class _Answer:
+    model: str
+    text: list[str]
+    reasoning: list[str]
+    meta: AnswerMeta
+
+    def apply(self, event: StreamEvent) -> None:
+        if isinstance(event, TextDelta):
+            self.text.append(event.text)
+        elif isinstance(event, ReasoningDelta):
+            self.reasoning.append(event.text)
+        elif isinstance(event, Usage):
+            self.meta = replace(
+                self.meta,
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
+                reasoning_tokens=event.reasoning_tokens,
+                cost_usd=event.cost_usd,
+            )
+        elif isinstance(event, Finished):
+            self.meta = replace(
+                self.meta,
+                status="complete",
+                ttft_ms=event.ttft_ms,
+                latency_ms=event.latency_ms,
+                generation_id=event.generation_id,
+            )
+        elif isinstance(event, StreamFailed):
+            self.meta = replace(
+                self.meta,
+                status="interrupted",
+                error=event.error.user_message,
+                ttft_ms=event.ttft_ms,
+                latency_ms=event.latency_ms,
+                generation_id=event.generation_id,
+            )
+
+    def message(self) -> ChatMessage:
+        return ChatMessage(
+            role="assistant",
+            content="".join(self.text),
+            reasoning="".join(self.reasoning),
+            meta=self.meta,
+        )
+
+
+class ChatService:
+    """Runs chat turns against OpenRouter and lets the Stop button end them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        clients: ClientPool,
+        budget: FrameBudget,
+        *,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._clients = clients
+        self._budget = budget
+        self._clock = clock
+        self._running: dict[str, TurnControl] = {}
+
+    @property
+    def active_streams(self) -> int:
+        """Answers streaming right now."""
+        return self._budget.active_streams
+
+    def resolve_key(self, visitor_key: str | None) -> str:
+        """The key to use: the visitor's own, else the operator's; else MissingApiKey."""
+        key = (visitor_key or "").strip() or self._settings.openrouter_api_key
+        if not key:
+            raise errors.MissingApiKey()
+        return key
+
+    def stop(self, session_key: str) -> bool:
+        """Stop the turn running for `session_key`; True if there was one."""
+        control = self._running.get(session_key)
+        if control is None:
+            return False
+        control.stop()
+        return True
+
+    async def run_turn(self, request: TurnRequest) -> AsyncIterator[TurnFrame]:
+        """Stream one answer as frames. Raises ChatError before the first frame if refused."""
+        text = check_user_input(request.user_text, self._settings.max_input_chars)
+        key = self.resolve_key(request.api_key)
+        history: History = (*request.history, ChatMessage(role="user", content=text))
+        upstream = build_upstream_messages(
+            history, request.system_prompt, self._settings.max_history_messages
+        )
+        answer = _Answer(request.model, [], [], AnswerMeta(model=request.model))
+        yield TurnFrame(history=(*history, answer.message()))
+
+        control = TurnControl()
+        if request.session_key is not None:
+            previous = self._running.get(request.session_key)
+            if previous is not None:
+                previous.stop()
+            self._running[request.session_key] = control
+        request_id = uuid.uuid4().hex[:16]
+        started = self._clock()
+        first_token_logged = False
+        failure: errors.ChatError | None = None
+        with (
+            structlog.contextvars.bound_contextvars(
+                request_id=request_id,
+                model=request.model,
+                conversation_id=request.conversation_id,
+            ),
+            self._budget.streaming(),
+        ):
+            log.info("chat.started", messages=len(upstream), temperature=request.temperature)
+            try:
+                events = stream_chat(
+                    self._clients.get(key),
+                    model=request.model,
+                    messages=upstream,
+                    temperature=request.temperature,
+                    idle_timeout=self._settings.stream_idle_timeout_seconds,
+                    clock=self._clock,
+                )
+                async for batch in coalesce(events, self._budget, control, clock=self._clock):
+                    for event in batch:
+                        answer.apply(event)
+                        if isinstance(event, StreamFailed):
+                            failure = event.error
+                    if not first_token_logged and (answer.text or answer.reasoning):
+                        first_token_logged = True
+                        log.info("chat.first_token", ttft_ms=_ms(self._clock() - started))
+                    if answer.meta.status == "streaming":
+                        yield TurnFrame(history=(*history, answer.message()))
+                if control.stop_requested and answer.meta.status == "streaming":
+                    answer.meta = replace(
+                        answer.meta,
+                        status="stopped",
+                        latency_ms=_ms(self._clock() - started),
+                    )
+            finally:
+                if (
+                    request.session_key is not None
+                    and self._running.get(request.session_key) is control
+                ):
+                    del self._running[request.session_key]
+            meta = answer.meta
+            if meta.status == "streaming":  # upstream ended without a final event
+                meta = replace(meta, status="complete", latency_ms=_ms(self._clock() - started))
+                answer.meta = meta
+            if failure is not None:
+                log.warning(
+                    "chat.failed",
+                    status=getattr(failure, "status", None),
+                    code=getattr(failure, "code", None),
+                    kept_chars=len("".join(answer.text)),
+                    latency_ms=meta.latency_ms,
+                )
+            else:
+                log.info(
+                    "chat.finished",
+                    outcome=meta.status,
+                    prompt_tokens=meta.prompt_tokens,
+                    completion_tokens=meta.completion_tokens,
+                    reasoning_tokens=meta.reasoning_tokens,
+                    cost_usd=meta.cost_usd,
+                    ttft_ms=meta.ttft_ms,
+                    latency_ms=meta.latency_ms,
+                )
+        yield TurnFrame(history=(*history, answer.message()), done=True, error=failure)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)

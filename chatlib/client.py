@@ -1,0 +1,347 @@
+"""OpenRouter streaming through the openai SDK, as typed events."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import openai
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+
+from chatlib import errors
+from chatlib.config import Settings
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the answer."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ReasoningDelta:
+    """A piece of the model's visible reasoning ("thinking")."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts and cost from the final chunk."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cost_usd: float | None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The stream ended normally."""
+
+    finish_reason: str | None
+    generation_id: str | None
+    ttft_ms: float | None
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class StreamFailed:
+    """The stream failed; text already received stays valid."""
+
+    error: errors.UpstreamError
+    generation_id: str | None
+    ttft_ms: float | None
+    latency_ms: float
+
+
+StreamEvent = TextDelta | ReasoningDelta | Usage | Finished | StreamFailed
+
+
+def _error_body(exc: openai.APIError) -> Mapping[str, Any]:
+    body = exc.body
+    if isinstance(body, Mapping):
+        inner = body.get("error")
+        return inner if isinstance(inner, Mapping) else body
+    return {}
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    raw = exc.response.headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None
+
+
+def _upstream_message(body: Mapping[str, Any], fallback: str) -> str:
+    message = body.get("message")
+    text = message if isinstance(message, str) and message.strip() else fallback
+    return text.strip()[:500]
+
+
+def map_api_error(exc: openai.APIError, *, model: str, started: bool) -> errors.UpstreamError:
+    """Turn an SDK exception into our error hierarchy with an actionable message."""
+    if isinstance(exc, openai.APITimeoutError):
+        return errors.UpstreamTimeout(
+            "OpenRouter did not answer in time. Try again, or pick a faster model.",
+            status=408,
+            code="timeout",
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        cls: type[errors.UpstreamError] = (
+            errors.StreamInterrupted if started else errors.ProviderUnavailable
+        )
+        return cls(
+            "The connection to OpenRouter was lost"
+            + (" mid-answer; the text so far is kept." if started else ". Try again."),
+            code="connection_error",
+        )
+    body = _error_body(exc)
+    if not isinstance(exc, openai.APIStatusError):
+        # An error chunk inside a 200 stream: the provider failed after starting.
+        detail = _upstream_message(body, "the provider reported an error")
+        code = body.get("code")
+        return errors.StreamInterrupted(
+            f"The answer was interrupted: {detail}. The text so far is kept; retry to try again.",
+            status=code if isinstance(code, int) else None,
+            code="midstream_error",
+        )
+    status = exc.status_code
+    detail = _upstream_message(body, exc.message)
+    metadata = body.get("metadata") if isinstance(body.get("metadata"), Mapping) else {}
+    if status == 400:
+        return errors.BadRequest(
+            f"OpenRouter rejected the request (400): {detail}. Check the model id '{model}'.",
+            status=400,
+            code="bad_request",
+        )
+    if status == 401:
+        return errors.AuthenticationFailed(
+            "OpenRouter rejected the API key (401). Check OPENROUTER_API_KEY or the key you "
+            "entered.",
+            status=401,
+            code="invalid_key",
+        )
+    if status == 402:
+        return errors.InsufficientCredits(
+            "The OpenRouter account is out of credits (402). Add credits at "
+            "https://openrouter.ai/settings/credits or choose a free model.",
+            status=402,
+            code="insufficient_credits",
+        )
+    if status == 403:
+        reasons = metadata.get("reasons") if isinstance(metadata, Mapping) else None
+        why = ", ".join(str(r) for r in reasons) if isinstance(reasons, list) and reasons else ""
+        return errors.ModerationFlagged(
+            "The provider's moderation flagged this message (403)"
+            + (f": {why}" if why else "")
+            + ". Rephrase it or choose another model.",
+            status=403,
+            code="moderation",
+        )
+    if status == 408:
+        return errors.UpstreamTimeout(
+            "The model took too long to answer (408). Try again or pick another model.",
+            status=408,
+            code="timeout",
+        )
+    if status == 429:
+        retry = _retry_after(exc)
+        hint = f" Retry in {retry:.0f} s." if retry is not None else " Wait a moment and retry."
+        return errors.UpstreamRateLimited(
+            f"OpenRouter is rate-limiting this model (429): {detail}.{hint} "
+            "Free (:free) models have tight limits; a paid model avoids them.",
+            status=429,
+            code="upstream_rate_limited",
+            retry_after=retry,
+        )
+    if status in (502, 503) or status >= 500:
+        return errors.ProviderUnavailable(
+            f"The model's provider is unavailable ({status}): {detail}. Try again shortly or "
+            "pick another model.",
+            status=status,
+            code="provider_unavailable",
+        )
+    return errors.UpstreamError(
+        f"OpenRouter returned an error ({status}): {detail}.", status=status, code="upstream_error"
+    )
+
+
+class ClientPool:
+    """One AsyncOpenAI client per API key, reused so connections are pooled."""
+
+    def __init__(self, settings: Settings, *, max_clients: int = 256) -> None:
+        self._settings = settings
+        self._clients: dict[str, AsyncOpenAI] = {}
+        self._max_clients = max_clients
+
+    def get(self, api_key: str) -> AsyncOpenAI:
+        """The client for `api_key` (created on first use)."""
+        slot = hashlib.sha256(api_key.encode()).hexdigest()
+        client = self._clients.get(slot)
+        if client is None:
+            if len(self._clients) >= self._max_clients:
+                # Visitor keys come and go; forget the oldest (it is closed by GC).
+                self._clients.pop(next(iter(self._clients)))
+            client = self._new_client(api_key)
+            self._clients[slot] = client
+        return client
+
+    def _new_client(self, api_key: str) -> AsyncOpenAI:
+        s = self._settings
+        headers = {"X-OpenRouter-Title": s.app_title, "X-Title": s.app_title}
+        if s.app_url:
+            headers["HTTP-Referer"] = s.app_url
+        return AsyncOpenAI(
+            base_url=s.openrouter_base_url,
+            api_key=api_key,
+            timeout=openai.Timeout(
+                s.request_timeout_seconds,
+                connect=s.connect_timeout_seconds,
+                pool=s.connect_timeout_seconds,
+            ),
+            max_retries=s.openrouter_max_retries,
+            default_headers=headers,
+        )
+
+    async def aclose(self) -> None:
+        """Close every pooled client."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+
+def _extra(obj: Any, name: str) -> Any:
+    value = getattr(obj, name, None)
+    if value is None:
+        extra = getattr(obj, "model_extra", None) or {}
+        value = extra.get(name)
+    return value
+
+
+def _usage_event(usage: Any) -> Usage:
+    details = getattr(usage, "completion_tokens_details", None)
+    reasoning = getattr(details, "reasoning_tokens", None) if details is not None else None
+    cost = _extra(usage, "cost")
+    return Usage(
+        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        reasoning_tokens=int(reasoning or 0),
+        cost_usd=float(cost) if isinstance(cost, int | float) else None,
+    )
+
+
+async def stream_chat(
+    client: AsyncOpenAI,
+    *,
+    model: str,
+    messages: list[dict[str, str]],
+    temperature: float,
+    idle_timeout: float,
+    clock: Clock = time.monotonic,
+    extra_body: Mapping[str, Any] | None = None,
+) -> AsyncIterator[StreamEvent]:
+    """Stream one answer as typed events; always ends with Finished or StreamFailed.
+
+    Closing this generator (e.g. the user pressed Stop) closes the upstream connection.
+    """
+    started_at = clock()
+    first_token_at: float | None = None
+    generation_id: str | None = None
+    finish_reason: str | None = None
+
+    def elapsed_ms(at: float | None) -> float | None:
+        return None if at is None else (at - started_at) * 1000
+
+    def failed(error: errors.UpstreamError) -> StreamFailed:
+        return StreamFailed(
+            error=error,
+            generation_id=generation_id,
+            ttft_ms=elapsed_ms(first_token_at),
+            latency_ms=(clock() - started_at) * 1000,
+        )
+
+    try:
+        async with asyncio.timeout(idle_timeout):
+            stream: AsyncStream[ChatCompletionChunk] = await client.chat.completions.create(
+                model=model,
+                messages=cast("list[ChatCompletionMessageParam]", messages),
+                temperature=temperature,
+                stream=True,
+                extra_body=dict(extra_body or {}),
+            )
+    except openai.APIError as exc:
+        yield failed(map_api_error(exc, model=model, started=False))
+        return
+    except TimeoutError:
+        yield failed(
+            errors.UpstreamTimeout(
+                f"OpenRouter sent nothing for {idle_timeout:g} s. Try again or pick another model.",
+                status=408,
+                code="timeout",
+            )
+        )
+        return
+
+    iterator = stream.__aiter__()
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                break
+            generation_id = generation_id or getattr(chunk, "id", None)
+            if chunk.usage is not None:
+                yield _usage_event(chunk.usage)
+            # The usage chunk has an EMPTY choices list.
+            for choice in chunk.choices or ():
+                delta = choice.delta
+                reasoning = _extra(delta, "reasoning") if delta is not None else None
+                if isinstance(reasoning, str) and reasoning:
+                    first_token_at = first_token_at or clock()
+                    yield ReasoningDelta(reasoning)
+                content = delta.content if delta is not None else None
+                if content:
+                    first_token_at = first_token_at or clock()
+                    yield TextDelta(content)
+                if choice.finish_reason:
+                    finish_reason = choice.finish_reason
+        yield Finished(
+            finish_reason=finish_reason,
+            generation_id=generation_id,
+            ttft_ms=elapsed_ms(first_token_at),
+            latency_ms=(clock() - started_at) * 1000,
+        )
+    except TimeoutError:
+        yield failed(
+            errors.StreamStalled(
+                f"The answer stalled: nothing arrived for {idle_timeout:g} s. The text so far "
+                "is kept; retry to try again.",
+                code="stalled",
+            )
+        )
+    except openai.APIError as exc:
+        yield failed(map_api_error(exc, model=model, started=True))
+    except (UnicodeDecodeError, ValueError) as exc:
+        # Invalid SSE or non-UTF-8 bytes from upstream.
+        yield failed(
+            errors.StreamInterrupted(
+                f"OpenRouter sent a malformed stream ({type(exc).__name__}). The text so far is "
+                "kept; retry to try again.",
+                code="malformed_stream",
+            )
+        )
+    finally:
+        await stream.close()

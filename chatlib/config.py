@@ -1,0 +1,288 @@
+"""Settings: read once from the environment (and `.env`), validated, frozen."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from dotenv import dotenv_values
+
+from chatlib.errors import ConfigError
+
+TEMPERATURE_SLIDER_MAX = 1.2
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_ROTATION_WHEN = ("S", "M", "H", "D", "MIDNIGHT", "W0", "W1", "W2", "W3", "W4", "W5", "W6")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One environment variable: its name, default, parser and documentation."""
+
+    name: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _optional_secret(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _model_id(raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError("must be a model id such as 'openai/gpt-4o'")
+    return value
+
+
+def _http_url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
+def _optional_url(raw: str) -> str | None:
+    return _http_url(raw) if raw.strip() else None
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _number(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:
+            raise ValueError(f"must be a number between {low:g} and {high:g}")
+        return value
+
+    return parse
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise ValueError(f"must be a whole number between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().upper()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _host(raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c.isspace() or c in "/?#" for c in value):
+        raise ValueError("must be a host name or IP address")
+    return value
+
+
+def _path(raw: str) -> Path:
+    if not raw.strip():
+        raise ValueError("must be a file path")
+    return Path(raw.strip())
+
+
+# The single source of truth for every variable: Settings, .env.example and the README table
+# are all checked against this list by the tests.
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar(
+        "OPENROUTER_API_KEY",
+        "",
+        _optional_secret,
+        "OpenRouter API key used for every visitor's requests. Optional: without it the "
+        "page explains how to set one.",
+        secret=True,
+    ),
+    EnvVar(
+        "OPENROUTER_BASE_URL",
+        "https://openrouter.ai/api/v1",
+        _http_url,
+        "OpenRouter API base URL (tests point it at a local stand-in).",
+    ),
+    EnvVar("DEFAULT_MODEL", "openai/gpt-4o", _model_id, "Model selected for new chats."),
+    EnvVar(
+        "TEMPERATURE",
+        "0.3",
+        _number(0.0, 2.0),
+        "Default sampling temperature, 0-2 (the slider covers 0-1.2; higher is clamped).",
+    ),
+    EnvVar(
+        "MAX_INPUT_CHARS",
+        "8000",
+        _integer(1, 1_000_000),
+        "Longest message a visitor may send, in characters.",
+    ),
+    EnvVar(
+        "MAX_HISTORY_MESSAGES",
+        "40",
+        _integer(1, 10_000),
+        "How many of the latest messages are sent upstream (plus the system prompt).",
+    ),
+    EnvVar("HOST", "0.0.0.0", _host, "Address the server binds to."),  # noqa: S104
+    EnvVar("PORT", "7860", _integer(1, 65535), "Port the server listens on."),
+    EnvVar("LOG_LEVEL", "INFO", _choice(_LOG_LEVELS), "DEBUG, INFO, WARNING or ERROR."),
+    EnvVar("LOG_JSON", "true", _bool, "true: one JSON object per log line; false: console."),
+    EnvVar("LOG_PATH", "logs/app.log", _path, "Log file (rotated); its directory is created."),
+    EnvVar(
+        "LOG_ROTATION_WHEN",
+        "midnight",
+        _choice(_ROTATION_WHEN),
+        "When the log file rotates (S, M, H, D, midnight, W0-W6).",
+    ),
+    EnvVar("LOG_ROTATION_INTERVAL", "1", _integer(1, 1440), "Rotation interval, 1-1440 units."),
+    EnvVar("LOG_BACKUP_COUNT", "7", _integer(0, 1000), "Rotated log files kept."),
+    EnvVar(
+        "REQUEST_TIMEOUT_SECONDS",
+        "60",
+        _number(1, 3600),
+        "Read/write timeout of an upstream request, in seconds.",
+    ),
+    EnvVar(
+        "CONNECT_TIMEOUT_SECONDS",
+        "10",
+        _number(0.1, 600),
+        "Timeout to connect to OpenRouter (and to wait for a pooled connection).",
+    ),
+    EnvVar(
+        "STREAM_IDLE_TIMEOUT_SECONDS",
+        "60",
+        _number(0.1, 3600),
+        "A stream with no new chunk for this long is declared stalled; the partial answer is kept.",
+    ),
+    EnvVar(
+        "OPENROUTER_MAX_RETRIES",
+        "1",
+        _integer(0, 10),
+        "Retries of a request that failed before streaming started (connection errors, 5xx).",
+    ),
+    EnvVar(
+        "CATALOG_REFRESH_SECONDS",
+        "3600",
+        _number(10, 7 * 86400),
+        "How long the live model catalog is cached before it is fetched again.",
+    ),
+    EnvVar(
+        "CATALOG_TIMEOUT_SECONDS",
+        "10",
+        _number(0.1, 600),
+        "Timeout for fetching the model catalog; on failure a built-in list is used.",
+    ),
+    EnvVar(
+        "UI_FRAME_INTERVAL_MS",
+        "30",
+        _integer(5, 5000),
+        "Shortest time between two screen updates of one streaming answer.",
+    ),
+    EnvVar(
+        "UI_UPDATES_PER_SECOND",
+        "300",
+        _integer(10, 100_000),
+        "Budget of screen updates per second for all streams together; the frame "
+        "interval stretches as more people stream at once.",
+    ),
+    EnvVar(
+        "MAX_CONCURRENT_STREAMS",
+        "600",
+        _integer(1, 100_000),
+        "How many answers may stream at the same time (Gradio queue workers).",
+    ),
+    EnvVar(
+        "APP_TITLE",
+        "OpenRouter Chat",
+        _text,
+        "Page title; also sent to OpenRouter as X-OpenRouter-Title.",
+    ),
+    EnvVar("APP_URL", "", _optional_url, "Public URL of this app, sent as HTTP-Referer."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the app, validated."""
+
+    openrouter_api_key: str | None = dataclasses.field(default=None, repr=False)
+    openrouter_base_url: str = "https://openrouter.ai/api/v1"
+    default_model: str = "openai/gpt-4o"
+    temperature: float = 0.3
+    max_input_chars: int = 8000
+    max_history_messages: int = 40
+    host: str = "0.0.0.0"  # noqa: S104 - a Space must bind every interface
+    port: int = 7860
+    log_level: str = "INFO"
+    log_json: bool = True
+    log_path: Path = Path("logs/app.log")
+    log_rotation_when: str = "MIDNIGHT"
+    log_rotation_interval: int = 1
+    log_backup_count: int = 7
+    request_timeout_seconds: float = 60.0
+    connect_timeout_seconds: float = 10.0
+    stream_idle_timeout_seconds: float = 60.0
+    openrouter_max_retries: int = 1
+    catalog_refresh_seconds: float = 3600.0
+    catalog_timeout_seconds: float = 10.0
+    ui_frame_interval_ms: int = 30
+    ui_updates_per_second: int = 300
+    max_concurrent_streams: int = 600
+    app_title: str = "OpenRouter Chat"
+    app_url: str | None = None
+
+    @property
+    def slider_temperature(self) -> float:
+        """The default temperature clamped into the UI slider's range."""
+        return min(self.temperature, TEMPERATURE_SLIDER_MAX)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str], *, env_file: Path | None = Path(".env")
+    ) -> Settings:
+        """Build settings from `environ`, with `env_file` filling only unset variables."""
+        merged: dict[str, str] = {}
+        if env_file is not None and env_file.is_file():
+            merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        merged.update(environ)
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for var in ENV_VARS:
+            raw = merged.get(var.name, var.default)
+            try:
+                values[var.name.lower()] = var.parse(raw)
+            except ValueError as exc:
+                shown = "<hidden>" if var.secret else repr(raw)
+                problems.append(f"{var.name} {exc}, got {shown}")
+        if problems:
+            raise ConfigError(problems)
+        return cls(**values)

@@ -1,0 +1,90 @@
+"""The error hierarchy: every failure a user can see, with a message they can act on."""
+
+from __future__ import annotations
+
+
+class ChatError(Exception):
+    """Base class of every error this app shows to a user."""
+
+    @property
+    def user_message(self) -> str:
+        """The text shown in the page."""
+        return str(self)
+
+
+class ConfigError(ChatError):
+    """One or more settings are invalid; the message names each variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("Invalid configuration:\n" + "\n".join(f"- {p}" for p in problems))
+
+
+class InputError(ChatError):
+    """The user's input was refused before anything was sent upstream."""
+
+
+class MissingApiKey(ChatError):
+    """Neither the operator nor the visitor configured an OpenRouter key."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "No OpenRouter API key is configured. The operator can set OPENROUTER_API_KEY "
+            "(in .env or as a Space secret); get a key at https://openrouter.ai/keys."
+        )
+
+
+class UpstreamError(ChatError):
+    """OpenRouter (or the provider behind it) failed the request."""
+
+    status: int | None
+    code: str
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str = "upstream_error",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+class BadRequest(UpstreamError):
+    """400: the request was malformed, e.g. the model id does not exist."""
+
+
+class AuthenticationFailed(UpstreamError):
+    """401: the API key is missing, wrong or revoked."""
+
+
+class InsufficientCredits(UpstreamError):
+    """402: the account behind the key has no credits left."""
+
+
+class ModerationFlagged(UpstreamError):
+    """403: the input was flagged by the provider's moderation."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """408 or a client-side timeout before the answer started."""
+
+
+class UpstreamRateLimited(UpstreamError):
+    """429: OpenRouter's own rate limit (not this app's)."""
+
+
+class ProviderUnavailable(UpstreamError):
+    """5xx: the provider is down or no provider is available."""
+
+
+class StreamInterrupted(UpstreamError):
+    """The answer started but broke off (mid-stream error or dropped connection)."""
+
+
+class StreamStalled(StreamInterrupted):
+    """No token arrived within STREAM_IDLE_TIMEOUT_SECONDS."""

@@ -1,0 +1,120 @@
+"""Coalescing stream events into screen frames under a global update budget.
+
+Each screen update costs the Gradio server roughly a millisecond of CPU, so one update per
+token saturates a core at about fifty streams. Instead, events are batched into frames: at
+most one frame per `interval()` per stream, where the interval stretches with the number of
+active streams so the whole app stays within `updates_per_second`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+
+from chatlib.client import Clock, Finished, ReasoningDelta, StreamEvent, StreamFailed, TextDelta
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class FrameBudget:
+    """Shares a budget of screen updates per second between all active streams."""
+
+    def __init__(self, *, updates_per_second: float, min_interval_s: float) -> None:
+        self._updates_per_second = updates_per_second
+        self._min_interval = min_interval_s
+        self.active_streams = 0
+
+    def interval(self) -> float:
+        """Seconds to leave between two frames of one stream right now."""
+        return max(self._min_interval, self.active_streams / self._updates_per_second)
+
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator[None]:
+        """Count one active stream for the duration of the block."""
+        self.active_streams += 1
+        try:
+            yield
+        finally:
+            self.active_streams -= 1
+
+
+@dataclass
+class TurnControl:
+    """Lets another handler (the Stop button) end a running turn gracefully."""
+
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    stop_requested: bool = False
+
+    def stop(self) -> None:
+        """Ask the turn to stop; it keeps what has arrived."""
+        self.stop_requested = True
+        self.wake.set()
+
+
+def _is_content(event: StreamEvent) -> bool:
+    return isinstance(event, TextDelta | ReasoningDelta)
+
+
+def _is_terminal(event: StreamEvent) -> bool:
+    return isinstance(event, Finished | StreamFailed)
+
+
+async def coalesce(
+    events: AsyncIterator[StreamEvent],
+    budget: FrameBudget,
+    control: TurnControl,
+    *,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
+) -> AsyncIterator[list[StreamEvent]]:
+    """Yield batches of events, one per frame.
+
+    The first token and the end of the stream are flushed at once; in between, batches are at
+    least `budget.interval()` apart. If `control.stop()` is called, the upstream iterator is
+    closed, the remaining batch is yielded, and iteration ends.
+    """
+    pending: list[StreamEvent] = []
+    finished = False
+
+    async def pump() -> None:
+        nonlocal finished
+        try:
+            async for event in events:
+                pending.append(event)
+                control.wake.set()
+        finally:
+            finished = True
+            control.wake.set()
+
+    task = asyncio.get_running_loop().create_task(pump())
+    last_frame = clock()
+    content_shown = False
+    try:
+        while True:
+            await control.wake.wait()
+            control.wake.clear()
+            if control.stop_requested:
+                break
+            urgent = finished or not content_shown or any(_is_terminal(e) for e in pending)
+            if not urgent:
+                wait = last_frame + budget.interval() - clock()
+                if wait > 0:
+                    await sleep(wait)
+            if pending:
+                batch = pending[:]
+                del pending[:]
+                content_shown = content_shown or any(_is_content(e) for e in batch)
+                last_frame = clock()
+                yield batch
+            if finished and not pending:
+                break
+    finally:
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if pending:
+        yield pending[:]

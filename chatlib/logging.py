@@ -1,0 +1,133 @@
+"""structlog and stdlib logging under one configuration, with secrets redacted."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from chatlib.config import Settings
+
+# Shapes of credentials that must never reach a log line, whatever logged them.
+_SECRET_PATTERNS = (
+    re.compile(r"sk-or-[A-Za-z0-9_\-]{6,}"),
+    re.compile(r"sk-[A-Za-z0-9_\-]{16,}"),
+    re.compile(r"hf_[A-Za-z0-9]{8,}"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9_\-\.=]{6,}"),
+)
+REDACTED = "[REDACTED]"
+_NOISY_LOGGERS = (
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "httpcore2",
+    "openai",
+    "urllib3",
+    "gradio",
+    "uvicorn.access",
+)
+
+
+class SecretRedactor:
+    """A structlog processor that scrubs known secrets and key-shaped strings."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = {s for s in secrets if s and len(s) >= 6}
+
+    def add(self, secret: str | None) -> None:
+        """Also scrub `secret` from now on (e.g. a visitor's own key)."""
+        if secret and len(secret) >= 6:
+            self._secrets.add(secret)
+
+    def scrub(self, text: str) -> str:
+        """Return `text` with every secret replaced."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        for pattern in _SECRET_PATTERNS:
+            text = pattern.sub(lambda m: (m.group(1) if m.lastindex else "") + REDACTED, text)
+        return text
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self._clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self._clean(v) for v in value)
+        return value
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        """Process one event."""
+        del logger, method_name
+        return {key: self._clean(value) for key, value in event_dict.items()}
+
+
+def _drop_color_message(
+    logger: WrappedLogger, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    del logger, method_name
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
+def configure_logging(
+    settings: Settings, *, stream: TextIO | None = None, redactor: SecretRedactor | None = None
+) -> SecretRedactor:
+    """Send structlog and stdlib logs to stderr and a rotating file, one format for both."""
+    redactor = redactor or SecretRedactor([settings.openrouter_api_key or ""])
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _drop_color_message,
+        structlog.processors.format_exc_info,
+    ]
+    renderer: Processor = (
+        structlog.processors.JSONRenderer()
+        if settings.log_json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redactor, renderer],
+    )
+    settings.log_path.parent.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.handlers.TimedRotatingFileHandler(
+        settings.log_path,
+        when=settings.log_rotation_when,
+        interval=settings.log_rotation_interval,
+        backupCount=settings.log_backup_count,
+        encoding="utf-8",
+        utc=True,
+    )
+    console_handler = logging.StreamHandler(stream or sys.stderr)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    for handler in (console_handler, file_handler):
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    level = logging.getLevelName(settings.log_level)
+    root.setLevel(level)
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    return redactor

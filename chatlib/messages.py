@@ -1,0 +1,225 @@
+"""Pure functions on chat history: upstream messages, truncation, input checks, display."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from chatlib.errors import InputError
+
+Role = Literal["user", "assistant", "system"]
+AnswerStatus = Literal["streaming", "complete", "stopped", "interrupted"]
+
+
+@dataclass(frozen=True)
+class AnswerMeta:
+    """What we know about one assistant answer: where it came from and what it cost."""
+
+    model: str
+    status: AnswerStatus = "streaming"
+    error: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost_usd: float | None = None
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
+    generation_id: str | None = None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Completion tokens per second after the first token (None when unknown)."""
+        if not self.completion_tokens or self.latency_ms is None or self.ttft_ms is None:
+            return None
+        generating_ms = self.latency_ms - self.ttft_ms
+        if generating_ms <= 0:
+            return None
+        return self.completion_tokens / (generating_ms / 1000)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (used by the UI state and, later, storage)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AnswerMeta:
+        """Inverse of `to_dict`; unknown keys are ignored."""
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a conversation."""
+
+    role: Role
+    content: str
+    reasoning: str = ""
+    meta: AnswerMeta | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        data: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.reasoning:
+            data["reasoning"] = self.reasoning
+        if self.meta is not None:
+            data["meta"] = self.meta.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChatMessage:
+        """Inverse of `to_dict`."""
+        role = data.get("role")
+        if role not in ("user", "assistant", "system"):
+            raise ValueError(f"role must be user, assistant or system, got {role!r}")
+        content = data.get("content", "")
+        if not isinstance(content, str):
+            raise ValueError("content must be a string")
+        meta = data.get("meta")
+        return cls(
+            role=role,
+            content=content,
+            reasoning=str(data.get("reasoning") or ""),
+            meta=AnswerMeta.from_dict(meta) if isinstance(meta, dict) else None,
+        )
+
+
+History = tuple[ChatMessage, ...]
+
+
+def history_from_dicts(items: Sequence[dict[str, Any]] | None) -> History:
+    """Parse a list of message dicts (UI state or API input) into a history."""
+    return tuple(ChatMessage.from_dict(item) for item in items or ())
+
+
+def history_to_dicts(history: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """Serialize a history for the UI state."""
+    return [message.to_dict() for message in history]
+
+
+def check_user_input(text: str, max_chars: int) -> str:
+    """Return the message to send, or raise InputError saying why it cannot be sent."""
+    cleaned = text.replace("\x00", "")
+    if not cleaned.strip():
+        raise InputError("Type a message first.")
+    if len(cleaned) > max_chars:
+        raise InputError(
+            f"Your message is {len(cleaned):,} characters long; the limit is {max_chars:,}. "
+            "Shorten it and send again (your text is still in the box)."
+        )
+    return cleaned
+
+
+def build_upstream_messages(
+    history: Sequence[ChatMessage], system_prompt: str, max_history: int
+) -> list[dict[str, str]]:
+    """The OpenAI-format messages sent upstream: system prompt + the last `max_history`."""
+    sendable = [
+        m for m in history if m.role != "system" and (m.role == "user" or m.content.strip())
+    ]
+    recent = sendable[-max_history:]
+    # Never start the window with an orphan assistant answer: most providers reject it.
+    while recent and recent[0].role == "assistant":
+        recent = recent[1:]
+    messages: list[dict[str, str]] = []
+    if system_prompt.strip():
+        messages.append({"role": "system", "content": system_prompt.strip()})
+    messages.extend({"role": m.role, "content": m.content} for m in recent)
+    return messages
+
+
+def with_answer(history: History, answer: ChatMessage) -> History:
+    """Return `history` with `answer` replacing its trailing assistant answer, or appended."""
+    if history and history[-1].role == "assistant":
+        return (*history[:-1], answer)
+    return (*history, answer)
+
+
+def strip_last_turn(history: History) -> tuple[History, str | None]:
+    """Remove the last user message and everything after it; return it as text too."""
+    for index in range(len(history) - 1, -1, -1):
+        if history[index].role == "user":
+            return history[:index], history[index].content
+    return history, None
+
+
+def user_message_index(history: Sequence[ChatMessage], nth_user: int) -> int | None:
+    """Index in `history` of the `nth_user`-th (0-based) user message."""
+    seen = -1
+    for index, message in enumerate(history):
+        if message.role == "user":
+            seen += 1
+            if seen == nth_user:
+                return index
+    return None
+
+
+def format_cost(cost_usd: float) -> str:
+    """Dollars with enough precision for sub-cent answers."""
+    if cost_usd == 0:
+        return "$0"
+    if cost_usd < 0.01:
+        return f"${cost_usd:.5f}".rstrip("0")
+    return f"${cost_usd:.4f}".rstrip("0").rstrip(".")
+
+
+def format_answer_footer(meta: AnswerMeta) -> str:
+    """One line under an answer: model, tokens, cost, time to first token, speed."""
+    parts = [meta.model]
+    if meta.completion_tokens is not None:
+        tokens = f"{meta.completion_tokens} tokens"
+        if meta.prompt_tokens is not None:
+            tokens = f"{meta.prompt_tokens} → {meta.completion_tokens} tokens"
+        parts.append(tokens)
+    if meta.cost_usd is not None:
+        parts.append(format_cost(meta.cost_usd))
+    if meta.ttft_ms is not None:
+        parts.append(f"TTFT {meta.ttft_ms / 1000:.2f} s")
+    speed = meta.tokens_per_second
+    if speed is not None:
+        parts.append(f"{speed:.0f} tok/s")
+    if meta.status == "stopped":
+        parts.append("stopped")
+    elif meta.status == "interrupted":
+        parts.append("interrupted")
+    return " · ".join(parts)
+
+
+def to_display(history: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages in the chat component's format (role/content/metadata dicts).
+
+    Reasoning becomes a collapsible "Thinking" message before its answer; the stats line
+    and any error sit under the answer. Raw HTML typed by anyone is escaped by the component
+    (sanitize_html); the only markup we add is our own footer.
+    """
+    shown: list[dict[str, Any]] = []
+    for message in history:
+        if message.role == "system":
+            continue
+        if message.role == "user":
+            shown.append({"role": "user", "content": message.content})
+            continue
+        meta = message.meta
+        streaming = meta is not None and meta.status == "streaming"
+        if message.reasoning:
+            thinking_meta: dict[str, Any] = {"title": "Thinking"}
+            thinking_meta["status"] = "pending" if streaming and not message.content else "done"
+            shown.append(
+                {"role": "assistant", "content": message.reasoning, "metadata": thinking_meta}
+            )
+        body = message.content
+        if streaming and not body and not message.reasoning:
+            body = "…"
+        if meta is not None and not streaming:
+            if meta.error:
+                body += f"\n\n> ⚠️ {meta.error}"
+            body += f"\n\n<sub>{html.escape(format_answer_footer(meta))}</sub>"
+        shown.append({"role": "assistant", "content": body})
+    return shown
+
+
+def mark_finished(message: ChatMessage, **changes: Any) -> ChatMessage:
+    """Return `message` with its metadata updated."""
+    meta = message.meta or AnswerMeta(model="unknown")
+    return replace(message, meta=replace(meta, **changes))

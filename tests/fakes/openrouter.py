@@ -1,0 +1,1235 @@
+"""Local stand-in for the OpenRouter API (real HTTP and SSE on loopback) for tests."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import math
+import re
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from http import HTTPStatus
+from types import FrameType, TracebackType
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+__all__ = [
+    "CATALOG",
+    "CATALOG_MODES",
+    "DIRECTIVE_KEYS",
+    "PROVIDER_NAME",
+    "FakeOpenRouter",
+    "RecordedRequest",
+    "expected_cost",
+    "expected_reply",
+    "main",
+    "prompt_tokens",
+    "reply_chunks",
+    "strip_directives",
+]
+
+API_PREFIX = "/api/v1"
+PROVIDER_NAME = "FakeProvider"
+CATALOG_MODES = ("ok", "error500", "invalid_json", "slow", "huge")
+DIRECTIVE_RE = re.compile(r"\[\[(\w+)=([^\]]*)\]\]")
+DIRECTIVE_KEYS = frozenset(
+    {
+        "tokens",
+        "rate",
+        "delay",
+        "reasoning",
+        "error",
+        "midstream_error",
+        "stall",
+        "drop",
+        "garbage",
+        "badbytes",
+        "retry_after",
+    }
+)
+
+PROCESSING_COMMENT = b": OPENROUTER PROCESSING\n\n"
+DONE_LINE = b"data: [DONE]\n\n"
+GARBAGE_LINE = b"data: {not json\n\n"
+BAD_BYTES_LINE = b"data: \xff\xfe\n\n"
+
+_KEEPALIVE_INTERVAL = 0.5
+_MIN_SLEEP = 0.0005
+_LONG_SLEEP = 0.25
+_FLUSH_BYTES = 16 * 1024
+_STALL_SECONDS = 600.0
+_SLOW_CATALOG_SECONDS = 30.0
+_ABORT_GRACE_SECONDS = 5.0
+_HUGE_CATALOG_BYTES = 20 * 1024 * 1024
+_FALLBACK_COMPLETION_PRICE = 0.0001
+_JSON = "application/json"
+
+_COMMON_PARAMS = [
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "response_format",
+    "structured_outputs",
+    "tools",
+    "tool_choice",
+]
+_REASONING_PARAMS = [*_COMMON_PARAMS, "reasoning", "include_reasoning"]
+_OPEN_PARAMS = [*_COMMON_PARAMS, "top_k", "min_p", "repetition_penalty", "logit_bias"]
+
+
+def _model(
+    model_id: str,
+    name: str,
+    *,
+    created: int,
+    description: str,
+    context: int,
+    max_completion: int | None,
+    tokenizer: str,
+    prompt: str,
+    completion: str,
+    image: str = "0",
+    cache_read: str = "0",
+    inputs: Sequence[str] = ("text",),
+    moderated: bool = False,
+    params: Sequence[str] = _COMMON_PARAMS,
+    hf_id: str | None = None,
+) -> dict[str, Any]:
+    """Build one catalog entry in OpenRouter's /models format."""
+    return {
+        "id": model_id,
+        "canonical_slug": model_id.split(":")[0],
+        "hugging_face_id": hf_id,
+        "name": name,
+        "created": created,
+        "description": description,
+        "context_length": context,
+        "architecture": {
+            "modality": "+".join(inputs) + "->text",
+            "input_modalities": list(inputs),
+            "output_modalities": ["text"],
+            "tokenizer": tokenizer,
+            "instruct_type": None,
+        },
+        "pricing": {
+            "prompt": prompt,
+            "completion": completion,
+            "request": "0",
+            "image": image,
+            "internal_reasoning": "0",
+            "input_cache_read": cache_read,
+        },
+        "top_provider": {
+            "context_length": context,
+            "max_completion_tokens": max_completion,
+            "is_moderated": moderated,
+        },
+        "per_request_limits": None,
+        "supported_parameters": list(params),
+    }
+
+
+CATALOG: tuple[dict[str, Any], ...] = (
+    _model(
+        "openai/gpt-4o",
+        "OpenAI: GPT-4o",
+        created=1715367049,
+        description="GPT-4o is OpenAI's flagship multimodal model with text and image inputs.",
+        context=128000,
+        max_completion=16384,
+        tokenizer="GPT",
+        prompt="0.0000025",
+        completion="0.00001",
+        image="0.003613",
+        cache_read="0.00000125",
+        inputs=("text", "image", "file"),
+        moderated=True,
+    ),
+    _model(
+        "openai/gpt-4o-mini",
+        "OpenAI: GPT-4o-mini",
+        created=1721260800,
+        description="GPT-4o mini is OpenAI's affordable small model for fast, lightweight tasks.",
+        context=128000,
+        max_completion=16384,
+        tokenizer="GPT",
+        prompt="0.00000015",
+        completion="0.0000006",
+        image="0.000217",
+        cache_read="0.000000075",
+        inputs=("text", "image", "file"),
+        moderated=True,
+    ),
+    _model(
+        "openai/gpt-4.1",
+        "OpenAI: GPT-4.1",
+        created=1744651385,
+        description="GPT-4.1 is a flagship model for advanced instruction following and coding.",
+        context=1047576,
+        max_completion=32768,
+        tokenizer="GPT",
+        prompt="0.000002",
+        completion="0.000008",
+        cache_read="0.0000005",
+        inputs=("image", "text", "file"),
+        moderated=True,
+    ),
+    _model(
+        "anthropic/claude-sonnet-4.5",
+        "Anthropic: Claude Sonnet 4.5",
+        created=1759161676,
+        description="Claude Sonnet 4.5 is Anthropic's strongest Sonnet model for agents and code.",
+        context=1000000,
+        max_completion=64000,
+        tokenizer="Claude",
+        prompt="0.000003",
+        completion="0.000015",
+        image="0.0048",
+        cache_read="0.0000003",
+        inputs=("text", "image", "file"),
+        moderated=True,
+        params=_REASONING_PARAMS,
+    ),
+    _model(
+        "anthropic/claude-3.5-haiku",
+        "Anthropic: Claude 3.5 Haiku",
+        created=1730678400,
+        description="Claude 3.5 Haiku offers fast responses for interactive chat and sub-agents.",
+        context=200000,
+        max_completion=8192,
+        tokenizer="Claude",
+        prompt="0.0000008",
+        completion="0.000004",
+        cache_read="0.00000008",
+        inputs=("text", "image"),
+        moderated=True,
+    ),
+    _model(
+        "google/gemini-2.5-flash",
+        "Google: Gemini 2.5 Flash",
+        created=1750172488,
+        description="Gemini 2.5 Flash is Google's workhorse model with built-in thinking.",
+        context=1048576,
+        max_completion=65535,
+        tokenizer="Gemini",
+        prompt="0.0000003",
+        completion="0.0000025",
+        image="0.001238",
+        cache_read="0.000000075",
+        inputs=("file", "image", "text", "audio", "video"),
+        params=_REASONING_PARAMS,
+    ),
+    _model(
+        "google/gemini-2.5-pro",
+        "Google: Gemini 2.5 Pro",
+        created=1750169544,
+        description="Gemini 2.5 Pro is Google's state-of-the-art model for reasoning and coding.",
+        context=1048576,
+        max_completion=65536,
+        tokenizer="Gemini",
+        prompt="0.00000125",
+        completion="0.00001",
+        image="0.00516",
+        cache_read="0.00000031",
+        inputs=("file", "image", "text", "audio"),
+        params=_REASONING_PARAMS,
+    ),
+    _model(
+        "meta-llama/llama-3.3-70b-instruct",
+        "Meta: Llama 3.3 70B Instruct",
+        created=1733506137,
+        description="Llama 3.3 70B is a multilingual instruction-tuned model for dialogue.",
+        context=131072,
+        max_completion=16384,
+        tokenizer="Llama3",
+        prompt="0.00000013",
+        completion="0.0000004",
+        params=_OPEN_PARAMS,
+        hf_id="meta-llama/Llama-3.3-70B-Instruct",
+    ),
+    _model(
+        "meta-llama/llama-3.3-8b-instruct:free",
+        "Meta: Llama 3.3 8B Instruct (free)",
+        created=1746565716,
+        description="A lightweight, ultra-fast variant of Llama 3.3 70B for quick responses.",
+        context=128000,
+        max_completion=4028,
+        tokenizer="Llama3",
+        prompt="0",
+        completion="0",
+        params=_OPEN_PARAMS,
+    ),
+    _model(
+        "deepseek/deepseek-r1",
+        "DeepSeek: R1",
+        created=1737381095,
+        description="DeepSeek R1 is an open reasoning model with performance on par with o1.",
+        context=163840,
+        max_completion=163840,
+        tokenizer="DeepSeek",
+        prompt="0.0000004",
+        completion="0.000002",
+        params=[*_REASONING_PARAMS, "top_k", "min_p", "repetition_penalty"],
+        hf_id="deepseek-ai/DeepSeek-R1",
+    ),
+    _model(
+        "deepseek/deepseek-r1:free",
+        "DeepSeek: R1 (free)",
+        created=1737381095,
+        description="DeepSeek R1 (free variant); rate limited and may log prompts.",
+        context=163840,
+        max_completion=None,
+        tokenizer="DeepSeek",
+        prompt="0",
+        completion="0",
+        params=_REASONING_PARAMS,
+        hf_id="deepseek-ai/DeepSeek-R1",
+    ),
+    _model(
+        "deepseek/deepseek-chat-v3.1",
+        "DeepSeek: DeepSeek V3.1",
+        created=1755779628,
+        description="DeepSeek V3.1 is a hybrid model with thinking and non-thinking modes.",
+        context=163840,
+        max_completion=None,
+        tokenizer="DeepSeek",
+        prompt="0.0000002",
+        completion="0.0000008",
+        params=_REASONING_PARAMS,
+        hf_id="deepseek-ai/DeepSeek-V3.1",
+    ),
+    _model(
+        "mistralai/mistral-small-3.2-24b-instruct",
+        "Mistral: Mistral Small 3.2 24B",
+        created=1750443016,
+        description="Mistral Small 3.2 improves instruction following and function calling.",
+        context=131072,
+        max_completion=None,
+        tokenizer="Mistral",
+        prompt="0.00000005",
+        completion="0.0000001",
+        inputs=("image", "text"),
+        params=_OPEN_PARAMS,
+        hf_id="mistralai/Mistral-Small-3.2-24B-Instruct-2506",
+    ),
+    _model(
+        "qwen/qwen3-235b-a22b",
+        "Qwen: Qwen3 235B A22B",
+        created=1745875757,
+        description="Qwen3-235B-A22B is a mixture-of-experts model with a thinking mode.",
+        context=40960,
+        max_completion=40960,
+        tokenizer="Qwen3",
+        prompt="0.00000013",
+        completion="0.0000006",
+        params=[*_REASONING_PARAMS, "top_k", "min_p"],
+        hf_id="Qwen/Qwen3-235B-A22B",
+    ),
+    _model(
+        "x-ai/grok-4",
+        "xAI: Grok 4",
+        created=1752087689,
+        description="Grok 4 is xAI's reasoning model with parallel tool calling.",
+        context=256000,
+        max_completion=None,
+        tokenizer="Grok",
+        prompt="0.000003",
+        completion="0.000015",
+        cache_read="0.00000075",
+        inputs=("image", "text"),
+        params=_REASONING_PARAMS,
+    ),
+    _model(
+        "evil/model",
+        "<img src=x onerror=alert(1)>Evil <b>Model</b>",
+        created=1700000000,
+        description="<script>alert('xss')</script> A model whose metadata contains <i>HTML</i>.",
+        context=8192,
+        max_completion=1024,
+        tokenizer="Other",
+        prompt="0.000001",
+        completion="0.000002",
+    ),
+)
+
+_PRICING: dict[str, dict[str, str]] = {m["id"]: m["pricing"] for m in CATALOG}
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request received by the fake."""
+
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Resolved per-request behaviour."""
+
+    tokens: int
+    rate: float
+    delay: float
+    reasoning: int
+    error: int | None = None
+    midstream_error: int | None = None
+    stall: int | None = None
+    drop: int | None = None
+    garbage: int | None = None
+    badbytes: int | None = None
+    retry_after: str = "7"
+
+    def fault(self, content_chunks: int) -> tuple[str, int] | None:
+        """Return the earliest stream fault as (kind, content position), or None."""
+        best: tuple[str, int] | None = None
+        for kind in ("midstream_error", "garbage", "badbytes", "stall", "drop"):
+            position = getattr(self, kind)
+            if position is None:
+                continue
+            position = min(position, content_chunks)
+            if best is None or position < best[1]:
+                best = (kind, position)
+        return best
+
+
+class _DroppedConnectionError(Exception):
+    """Raised to make the server close a connection when its transport cannot be found."""
+
+
+def strip_directives(text: str) -> str:
+    """Remove every [[key=value]] directive from text."""
+    return DIRECTIVE_RE.sub("", text)
+
+
+def reply_chunks(user_text: str, tokens: int) -> list[str]:
+    """Return the content chunks the fake streams for a prompt."""
+    words = ("Echo: " + strip_directives(user_text).strip()).split()
+    chunks: list[str] = []
+    for i in range(max(tokens, 0)):
+        word = words[i] if i < len(words) else f"w{i - len(words) + 1}"
+        chunks.append(word if i == 0 else " " + word)
+    return chunks
+
+
+def expected_reply(user_text: str, tokens: int) -> str:
+    """Return the exact full text the fake streams for a prompt."""
+    return "".join(reply_chunks(user_text, tokens))
+
+
+def _content_text(content: Any) -> str:
+    """Return the text of a message content (string or list of content parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        ]
+        return "\n".join(texts)
+    return ""
+
+
+def prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
+    """Return the prompt token count the fake reports for these messages."""
+    chars = sum(len(_content_text(m.get("content"))) for m in messages if isinstance(m, Mapping))
+    return chars // 4 + 1
+
+
+def expected_cost(model: str, prompt: int, completion: int) -> float:
+    """Return the usage cost in USD the fake reports for a model and token counts."""
+    pricing = _PRICING.get(model) or _PRICING.get(model.split(":")[0])
+    if pricing is None:
+        return _FALLBACK_COMPLETION_PRICE * completion
+    return (
+        prompt * float(pricing["prompt"])
+        + completion * float(pricing["completion"])
+        + float(pricing["request"])
+    )
+
+
+def _last_user_text(messages: Sequence[Any]) -> str:
+    """Return the raw text of the last user message, or an empty string."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _content_text(message.get("content"))
+    return ""
+
+
+def _parse_directive(key: str, value: str) -> Any:
+    """Convert one directive value, raising ValueError when it is invalid."""
+    value = value.strip()
+    if key in ("rate", "delay"):
+        number = float(value)
+        if math.isnan(number) or number < 0:
+            raise ValueError(f"{key} must be a non-negative number")
+        return number
+    if key == "retry_after":
+        if not value:
+            raise ValueError("retry_after must not be empty")
+        return value
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"{key} must be non-negative")
+    if key == "error" and not 400 <= number <= 599:
+        raise ValueError("error must be an HTTP status between 400 and 599")
+    return number
+
+
+def _build_plan(directives: Mapping[str, str], *, tokens: int, rate: float) -> _Plan:
+    """Build a plan from merged directive strings and the server defaults."""
+    values: dict[str, Any] = {"tokens": tokens, "rate": rate, "delay": 0.0, "reasoning": 0}
+    known = {f.name for f in fields(_Plan)}
+    for key, raw in directives.items():
+        if key not in known:
+            continue
+        try:
+            values[key] = _parse_directive(key, raw)
+        except ValueError as exc:
+            raise ValueError(f"Invalid directive [[{key}={raw}]]: {exc}") from exc
+    return _Plan(**values)
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """Return a JSON response serialized with orjson."""
+    return Response(orjson.dumps(data), status_code=status, headers=headers, media_type=_JSON)
+
+
+def _error(code: int, message: str, metadata: Mapping[str, Any] | None = None) -> Response:
+    """Return an OpenRouter-style error response."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if metadata is not None:
+        error["metadata"] = dict(metadata)
+    return _json({"error": error}, status=code)
+
+
+def _bearer(request: Request) -> str:
+    """Return the bearer token of a request, or an empty string."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _auth_error(key: str) -> Response | None:
+    """Return a 401 response for a missing or invalid key, else None."""
+    if not key:
+        return _error(401, "No auth credentials found")
+    if "invalid" in key:
+        return _error(401, "User not found.")
+    return None
+
+
+def _mask_key(key: str) -> str:
+    """Return a key label the way OpenRouter shows it."""
+    return f"{key[:12]}...{key[-3:]}" if len(key) > 15 else key
+
+
+def _new_generation_id() -> str:
+    """Return a fresh OpenRouter-style generation id."""
+    return f"gen-{int(time.time())}-{secrets.token_hex(10)}"
+
+
+@functools.cache
+def _catalog_bytes() -> bytes:
+    """Return the serialized normal catalog."""
+    return orjson.dumps({"data": list(CATALOG)})
+
+
+@functools.cache
+def _huge_catalog_bytes() -> bytes:
+    """Return a valid catalog JSON body of at least 20 MiB."""
+    padding = "Synthetic padding model for oversized catalog tests. " * 40
+
+    def bulk(i: int) -> dict[str, Any]:
+        return _model(
+            f"bulk/model-{i:05d}",
+            f"Bulk: Model {i}",
+            created=1700000000 + i,
+            description=padding,
+            context=32768,
+            max_completion=4096,
+            tokenizer="Other",
+            prompt="0.000001",
+            completion="0.000002",
+        )
+
+    per_entry = len(orjson.dumps(bulk(0))) + 1
+    count = _HUGE_CATALOG_BYTES // per_entry + 1
+    return orjson.dumps({"data": [*CATALOG, *(bulk(i) for i in range(count))]})
+
+
+class _StreamFormat:
+    """Pre-serialized pieces of one generation's SSE chunks."""
+
+    def __init__(self, gen_id: str, model: str, created: int) -> None:
+        """Serialize the fields shared by every chunk of a generation."""
+        self.gen_id = gen_id
+        self.model = model
+        self.created = created
+        head = {
+            "id": gen_id,
+            "provider": PROVIDER_NAME,
+            "model": model,
+            "object": "chat.completion.chunk",
+            "created": created,
+        }
+        self._head = b"data: " + orjson.dumps(head)[:-1] + b',"choices":[{"index":0,"delta":'
+        self._tail = b',"finish_reason":null,"native_finish_reason":null,"logprobs":null}]}\n\n'
+
+    def delta(self, delta: Mapping[str, Any]) -> bytes:
+        """Return an SSE chunk with the given delta and no finish reason."""
+        return self._head + orjson.dumps(delta) + self._tail
+
+    def content(self, token: str) -> bytes:
+        """Return an SSE chunk carrying one content token."""
+        return (
+            self._head + b'{"role":"assistant","content":' + orjson.dumps(token) + b"}" + self._tail
+        )
+
+    def reasoning(self, index: int) -> bytes:
+        """Return an SSE chunk carrying one reasoning token."""
+        text = f"think{index} "
+        detail = {"type": "reasoning.text", "text": text, "format": "unknown", "index": 0}
+        delta = {"role": "assistant", "content": None, "reasoning": text}
+        return self.delta({**delta, "reasoning_details": [detail]})
+
+    def finish(self, reason: str) -> bytes:
+        """Return the chunk with an empty delta that carries the finish reason."""
+        value = orjson.dumps(reason)
+        return (
+            self._head
+            + b'{},"finish_reason":'
+            + value
+            + b',"native_finish_reason":'
+            + value
+            + b',"logprobs":null}]}\n\n'
+        )
+
+    def event(self, payload: Mapping[str, Any]) -> bytes:
+        """Return an SSE line for an arbitrary chunk sharing this generation's fields."""
+        data = {
+            "id": self.gen_id,
+            "provider": PROVIDER_NAME,
+            "model": self.model,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            **payload,
+        }
+        return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+@dataclass(frozen=True)
+class _Generation:
+    """Everything needed to answer one chat completion."""
+
+    plan: _Plan
+    model: str
+    chunks: list[str]
+    finish_reason: str
+    prompt_tokens: int
+    gen_id: str
+    created: int
+
+    def usage(self) -> dict[str, Any]:
+        """Return the usage object for a completed generation."""
+        completion = len(self.chunks) + self.plan.reasoning
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+            "cost": expected_cost(self.model, self.prompt_tokens, completion),
+            "is_byok": False,
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": self.plan.reasoning},
+        }
+
+
+class _ThreadedServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to its owner."""
+
+    def install_signal_handlers(self) -> None:
+        """Install nothing: the server runs in a background thread."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Capture nothing: the server runs in a background thread."""
+        yield
+
+
+class FakeOpenRouter:
+    """An OpenRouter look-alike served over real HTTP on 127.0.0.1."""
+
+    def __init__(
+        self,
+        *,
+        tokens_per_second: float = 200.0,
+        default_tokens: int = 20,
+        port: int = 0,
+        record: bool = True,
+    ) -> None:
+        """Configure the fake; call start() (or use it as a context manager) to serve."""
+        self.tokens_per_second = tokens_per_second
+        self.default_tokens = default_tokens
+        self.port = port
+        self.record = record
+        self.base_url = ""
+        self.requests: list[RecordedRequest] = []
+        self.catalog_requests: list[RecordedRequest] = []
+        self._catalog_mode = "ok"
+        self._defaults: dict[str, str] = {}
+        self._cond = threading.Condition()
+        self._active_streams = 0
+        self._thread: threading.Thread | None = None
+        self._server: _ThreadedServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing_event: asyncio.Event | None = None
+        self._closing = False
+        self._thread_error: BaseException | None = None
+        self.app = Starlette(
+            routes=[
+                Route(f"{API_PREFIX}/models", self._models, methods=["GET"]),
+                Route(f"{API_PREFIX}/key", self._key, methods=["GET"]),
+                Route(f"{API_PREFIX}/chat/completions", self._chat, methods=["POST"]),
+            ],
+            exception_handlers={HTTPException: self._http_exception},
+        )
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> str:
+        """Serve in a background thread and return the base URL once connections are accepted."""
+        if self._thread is not None:
+            raise RuntimeError("FakeOpenRouter is already running")
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            http="h11",
+            ws="none",
+            lifespan="off",
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=3,
+            limit_concurrency=None,
+            backlog=2048,
+        )
+        self._server = _ThreadedServer(config)
+        self._closing = False
+        self._thread_error = None
+        self._thread = threading.Thread(target=self._run, name="fake-openrouter", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 15.0
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("FakeOpenRouter failed to start") from self._thread_error
+            time.sleep(0.005)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self._wait_accepting(port, deadline)
+        self.base_url = f"http://127.0.0.1:{port}{API_PREFIX}"
+        return self.base_url
+
+    def stop(self) -> None:
+        """Stop serving, ending open streams promptly."""
+        thread, loop = self._thread, self._loop
+        if thread is None:
+            return
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._begin_shutdown)
+        elif self._server is not None:
+            self._server.should_exit = True
+        thread.join(timeout=15.0)
+        if self._server is not None and thread.is_alive():
+            self._server.force_exit = True
+            thread.join(timeout=5.0)
+        self._thread = None
+        self._server = None
+        self._loop = None
+
+    def __enter__(self) -> FakeOpenRouter:
+        """Start the server."""
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the server."""
+        self.stop()
+
+    def _run(self) -> None:
+        """Run uvicorn on this thread's own event loop."""
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:
+            self._thread_error = exc
+        finally:
+            try:
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    async def _serve(self) -> None:
+        """Record the running loop and serve until asked to exit."""
+        assert self._server is not None
+        self._loop = asyncio.get_running_loop()
+        self._closing_event = asyncio.Event()
+        await self._server.serve()
+
+    def _begin_shutdown(self) -> None:
+        """Wake every waiting stream and tell uvicorn to exit (runs on the server loop)."""
+        self._closing = True
+        if self._closing_event is not None:
+            self._closing_event.set()
+        if self._server is not None:
+            self._server.should_exit = True
+
+    @staticmethod
+    def _wait_accepting(port: int, deadline: float) -> None:
+        """Block until the port accepts TCP connections."""
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    # ------------------------------------------------------------ test helpers
+
+    @property
+    def catalog_mode(self) -> str:
+        """How GET /models answers: one of CATALOG_MODES."""
+        return self._catalog_mode
+
+    @catalog_mode.setter
+    def catalog_mode(self, mode: str) -> None:
+        if mode not in CATALOG_MODES:
+            raise ValueError(f"catalog_mode must be one of {CATALOG_MODES}, not {mode!r}")
+        self._catalog_mode = mode
+
+    @property
+    def active_streams(self) -> int:
+        """Number of SSE responses currently being generated."""
+        return self._active_streams
+
+    def reset(self) -> None:
+        """Clear recorded requests, directive defaults and the catalog mode."""
+        with self._cond:
+            self.requests.clear()
+            self.catalog_requests.clear()
+            self._defaults = {}
+        self._catalog_mode = "ok"
+
+    def set_defaults(self, **directives: str | float) -> None:
+        """Set directives used when a request does not carry its own."""
+        parsed: dict[str, str] = {}
+        for key, value in directives.items():
+            if key not in DIRECTIVE_KEYS:
+                known = ", ".join(sorted(DIRECTIVE_KEYS))
+                raise ValueError(f"unknown directive {key!r}; expected one of {known}")
+            parsed[key] = str(value)
+        _build_plan(parsed, tokens=self.default_tokens, rate=self.tokens_per_second)
+        with self._cond:
+            self._defaults = {**self._defaults, **parsed}
+
+    def wait_for_requests(self, n: int, timeout: float = 10.0) -> list[RecordedRequest]:
+        """Wait until at least n requests were recorded and return a snapshot of them."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.requests) >= n, timeout=timeout):
+                raise TimeoutError(f"expected {n} requests, got {len(self.requests)}")
+            return list(self.requests)
+
+    def chat_requests(self) -> list[RecordedRequest]:
+        """Return a snapshot of the recorded /chat/completions requests."""
+        with self._cond:
+            return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    def _record(self, target: list[RecordedRequest], request: Request, body: Any) -> None:
+        """Append a request to a record list and wake waiters."""
+        if not self.record:
+            return
+        recorded = RecordedRequest(
+            path=request.url.path,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body if isinstance(body, dict) else {},
+        )
+        with self._cond:
+            target.append(recorded)
+            self._cond.notify_all()
+
+    # ----------------------------------------------------------------- waiting
+
+    async def _wait_closing(self, timeout: float) -> bool:
+        """Sleep up to timeout seconds; return True early if the server is stopping."""
+        event = self._closing_event
+        if event is None:
+            await asyncio.sleep(timeout)
+            return self._closing
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return self._closing
+        return True
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep cheaply; return True if the server is stopping."""
+        if seconds > _LONG_SLEEP:
+            return await self._wait_closing(seconds)
+        await asyncio.sleep(seconds)
+        return self._closing
+
+    # ---------------------------------------------------------------- handlers
+
+    async def _http_exception(self, _request: Request, exc: Exception) -> Response:
+        """Answer routing errors with OpenRouter-style JSON."""
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        return _error(status, HTTPStatus(status).phrase)
+
+    async def _models(self, request: Request) -> Response:
+        """GET /models: the model catalog, shaped by catalog_mode."""
+        self._record(self.catalog_requests, request, {})
+        mode = self._catalog_mode
+        if mode == "error500":
+            return _error(500, "Internal Server Error")
+        if mode == "invalid_json":
+            return Response(b'{"data": [{"id": "openai/gpt-4o", "name": ', media_type=_JSON)
+        if mode == "slow" and await self._wait_closing(_SLOW_CATALOG_SECONDS):
+            return _error(503, "Server is shutting down")
+        if mode == "huge":
+            return Response(_huge_catalog_bytes(), media_type=_JSON)
+        return Response(_catalog_bytes(), media_type=_JSON)
+
+    async def _key(self, request: Request) -> Response:
+        """GET /key: information about the calling API key."""
+        self._record(self.requests, request, {})
+        key = _bearer(request)
+        denied = _auth_error(key)
+        if denied is not None:
+            return denied
+        free = "free" in key
+        data = {
+            "label": _mask_key(key),
+            "limit": None if free else 10.0,
+            "limit_remaining": None if free else 7.5,
+            "limit_reset": None,
+            "usage": 2.5,
+            "usage_daily": 0.5,
+            "usage_weekly": 1.5,
+            "usage_monthly": 2.5,
+            "byok_usage": 0.0,
+            "is_free_tier": free,
+            "is_provisioning_key": False,
+            "rate_limit": {"requests": 20, "interval": "10s"},
+        }
+        return _json({"data": data})
+
+    async def _chat(self, request: Request) -> Response:
+        """POST /chat/completions: a streamed or complete echo reply."""
+        raw = await request.body()
+        try:
+            body: Any = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        self._record(self.requests, request, body)
+        denied = _auth_error(_bearer(request))
+        if denied is not None:
+            return denied
+        if not isinstance(body, dict):
+            return _error(400, "Invalid JSON body")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return _error(400, "No models provided")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return _error(400, 'Input required: specify "prompt" or "messages"')
+        user_text = _last_user_text(messages)
+        directives = {**self._defaults, **dict(DIRECTIVE_RE.findall(user_text))}
+        try:
+            plan = _build_plan(directives, tokens=self.default_tokens, rate=self.tokens_per_second)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        if plan.error is not None:
+            return self._error_directive(plan, model, user_text)
+        chunks = reply_chunks(user_text, plan.tokens)
+        finish_reason = "stop"
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        if isinstance(max_tokens, int) and 0 < max_tokens <= len(chunks):
+            chunks = chunks[:max_tokens]
+            finish_reason = "length"
+        generation = _Generation(
+            plan=plan,
+            model=model,
+            chunks=chunks,
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens(messages),
+            gen_id=_new_generation_id(),
+            created=int(time.time()),
+        )
+        headers = {"X-Generation-Id": generation.gen_id}
+        if body.get("stream") is True:
+            return StreamingResponse(
+                self._sse(request.scope, generation),
+                headers={
+                    **headers,
+                    "Content-Type": "text/event-stream",
+                    "Cache-Control": "no-cache",
+                },
+            )
+        return await self._complete(generation, headers)
+
+    def _error_directive(self, plan: _Plan, model: str, user_text: str) -> Response:
+        """Return the error response requested by an error directive."""
+        code = plan.error or 500
+        metadata: dict[str, Any] = {}
+        headers: dict[str, str] = {}
+        if code == 400:
+            message = f"{model} is not a valid model ID"
+        elif code == 401:
+            message = "No auth credentials found"
+        elif code == 402:
+            message = "Insufficient credits. Add more using https://openrouter.ai/settings/credits"
+        elif code == 403:
+            message = "Input was flagged by moderation"
+            flagged = strip_directives(user_text).strip()
+            metadata = {
+                "reasons": ["violence"],
+                "flagged_input": flagged if len(flagged) <= 100 else flagged[:100] + "...",
+                "provider_name": "OpenAI",
+                "model_slug": model,
+            }
+        elif code == 404:
+            message = f"No endpoints found for {model}."
+        elif code == 408:
+            message = "Request timed out"
+        elif code == 429:
+            message = "Rate limit exceeded: free-models-per-min"
+            headers["Retry-After"] = plan.retry_after
+            reset_ms = int((time.time() + 60) * 1000)
+            metadata = {
+                "headers": {
+                    "X-RateLimit-Limit": "20",
+                    "X-RateLimit-Remaining": "0",
+                    "X-RateLimit-Reset": str(reset_ms),
+                },
+                "provider_name": None,
+            }
+        elif code == 502:
+            message = "Provider returned error"
+            metadata = {"provider_name": PROVIDER_NAME, "raw": "upstream error"}
+        elif code == 503:
+            message = "No available providers"
+        elif code == 500:
+            message = "Internal Server Error"
+        else:
+            try:
+                message = HTTPStatus(code).phrase
+            except ValueError:
+                message = "Upstream error"
+        body = {"error": {"code": code, "message": message, "metadata": metadata}}
+        return _json(body, status=code, headers=headers)
+
+    async def _complete(self, generation: _Generation, headers: Mapping[str, str]) -> Response:
+        """Answer a non-streaming request after the simulated generation time."""
+        plan = generation.plan
+        produced = len(generation.chunks) + plan.reasoning
+        seconds = plan.delay + (produced / plan.rate if plan.rate > 0 else 0.0)
+        if seconds > 0 and await self._sleep(seconds):
+            return _error(503, "Server is shutting down")
+        reasoning = "".join(f"think{i} " for i in range(plan.reasoning)) or None
+        message = {
+            "role": "assistant",
+            "content": "".join(generation.chunks),
+            "refusal": None,
+            "reasoning": reasoning,
+        }
+        body = {
+            "id": generation.gen_id,
+            "provider": PROVIDER_NAME,
+            "model": generation.model,
+            "object": "chat.completion",
+            "created": generation.created,
+            "choices": [
+                {
+                    "logprobs": None,
+                    "finish_reason": generation.finish_reason,
+                    "native_finish_reason": generation.finish_reason,
+                    "index": 0,
+                    "message": message,
+                }
+            ],
+            "usage": generation.usage(),
+        }
+        return _json(body, headers=headers)
+
+    # --------------------------------------------------------------- streaming
+
+    async def _sse(self, scope: Mapping[str, Any], gen: _Generation) -> AsyncIterator[bytes]:
+        """Yield the SSE byte stream of one generation, paced on an absolute schedule."""
+        self._active_streams += 1
+        try:
+            loop = asyncio.get_running_loop()
+            plan = gen.plan
+            fmt = _StreamFormat(gen.gen_id, gen.model, gen.created)
+            yield PROCESSING_COMMENT
+            if plan.delay > 0:
+                deadline = loop.time() + plan.delay
+                while (remaining := deadline - loop.time()) > 0:
+                    if await self._wait_closing(min(_KEEPALIVE_INTERVAL, remaining)):
+                        return
+                    if deadline - loop.time() > 0:
+                        yield PROCESSING_COMMENT
+            buf = bytearray(fmt.delta({"role": "assistant", "content": ""}))
+            fault = plan.fault(len(gen.chunks))
+            total = plan.reasoning + len(gen.chunks)
+            limit = total if fault is None else plan.reasoning + fault[1]
+            steps = limit if fault is None else limit + 1
+            interval = 1.0 / plan.rate if 0 < plan.rate < math.inf else 0.0
+            start = loop.time()
+            for index in range(steps):
+                if interval:
+                    wait = start + index * interval - loop.time()
+                    if wait > _MIN_SLEEP:
+                        if buf:
+                            yield bytes(buf)
+                            buf.clear()
+                        if await self._sleep(wait):
+                            return
+                if index == limit:
+                    break
+                if index < plan.reasoning:
+                    buf += fmt.reasoning(index)
+                else:
+                    buf += fmt.content(gen.chunks[index - plan.reasoning])
+                if len(buf) >= _FLUSH_BYTES:
+                    yield bytes(buf)
+                    buf.clear()
+            if fault is None:
+                buf += fmt.finish(gen.finish_reason)
+                buf += fmt.event({"choices": [], "usage": gen.usage()})
+                yield bytes(buf + DONE_LINE)
+                return
+            async for part in self._fault(fault[0], buf, fmt, scope):
+                yield part
+        finally:
+            self._active_streams -= 1
+
+    async def _fault(
+        self, kind: str, buf: bytearray, fmt: _StreamFormat, scope: Mapping[str, Any]
+    ) -> AsyncIterator[bytes]:
+        """Yield the bytes of a stream fault and carry it out."""
+        if kind == "midstream_error":
+            error = {"code": 502, "message": "Provider disconnected unexpectedly"}
+            choice = {"index": 0, "delta": {"content": ""}, "finish_reason": "error"}
+            yield bytes(buf + fmt.event({"error": error, "choices": [choice]}) + DONE_LINE)
+        elif kind == "garbage":
+            yield bytes(buf + GARBAGE_LINE)
+        elif kind == "badbytes":
+            yield bytes(buf + BAD_BYTES_LINE)
+        elif kind == "stall":
+            if buf:
+                yield bytes(buf)
+            await self._wait_closing(_STALL_SECONDS)
+        elif kind == "drop":
+            if buf:
+                yield bytes(buf)
+            await self._drop_connection(scope)
+
+    async def _drop_connection(self, scope: Mapping[str, Any]) -> None:
+        """Abort the TCP connection of a request once its pending output is flushed."""
+        transport = self._find_transport(scope.get("client"))
+        if transport is None:
+            raise _DroppedConnectionError("drop directive")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2.0
+        while (
+            transport.get_write_buffer_size() > 0
+            and not transport.is_closing()
+            and loop.time() < deadline
+        ):
+            await asyncio.sleep(0.005)
+        transport.abort()
+        # The disconnect listener of the response cancels this stream shortly.
+        await self._wait_closing(_ABORT_GRACE_SECONDS)
+
+    def _find_transport(self, client: Any) -> asyncio.WriteTransport | None:
+        """Return the transport of the uvicorn connection serving a client address."""
+        server = self._server
+        if server is None or client is None:
+            return None
+        address = tuple(client)
+        for connection in list(server.server_state.connections):
+            if getattr(connection, "client", None) == address:
+                transport = getattr(connection, "transport", None)
+                if isinstance(transport, asyncio.WriteTransport):
+                    return transport
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve the fake until SIGTERM/SIGINT, printing READY <base_url> once it accepts requests."""
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.openrouter", description=__doc__)
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0 = free port)")
+    parser.add_argument("--tokens-per-second", type=float, default=200.0)
+    parser.add_argument("--default-tokens", type=int, default=20)
+    parser.add_argument("--catalog-mode", choices=CATALOG_MODES, default="ok")
+    parser.add_argument("--no-record", action="store_true", help="do not keep request records")
+    args = parser.parse_args(argv)
+
+    stop = threading.Event()
+
+    def _on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    fake = FakeOpenRouter(
+        tokens_per_second=args.tokens_per_second,
+        default_tokens=args.default_tokens,
+        port=args.port,
+        record=not args.no_record,
+    )
+    fake.catalog_mode = args.catalog_mode
+    with fake:
+        print(f"READY {fake.base_url}", flush=True)  # noqa: T201 - the CLI handshake
+        while not stop.wait(0.5):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

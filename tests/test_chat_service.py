@@ -1,0 +1,150 @@
+"""A whole turn through ChatService: frames, metadata, stop, and what the logs contain."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from chatlib.chat import ChatService, TurnRequest
+from chatlib.client import ClientPool
+from chatlib.config import Settings
+from chatlib.errors import InputError, MissingApiKey
+from chatlib.frames import FrameBudget
+from chatlib.logging import REDACTED, SecretRedactor, configure_logging
+from tests.conftest import TEST_API_KEY
+from tests.fakes.openrouter import FakeOpenRouter, expected_reply
+
+SECRET_TEXT = "my-very-private-message-4242"
+
+
+_POOLS: list[ClientPool] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients() -> AsyncIterator[None]:
+    yield
+    while _POOLS:
+        await _POOLS.pop().aclose()
+
+
+def _service(fake: FakeOpenRouter, tmp_path: Path, **overrides: object) -> ChatService:
+    settings = Settings.from_env(
+        {
+            "OPENROUTER_API_KEY": TEST_API_KEY,
+            "OPENROUTER_BASE_URL": fake.base_url,
+            "LOG_PATH": str(tmp_path / "logs" / "app.log"),
+            "LOG_LEVEL": "DEBUG",
+        },
+        env_file=None,
+    )
+    settings = dataclasses.replace(settings, **overrides)
+    configure_logging(settings, stream=io.StringIO())
+    budget = FrameBudget(updates_per_second=300, min_interval_s=0.01)
+    pool = ClientPool(settings)
+    _POOLS.append(pool)
+    return ChatService(settings, pool, budget)
+
+
+def _request(text: str, **kw: object) -> TurnRequest:
+    base = {
+        "history": (),
+        "user_text": text,
+        "model": "openai/gpt-4o",
+        "system_prompt": "Be nice.",
+        "temperature": 0.3,
+    }
+    return TurnRequest(**{**base, **kw})  # type: ignore[arg-type]
+
+
+async def test_turn_streams_frames_and_ends_with_metadata(
+    fake: FakeOpenRouter, tmp_path: Path
+) -> None:
+    service = _service(fake, tmp_path)
+    frames = [f async for f in service.run_turn(_request(f"{SECRET_TEXT} [[tokens=30]]"))]
+    assert frames[0].answer.content == ""  # the user's message shows before upstream answers
+    assert frames[0].history[0].content.startswith(SECRET_TEXT)
+    final = frames[-1]
+    assert final.done and final.error is None
+    assert final.answer.content == expected_reply(SECRET_TEXT, 30)
+    meta = final.answer.meta
+    assert meta is not None and meta.status == "complete"
+    assert meta.completion_tokens == 30 and meta.cost_usd and meta.ttft_ms is not None
+    sent = fake.chat_requests()[-1]
+    assert sent.body["messages"][0] == {"role": "system", "content": "Be nice."}
+    assert sent.headers["x-openrouter-title"] == "OpenRouter Chat"
+
+
+async def test_logs_have_turn_events_but_no_key_or_message_text(
+    fake: FakeOpenRouter, tmp_path: Path
+) -> None:
+    service = _service(fake, tmp_path)
+    [f async for f in service.run_turn(_request(f"{SECRET_TEXT} [[tokens=5]]"))]
+    [f async for f in service.run_turn(_request(f"{SECRET_TEXT} [[error=402]]"))]
+    log_text = (tmp_path / "logs" / "app.log").read_text()
+    events = [json.loads(line) for line in log_text.splitlines()]
+    names = [e["event"] for e in events]
+    for name in ("chat.started", "chat.first_token", "chat.finished", "chat.failed"):
+        assert name in names
+    finished = next(e for e in events if e["event"] == "chat.finished")
+    assert finished["cost_usd"] > 0 and finished["latency_ms"] > 0
+    assert finished["request_id"] and finished["model"] == "openai/gpt-4o"
+    failed = next(e for e in events if e["event"] == "chat.failed")
+    assert failed["status"] == 402 and failed["code"] == "insufficient_credits"
+    assert TEST_API_KEY not in log_text
+    assert SECRET_TEXT not in log_text
+
+
+async def test_stop_keeps_partial_answer_marked_stopped(
+    fake: FakeOpenRouter, tmp_path: Path
+) -> None:
+    service = _service(fake, tmp_path)
+    frames = []
+    async for frame in service.run_turn(
+        _request("slow [[tokens=200]] [[rate=40]]", session_key="s1")
+    ):
+        frames.append(frame)
+        if len(frame.answer.content) > 10 and not frame.done:
+            assert service.stop("s1")
+    final = frames[-1]
+    assert final.done
+    assert final.answer.meta is not None and final.answer.meta.status == "stopped"
+    assert 10 < len(final.answer.content) < len(expected_reply("slow", 200))
+    for _ in range(50):
+        if fake.active_streams == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert fake.active_streams == 0  # the upstream request was really closed
+
+
+async def test_refusals_happen_before_anything_is_sent(
+    fake: FakeOpenRouter, tmp_path: Path
+) -> None:
+    service = _service(fake, tmp_path, max_input_chars=10)
+    with pytest.raises(InputError, match="limit is 10"):
+        await anext(service.run_turn(_request("x" * 11)))
+    keyless = _service(fake, tmp_path, openrouter_api_key=None)
+    with pytest.raises(MissingApiKey):
+        await anext(keyless.run_turn(_request("hi")))
+    assert fake.chat_requests() == []
+
+
+def test_redactor_scrubs_keys_anywhere() -> None:
+    redactor = SecretRedactor(["custom-secret-value"])
+    event = redactor(
+        None,
+        "info",
+        {
+            "event": "x",
+            "headers": {"authorization": "Bearer sk-or-v1-abcdef123456"},
+            "note": "token hf_abcdefghijklmnop and custom-secret-value",
+        },
+    )
+    assert "sk-or" not in json.dumps(event) and "hf_abc" not in json.dumps(event)
+    assert "custom-secret-value" not in json.dumps(event)
+    assert REDACTED in event["note"]

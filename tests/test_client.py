@@ -1,0 +1,136 @@
+"""stream_chat against the fake OpenRouter: typed events, usage, and every failure mode."""
+
+from __future__ import annotations
+
+import pytest
+from openai import AsyncOpenAI
+
+from chatlib import errors
+from chatlib.client import (
+    Finished,
+    ReasoningDelta,
+    StreamEvent,
+    StreamFailed,
+    TextDelta,
+    Usage,
+    stream_chat,
+)
+from tests.fakes.openrouter import FakeOpenRouter, expected_reply
+
+
+async def _collect(
+    fake: FakeOpenRouter, text: str, *, idle: float = 5.0, key: str = "sk-or-v1-unit"
+) -> list[StreamEvent]:
+    client = AsyncOpenAI(base_url=fake.base_url, api_key=key, max_retries=0)
+    try:
+        return [
+            event
+            async for event in stream_chat(
+                client,
+                model="openai/gpt-4o",
+                messages=[{"role": "user", "content": text}],
+                temperature=0.3,
+                idle_timeout=idle,
+            )
+        ]
+    finally:
+        await client.close()
+
+
+def _text(events: list[StreamEvent]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+async def test_stream_yields_text_usage_and_finish(fake: FakeOpenRouter) -> None:
+    events = await _collect(fake, "hello world [[tokens=12]] [[delay=0.6]]")
+    assert _text(events) == expected_reply("hello world [[tokens=12]]", 12)
+    usage = [e for e in events if isinstance(e, Usage)]
+    assert len(usage) == 1 and usage[0].completion_tokens == 12
+    assert usage[0].cost_usd is not None and usage[0].cost_usd > 0
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    assert finished.finish_reason == "stop"
+    assert finished.generation_id and finished.generation_id.startswith("gen-")
+    assert finished.ttft_ms is not None and finished.ttft_ms >= 500  # keep-alives were skipped
+
+
+async def test_reasoning_arrives_as_its_own_events(fake: FakeOpenRouter) -> None:
+    events = await _collect(fake, "think first [[reasoning=3]] [[tokens=4]]")
+    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+    assert reasoning == "think0 think1 think2 "
+    assert _text(events) == expected_reply("think first", 4)
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "words"),
+    [
+        (400, errors.BadRequest, "model id"),
+        (401, errors.AuthenticationFailed, "API key"),
+        (402, errors.InsufficientCredits, "out of credits"),
+        (403, errors.ModerationFlagged, "violence"),
+        (408, errors.UpstreamTimeout, "too long"),
+        (429, errors.UpstreamRateLimited, "Retry in 7 s"),
+        (502, errors.ProviderUnavailable, "unavailable"),
+        (503, errors.ProviderUnavailable, "unavailable"),
+    ],
+)
+async def test_http_errors_map_to_actionable_messages(
+    fake: FakeOpenRouter, status: int, error_type: type[errors.UpstreamError], words: str
+) -> None:
+    events = await _collect(fake, f"hi [[error={status}]]")
+    assert len(events) == 1
+    failure = events[0]
+    assert isinstance(failure, StreamFailed)
+    assert type(failure.error) is error_type
+    assert failure.error.status == status
+    assert words in failure.error.user_message
+
+
+async def test_upstream_rate_limit_carries_retry_after(fake: FakeOpenRouter) -> None:
+    events = await _collect(fake, "hi [[error=429]] [[retry_after=42]]")
+    failure = events[0]
+    assert isinstance(failure, StreamFailed)
+    assert failure.error.retry_after == 42
+
+
+async def test_invalid_key_is_reported_without_echoing_it(fake: FakeOpenRouter) -> None:
+    events = await _collect(fake, "hi", key="sk-or-v1-invalid-0000000000")
+    failure = events[0]
+    assert isinstance(failure, StreamFailed)
+    assert isinstance(failure.error, errors.AuthenticationFailed)
+    assert "sk-or" not in failure.error.user_message
+
+
+@pytest.mark.parametrize("fault", ["midstream_error", "drop", "garbage", "badbytes"])
+async def test_broken_streams_keep_the_partial_text(fake: FakeOpenRouter, fault: str) -> None:
+    events = await _collect(fake, f"partial please [[tokens=20]] [[{fault}=5]]")
+    assert _text(events) == expected_reply("partial please", 5)
+    failure = events[-1]
+    assert isinstance(failure, StreamFailed)
+    assert isinstance(failure.error, errors.StreamInterrupted)
+    assert "kept" in failure.error.user_message
+
+
+async def test_stall_is_cut_after_the_idle_timeout(fake: FakeOpenRouter) -> None:
+    events = await _collect(fake, "stall [[tokens=20]] [[stall=3]]", idle=0.5)
+    assert _text(events) == expected_reply("stall", 3)
+    failure = events[-1]
+    assert isinstance(failure, StreamFailed)
+    assert isinstance(failure.error, errors.StreamStalled)
+
+
+async def test_unreachable_upstream_is_a_clear_error() -> None:
+    client = AsyncOpenAI(base_url="http://127.0.0.1:9/api/v1", api_key="k", max_retries=0)
+    events = [
+        e
+        async for e in stream_chat(
+            client,
+            model="m",
+            messages=[{"role": "user", "content": "x"}],
+            temperature=0,
+            idle_timeout=5,
+        )
+    ]
+    await client.close()
+    assert isinstance(events[0], StreamFailed)
+    assert isinstance(events[0].error, errors.ProviderUnavailable)

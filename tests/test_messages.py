@@ -1,0 +1,132 @@
+"""Pure history functions: what is sent upstream, what the user sees, input limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatlib.errors import InputError
+from chatlib.messages import (
+    AnswerMeta,
+    ChatMessage,
+    build_upstream_messages,
+    check_user_input,
+    format_answer_footer,
+    history_from_dicts,
+    history_to_dicts,
+    strip_last_turn,
+    to_display,
+    user_message_index,
+)
+
+
+def _turns(n: int) -> tuple[ChatMessage, ...]:
+    history: list[ChatMessage] = []
+    for i in range(n):
+        history.append(ChatMessage("user", f"q{i}"))
+        history.append(ChatMessage("assistant", f"a{i}", meta=AnswerMeta(model="m")))
+    return tuple(history)
+
+
+def test_only_the_latest_messages_go_upstream_with_the_system_prompt() -> None:
+    sent = build_upstream_messages(_turns(30), "Be brief.", max_history=5)
+    assert sent[0] == {"role": "system", "content": "Be brief."}
+    # The window never starts with an orphan answer.
+    assert sent[1] == {"role": "user", "content": "q28"}
+    assert [m["content"] for m in sent[1:]] == ["q28", "a28", "q29", "a29"]
+
+
+def test_empty_system_prompt_is_not_sent() -> None:
+    sent = build_upstream_messages((ChatMessage("user", "hi"),), "   ", max_history=40)
+    assert sent == [{"role": "user", "content": "hi"}]
+
+
+def test_failed_empty_answers_are_not_sent_upstream() -> None:
+    history = (
+        ChatMessage("user", "hi"),
+        ChatMessage("assistant", "", meta=AnswerMeta(model="m", status="interrupted")),
+        ChatMessage("user", "again"),
+    )
+    sent = build_upstream_messages(history, "", max_history=40)
+    assert [m["role"] for m in sent] == ["user", "user"]
+
+
+def test_input_history_is_never_mutated() -> None:
+    history = _turns(2)
+    before = history_to_dicts(history)
+    build_upstream_messages(history, "s", 1)
+    to_display(history)
+    assert history_to_dicts(history) == before
+
+
+def test_oversize_input_is_refused_with_limit_and_length() -> None:
+    with pytest.raises(InputError) as caught:
+        check_user_input("x" * 8001, 8000)
+    assert "8,001" in str(caught.value) and "8,000" in str(caught.value)
+
+
+def test_blank_input_is_refused() -> None:
+    with pytest.raises(InputError):
+        check_user_input("  \n ", 100)
+
+
+def test_footer_shows_model_tokens_cost_ttft_and_speed() -> None:
+    meta = AnswerMeta(
+        model="openai/gpt-4o",
+        status="complete",
+        prompt_tokens=12,
+        completion_tokens=100,
+        cost_usd=0.00123,
+        ttft_ms=250,
+        latency_ms=2250,
+    )
+    footer = format_answer_footer(meta)
+    assert footer == "openai/gpt-4o · 12 → 100 tokens · $0.00123 · TTFT 0.25 s · 50 tok/s"
+
+
+def test_stopped_and_interrupted_answers_say_so() -> None:
+    assert "stopped" in format_answer_footer(AnswerMeta(model="m", status="stopped"))
+    assert "interrupted" in format_answer_footer(AnswerMeta(model="m", status="interrupted"))
+
+
+def test_display_shows_thinking_block_error_and_footer() -> None:
+    answer = ChatMessage(
+        "assistant",
+        "partial",
+        reasoning="hmm",
+        meta=AnswerMeta(model="m", status="interrupted", error="Provider died"),
+    )
+    shown = to_display((ChatMessage("user", "<b>hi</b>"), answer))
+    assert shown[0] == {"role": "user", "content": "<b>hi</b>"}
+    assert shown[1]["metadata"]["title"] == "Thinking"
+    assert shown[1]["content"] == "hmm"
+    assert shown[2]["content"].startswith("partial")
+    assert "Provider died" in shown[2]["content"]
+    assert "interrupted" in shown[2]["content"]
+
+
+def test_streaming_placeholder_before_first_token() -> None:
+    shown = to_display(
+        (ChatMessage("user", "hi"), ChatMessage("assistant", "", meta=AnswerMeta("m")))
+    )
+    assert shown[1]["content"] == "…"
+
+
+def test_strip_last_turn_returns_the_text_to_retry() -> None:
+    earlier, text = strip_last_turn(_turns(2))
+    assert text == "q1"
+    assert len(earlier) == 2
+
+
+def test_user_message_index_counts_only_user_messages() -> None:
+    assert user_message_index(_turns(3), 2) == 4
+    assert user_message_index(_turns(1), 5) is None
+
+
+def test_history_round_trips_through_dicts() -> None:
+    history = _turns(2)
+    assert history_from_dicts(history_to_dicts(history)) == history
+
+
+def test_history_from_untrusted_dicts_rejects_bad_roles() -> None:
+    with pytest.raises(ValueError, match="role"):
+        history_from_dicts([{"role": "tool", "content": "x"}])
