@@ -68,6 +68,7 @@ class _Answer:
     text: list[str]
     reasoning: list[str]
     meta: AnswerMeta
+    created_at: float
 
     def apply(self, event: StreamEvent) -> None:
         if isinstance(event, TextDelta):
@@ -106,6 +107,7 @@ class _Answer:
             content="".join(self.text),
             reasoning="".join(self.reasoning),
             meta=self.meta,
+            created_at=self.created_at,
         )
 
 
@@ -119,8 +121,10 @@ class ChatService:
         budget: FrameBudget,
         *,
         clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
     ) -> None:
         self._settings = settings
+        self._wall_clock = wall_clock
         self._clients = clients
         self._budget = budget
         self._clock = clock
@@ -150,11 +154,15 @@ class ChatService:
         """Stream one answer as frames. Raises ChatError before the first frame if refused."""
         text = check_user_input(request.user_text, self._settings.max_input_chars)
         key = self.resolve_key(request.api_key)
-        history: History = (*request.history, ChatMessage(role="user", content=text))
+        now = self._wall_clock()
+        history: History = (
+            *request.history,
+            ChatMessage(role="user", content=text, created_at=now),
+        )
         upstream = build_upstream_messages(
             history, request.system_prompt, self._settings.max_history_messages
         )
-        answer = _Answer(request.model, [], [], AnswerMeta(model=request.model))
+        answer = _Answer(request.model, [], [], AnswerMeta(model=request.model), now)
         yield TurnFrame(history=(*history, answer.message()))
 
         control = TurnControl()

@@ -221,6 +221,96 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "How many answers may stream at the same time (Gradio queue workers).",
     ),
     EnvVar(
+        "DATA_DIR",
+        ".data",
+        _path,
+        "Where conversations, usage logs, exports and the server secret are kept.",
+    ),
+    EnvVar(
+        "BROWSER_STATE_SECRET",
+        "",
+        _optional_secret,
+        "Secret that keys visitors' browser identities and owner ids. Set it as a Space "
+        "secret so identities survive restarts; otherwise one is generated in DATA_DIR "
+        "(or derived from HF_TOKEN when sync is on).",
+        secret=True,
+    ),
+    EnvVar(
+        "ALLOW_USER_KEYS",
+        "false",
+        _bool,
+        "Let visitors paste their own OpenRouter key (always allowed when "
+        "OPENROUTER_API_KEY is unset). The key stays in their browser.",
+    ),
+    EnvVar(
+        "MAX_IMPORT_BYTES",
+        "5000000",
+        _integer(1000, 1_000_000_000),
+        "Largest conversation file a visitor may import, in bytes.",
+    ),
+    EnvVar(
+        "TRUSTED_PROXIES",
+        "",
+        _text,
+        "Comma-separated IPs/CIDRs of reverse proxies whose X-Forwarded-For is believed. "
+        "On a Space, empty means the Space proxy's private ranges.",
+    ),
+    EnvVar(
+        "RATE_LIMIT_REQUESTS_PER_MIN",
+        "20",
+        _integer(0, 1_000_000),
+        "Chat requests per minute per client IP (a burst up to this many); 0 disables.",
+    ),
+    EnvVar(
+        "RATE_LIMIT_REQUESTS_PER_MIN_LOGGED_IN",
+        "0",
+        _integer(0, 1_000_000),
+        "Separate limit for logged-in Hugging Face users; 0 means the same as anonymous.",
+    ),
+    EnvVar(
+        "RATE_LIMIT_STORAGE_URI",
+        "memory://",
+        _text,
+        "Where limit counters live: memory:// (one process) or redis://host:port "
+        "(shared by replicas).",
+    ),
+    EnvVar(
+        "ENABLE_ANALYTICS",
+        "true",
+        _bool,
+        "Record one usage row (tokens, cost, latency; never text) per chat turn.",
+    ),
+    EnvVar(
+        "ADMIN_USERS",
+        "",
+        _text,
+        "Comma-separated Hugging Face user names who see app-wide usage and the CSV.",
+    ),
+    EnvVar(
+        "HF_TOKEN",
+        "",
+        _optional_secret,
+        "Hugging Face token with write access, for dataset sync.",
+        secret=True,
+    ),
+    EnvVar(
+        "HF_DATASET_REPO",
+        "",
+        _text,
+        "Private dataset repo (owner/name) to sync conversations and usage to; empty "
+        "disables sync.",
+    ),
+    EnvVar("HF_SYNC_EVERY_MINUTES", "5", _number(0.05, 1440), "Minutes between dataset pushes."),
+    EnvVar(
+        "HF_ENDPOINT",
+        "https://huggingface.co",
+        _http_url,
+        "Hugging Face Hub URL (tests point it at a local stand-in).",
+    ),
+    EnvVar("SHARE", "false", _bool, "Also open a public gradio.live share link."),
+    EnvVar("SPACE_ID", "", _text, "Set by Hugging Face Spaces (owner/name); do not set it."),
+    EnvVar("SPACE_HOST", "", _text, "Set by Hugging Face Spaces; do not set it."),
+    EnvVar(
         "APP_TITLE",
         "OpenRouter Chat",
         _text,
@@ -257,6 +347,23 @@ class Settings:
     ui_frame_interval_ms: int = 30
     ui_updates_per_second: int = 300
     max_concurrent_streams: int = 600
+    data_dir: Path = Path(".data")
+    browser_state_secret: str | None = dataclasses.field(default=None, repr=False)
+    allow_user_keys: bool = False
+    max_import_bytes: int = 5_000_000
+    trusted_proxies: str = ""
+    rate_limit_requests_per_min: int = 20
+    rate_limit_requests_per_min_logged_in: int = 0
+    rate_limit_storage_uri: str = "memory://"
+    enable_analytics: bool = True
+    admin_users: str = ""
+    hf_token: str | None = dataclasses.field(default=None, repr=False)
+    hf_dataset_repo: str = ""
+    hf_sync_every_minutes: float = 5.0
+    hf_endpoint: str = "https://huggingface.co"
+    share: bool = False
+    space_id: str = ""
+    space_host: str = ""
     app_title: str = "OpenRouter Chat"
     app_url: str | None = None
 
@@ -264,6 +371,26 @@ class Settings:
     def slider_temperature(self) -> float:
         """The default temperature clamped into the UI slider's range."""
         return min(self.temperature, TEMPERATURE_SLIDER_MAX)
+
+    @property
+    def on_space(self) -> bool:
+        """True when running inside a Hugging Face Space."""
+        return bool(self.space_id)
+
+    @property
+    def user_keys_allowed(self) -> bool:
+        """Visitors may bring their own key (always, when the operator set none)."""
+        return self.allow_user_keys or not self.openrouter_api_key
+
+    @property
+    def sync_enabled(self) -> bool:
+        """Dataset sync is on only with both a repo and a token."""
+        return bool(self.hf_dataset_repo and self.hf_token)
+
+    @property
+    def admin_user_names(self) -> frozenset[str]:
+        """ADMIN_USERS as a set of names."""
+        return frozenset(n.strip() for n in self.admin_users.split(",") if n.strip())
 
     @classmethod
     def from_env(

@@ -57,6 +57,7 @@ class ChatMessage:
     content: str
     reasoning: str = ""
     meta: AnswerMeta | None = field(default=None)
+    created_at: float | None = None  # Unix time (UTC seconds)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -65,6 +66,8 @@ class ChatMessage:
             data["reasoning"] = self.reasoning
         if self.meta is not None:
             data["meta"] = self.meta.to_dict()
+        if self.created_at is not None:
+            data["created_at"] = self.created_at
         return data
 
     @classmethod
@@ -77,11 +80,13 @@ class ChatMessage:
         if not isinstance(content, str):
             raise ValueError("content must be a string")
         meta = data.get("meta")
+        created_at = data.get("created_at")
         return cls(
             role=role,
             content=content,
             reasoning=str(data.get("reasoning") or ""),
             meta=AnswerMeta.from_dict(meta) if isinstance(meta, dict) else None,
+            created_at=float(created_at) if isinstance(created_at, int | float) else None,
         )
 
 
