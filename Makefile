@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 APT    := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run install install-dev chromium lint format test e2e screenshots bench clean
+.PHONY: run install install-dev system-deps lint format test e2e screenshots bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found " + sys.version.split()[0] + ")")'
@@ -28,9 +28,13 @@ install-dev: $(VENV)/.dev
 run: install
 	$(BIN)/python app.py
 
-# Browser tests drive Debian's Chromium (Playwright cannot download its own here).
-chromium:
-	@test -x /usr/bin/chromium || { $(APT) update -qq && $(APT) install -y -qq chromium; }
+# Browser tests drive Debian's Chromium (Playwright cannot download its own here);
+# the shared rate-limit tests start a real redis-server.
+system-deps:
+	@missing=""; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then $(APT) update -qq && $(APT) install -y -qq $$missing; fi
 
 lint: install-dev
 	$(BIN)/ruff check .
@@ -41,10 +45,10 @@ format: install-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: install-dev chromium lint
+test: install-dev system-deps lint
 	$(BIN)/python -m pytest
 
-screenshots: install-dev chromium
+screenshots: install-dev system-deps
 	$(BIN)/python -m tests.screenshots
 
 bench: install-dev
