@@ -105,14 +105,14 @@ def start_app(workdir: Path, env_overrides: dict[str, str], timeout: float = 60.
         "NO_PROXY": "*",
         **env_overrides,
     }
-    stderr = (workdir / "stderr.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "app.py")],
-        cwd=workdir,
-        env=env,
-        stdout=stderr,
-        stderr=subprocess.STDOUT,
-    )
+    with (workdir / "stderr.log").open("ab") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "app.py")],
+            cwd=workdir,
+            env=env,
+            stdout=stderr,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/"
     server = AppServer(url=url, process=process, workdir=workdir, log_path=log_path, env=env)
     deadline = time.monotonic() + timeout

@@ -1,0 +1,52 @@
+"""Refresh the README images from the real app against the fake upstream.
+
+Run with `make screenshots`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, REPO, TEST_API_KEY, start_app
+from tests.fakes.openrouter import FakeOpenRouter
+from tests.ui import last_answer, open_app, send, wait_until_idle
+
+DOCS = REPO / "docs"
+
+
+def _chat(page: Page) -> None:
+    page.locator("#system-prompt textarea").fill("You are a helpful assistant.")
+    send(page, "Explain server-sent events in two sentences.")
+    expect(last_answer(page)).to_contain_text("TTFT", timeout=30_000)
+    wait_until_idle(page)
+
+
+def main() -> None:
+    """Start the fake and the app, chat once, and save the screenshots."""
+    DOCS.mkdir(exist_ok=True)
+    with FakeOpenRouter(tokens_per_second=400) as fake, tempfile.TemporaryDirectory() as tmp:
+        fake.set_defaults(tokens=45, reasoning=6)
+        app = start_app(
+            Path(tmp) / "app",
+            {"OPENROUTER_API_KEY": TEST_API_KEY, "OPENROUTER_BASE_URL": fake.base_url},
+        )
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(
+                    executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+                )
+                page = browser.new_page(viewport={"width": 1280, "height": 860})
+                open_app(page, app.url)
+                _chat(page)
+                page.screenshot(path=str(DOCS / "screenshot.png"))
+                browser.close()
+        finally:
+            app.stop()
+    print(f"saved {DOCS / 'screenshot.png'}")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The documented `chat` API, driven with gradio_client like an API user would."""
+
+from __future__ import annotations
+
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from tests.conftest import AppServer
+from tests.fakes.openrouter import FakeOpenRouter, expected_reply
+
+
+@pytest.fixture(scope="module")
+def client(app_server: AppServer) -> Client:
+    return Client(app_server.url, verbose=False)
+
+
+def test_chat_streams_a_growing_answer(client: Client, fake: FakeOpenRouter) -> None:
+    job = client.submit(
+        "Stream to me [[tokens=30]] [[rate=30]]",
+        "openai/gpt-4o-mini",
+        "Be brief.",
+        0.5,
+        [],
+        api_name="/chat",
+    )
+    partials = list(job)
+    final = job.outputs()[-1]
+    assert final == expected_reply("Stream to me", 30)
+    assert len(set(partials)) >= 3  # it arrived in pieces, not at the end
+    assert all(final.startswith(p) for p in partials)
+    body = fake.chat_requests()[-1].body
+    assert body["model"] == "openai/gpt-4o-mini"
+    assert body["temperature"] == 0.5
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+
+
+def test_only_the_message_is_required(client: Client, fake: FakeOpenRouter) -> None:
+    answer = client.predict("Just this [[tokens=5]]", api_name="/chat")
+    assert answer == expected_reply("Just this", 5)
+    body = fake.chat_requests()[-1].body
+    assert body["model"] == "openai/gpt-4o"
+    assert body["temperature"] == 0.3
+
+
+def test_prior_messages_are_sent_upstream(client: Client, fake: FakeOpenRouter) -> None:
+    history = [
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Hello Ada."},
+    ]
+    client.predict(
+        "What is my name? [[tokens=3]]", "openai/gpt-4o", "", 0.3, history, api_name="/chat"
+    )
+    sent = fake.chat_requests()[-1].body["messages"]
+    assert [m["content"] for m in sent] == [
+        "My name is Ada.",
+        "Hello Ada.",
+        "What is my name? [[tokens=3]]",
+    ]
+
+
+def test_oversize_message_is_refused_without_an_upstream_call(
+    client: Client, fake: FakeOpenRouter
+) -> None:
+    with pytest.raises(AppError, match="8,001 characters"):
+        client.predict("x" * 8001, api_name="/chat")
+    assert fake.chat_requests() == []
+
+
+def test_bad_history_is_refused_with_a_reason(client: Client, fake: FakeOpenRouter) -> None:
+    with pytest.raises(AppError, match="role"):
+        client.predict(
+            "hi", "openai/gpt-4o", "", 0.3, [{"role": "tool", "content": "x"}], api_name="/chat"
+        )
+    assert fake.chat_requests() == []
+
+
+def test_upstream_errors_reach_the_caller(client: Client) -> None:
+    with pytest.raises(AppError, match="out of credits"):
+        client.predict("hi [[error=402]]", api_name="/chat")
+
+
+def test_midstream_failure_delivers_partial_text_then_the_error(client: Client) -> None:
+    job = client.submit("Break [[tokens=20]] [[midstream_error=5]] [[rate=50]]", api_name="/chat")
+    with pytest.raises(AppError, match="interrupted"):
+        job.result()
+    assert expected_reply("Break", 5).startswith(job.outputs()[-1])
+    assert job.outputs()[-1]
+
+
+def test_chat_is_the_only_public_endpoint(client: Client) -> None:
+    api = client.view_api(return_format="dict", print_info=False)
+    assert set(api["named_endpoints"]) == {"/chat"}
+    assert not api["unnamed_endpoints"]
