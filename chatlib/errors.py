@@ -88,3 +88,47 @@ class StreamInterrupted(UpstreamError):
 
 class StreamStalled(StreamInterrupted):
     """No token arrived within STREAM_IDLE_TIMEOUT_SECONDS."""
+
+
+class RateLimited(ChatError):
+    """This app's own per-visitor limit refused the turn (not OpenRouter's 429)."""
+
+    code = "rate_limited"
+
+    def __init__(self, retry_after: float, limit: int) -> None:
+        self.retry_after = retry_after
+        self.limit = limit
+        wait = max(1, -int(-retry_after // 1))  # whole seconds, rounded up
+        super().__init__(
+            f"You're sending messages too fast: the limit is {limit} per minute. "
+            f"Try again in {wait} s."
+        )
+
+
+class StorageError(ChatError):
+    """A conversation could not be saved, loaded or deleted; the chat itself goes on."""
+
+
+class ConversationNotFound(StorageError):
+    """No such conversation for this visitor (whether it exists for another is not revealed)."""
+
+    def __init__(self) -> None:
+        super().__init__("This conversation does not exist (it may have been deleted).")
+
+
+class ConversationCorrupt(StorageError):
+    """The conversation's file exists but cannot be read."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This conversation could not be read: its file is damaged. "
+            "Your other conversations are not affected."
+        )
+
+
+class ImportRejected(ChatError):
+    """An imported file was refused; `reason` names the element and the rule it broke."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"Import refused: {reason}. Nothing was imported.")

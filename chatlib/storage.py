@@ -1,0 +1,926 @@
+"""Conversation store: one JSON file per conversation, per owner, plus a small index.
+
+Layout under the data directory::
+
+    conversations/<owner_key>/<conversation_id>.json   the conversation (source of truth)
+    conversations/<owner_key>/index.jsonl              append-only summaries, for listing
+
+Every file is written atomically (temporary file in the same directory, fsync, `os.replace`,
+fsync of the directory), so a crash leaves either the old or the new file, never half of one.
+
+The index is a cache. Each line records one save, rename, deletion or unreadable file, with a
+stamp (inode, size, mtime) of the conversation file it describes; the last line per id wins.
+Listing folds the index and compares it with a scan of the directory (names and stamps only):
+files the index does not describe correctly (a crash between file and index write, a restore
+from the dataset repo, a hand-copied file) are read and re-indexed, entries without a file are
+dropped. Saving appends one line, so it costs the size of one conversation, however many the
+owner has. The index is rewritten compactly once it has grown past twice the live entries.
+
+One process owns a data directory; threads within it are serialized per owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import errno
+import math
+import os
+import re
+import tempfile
+import threading
+import time
+import unicodedata
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+import structlog
+
+from chatlib.errors import ConversationCorrupt, ConversationNotFound, StorageError
+from chatlib.messages import ChatMessage
+
+SCHEMA_VERSION = 1
+NEW_CHAT_TITLE = "New chat"
+MAX_TITLE_CHARS = 200
+AUTO_TITLE_CHARS = 60
+
+_ID_RE = re.compile(r"[0-9a-f]{32}")
+_CONVERSATION_FILE_RE = re.compile(r"([0-9a-f]{32})\.json")
+_INDEX_NAME = "index.jsonl"
+_TEMP_SUFFIX = ".tmp"
+# Bidirectional overrides and the BOM can make a title display as something else.
+_INVISIBLE_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
+)
+_TRAILING_PUNCTUATION = " ,.;:!?-–—"
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "status": (str,),
+    "error": (str,),
+    "prompt_tokens": (int,),
+    "completion_tokens": (int,),
+    "reasoning_tokens": (int,),
+    "cost_usd": (int, float),
+    "ttft_ms": (int, float),
+    "latency_ms": (int, float),
+    "generation_id": (str,),
+}
+_ANSWER_STATUSES = ("streaming", "complete", "stopped", "interrupted")
+
+Stamp = tuple[int, int, int]  # (inode, size, mtime_ns) of a conversation file
+
+
+class _Log(Protocol):
+    def warning(self, event: str, **fields: Any) -> Any: ...
+
+    def info(self, event: str, **fields: Any) -> Any: ...
+
+
+def is_valid_conversation_id(value: object) -> bool:
+    """True for ids of the form `uuid4().hex` (32 lowercase hex characters)."""
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+
+
+def is_valid_owner_key(value: object) -> bool:
+    """True for keys of the form `identity.owner_key` produces (32 lowercase hex characters)."""
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+
+
+def _require_owner_key(owner_key: str) -> None:
+    if not is_valid_owner_key(owner_key):
+        raise ValueError("owner_key must be 32 lowercase hex characters (see identity.owner_key)")
+
+
+def _remove_controls(text: str) -> str:
+    return "".join(
+        c
+        for c in text
+        if c not in _INVISIBLE_CONTROLS and unicodedata.category(c) not in ("Cc", "Cs")
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(_remove_controls(" ".join(text.split())).split())
+
+
+def _shorten(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit // 2:
+        cut = cut[:space]
+    cut = cut.rstrip(_TRAILING_PUNCTUATION) or text[: limit - 1]
+    return cut + "…"
+
+
+def clean_title(title: str, *, max_chars: int = MAX_TITLE_CHARS) -> str:
+    """One line without control characters, at most `max_chars`; never empty."""
+    return _shorten(_one_line(title), max_chars) or NEW_CHAT_TITLE
+
+
+def auto_title(first_user_message: str) -> str:
+    """A title from the first line of a message: ≤ 60 characters, cut at a word, never empty."""
+    for line in first_user_message.splitlines():
+        text = _one_line(line)
+        if text:
+            return _shorten(text, AUTO_TITLE_CHARS)
+    return NEW_CHAT_TITLE
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    """What the conversation list shows, without the messages."""
+
+    id: str
+    title: str
+    created_at: float
+    updated_at: float
+    message_count: int
+    total_cost_usd: float
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A conversation with its settings and messages."""
+
+    id: str
+    title: str
+    created_at: float  # Unix time (UTC seconds)
+    updated_at: float
+    model: str
+    system_prompt: str
+    temperature: float
+    messages: tuple[ChatMessage, ...] = ()
+
+    @property
+    def total_cost_usd(self) -> float:
+        """Sum of the known costs of every answer."""
+        return math.fsum(
+            m.meta.cost_usd
+            for m in self.messages
+            if m.meta is not None and isinstance(m.meta.cost_usd, int | float)
+        )
+
+    def summary(self) -> ConversationSummary:
+        """The list entry for this conversation."""
+        return ConversationSummary(
+            id=self.id,
+            title=self.title,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            message_count=len(self.messages),
+            total_cost_usd=self.total_cost_usd,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: the body of a stored file and of an exported conversation."""
+        return {
+            "id": self.id,
+            "title": self.title,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "model": self.model,
+            "system_prompt": self.system_prompt,
+            "temperature": self.temperature,
+            "messages": [m.to_dict() for m in self.messages],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Conversation:
+        """Inverse of `to_dict`; raises ValueError when a field is missing or mistyped.
+
+        This trusts sizes (it reads our own files); imports go through `chatlib.transfer`.
+        """
+        messages = data.get("messages")
+        if not isinstance(messages, list):
+            raise ValueError("messages must be a list")
+        return cls(
+            id=_str_field(data, "id"),
+            title=_str_field(data, "title"),
+            created_at=_number_field(data, "created_at"),
+            updated_at=_number_field(data, "updated_at"),
+            model=_str_field(data, "model"),
+            system_prompt=_str_field(data, "system_prompt"),
+            temperature=_number_field(data, "temperature"),
+            messages=tuple(_message_from_dict(item) for item in messages),
+        )
+
+
+def _str_field(data: Mapping[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string")
+    return value
+
+
+def _number_field(data: Mapping[str, Any], name: str) -> float:
+    value = data.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number")
+    return float(value)
+
+
+def _message_from_dict(item: object) -> ChatMessage:
+    if not isinstance(item, dict):
+        raise ValueError("a message must be an object")
+    meta = item.get("meta")
+    if meta is not None:
+        if not isinstance(meta, dict):
+            raise ValueError("meta must be an object")
+        for key, expected in _META_TYPES.items():
+            value = meta.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, expected)):
+                raise ValueError(f"meta.{key} has the wrong type")
+        if meta.get("status", "complete") not in _ANSWER_STATUSES:
+            raise ValueError("meta.status is unknown")
+    message = ChatMessage.from_dict(item)
+    if message.meta is not None and message.meta.status == "streaming":
+        # A stored answer is not streaming any more: whatever wrote it is gone.
+        message = replace(message, meta=replace(message.meta, status="interrupted"))
+    return message
+
+
+@dataclass(frozen=True)
+class ListResult:
+    """An owner's conversations, newest first, and the ids of files that could not be read."""
+
+    conversations: list[ConversationSummary]
+    corrupt: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _IndexEntry:
+    id: str
+    stamp: Stamp
+    summary: ConversationSummary | None  # None: the file exists but cannot be read
+
+    def to_line(self) -> bytes:
+        record: dict[str, Any] = {"id": self.id, "stamp": list(self.stamp)}
+        if self.summary is None:
+            record["corrupt"] = True
+        else:
+            record.update(
+                title=self.summary.title,
+                created_at=self.summary.created_at,
+                updated_at=self.summary.updated_at,
+                message_count=self.summary.message_count,
+                total_cost_usd=self.summary.total_cost_usd,
+            )
+        return json_bytes(record, orjson.OPT_APPEND_NEWLINE)
+
+
+def _tombstone_line(conversation_id: str) -> bytes:
+    return json_bytes({"id": conversation_id, "deleted": True}, orjson.OPT_APPEND_NEWLINE)
+
+
+def _index_records(raw: bytes) -> tuple[builtins.list[Any], int]:
+    """The parsed lines of an index file (garbage skipped) and how many lines it has."""
+    lines = [line for line in raw.split(b"\n") if line.strip()]
+    try:
+        # One parse for a healthy index is several times faster than one per line.
+        records = orjson.loads(b"[" + b",".join(lines) + b"]")
+    except orjson.JSONDecodeError:
+        records = []
+        for line in lines:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                records.append(orjson.loads(line))
+    return records, len(lines)
+
+
+def _is_number(value: object) -> bool:
+    return type(value) is float or type(value) is int
+
+
+def _index_entry(conversation_id: str, record: dict[str, Any]) -> _IndexEntry | None:
+    """The entry an index record describes, or None if the record is malformed."""
+    stamp = record.get("stamp")
+    if (
+        _ID_RE.fullmatch(conversation_id) is None
+        or type(stamp) is not list
+        or len(stamp) != 3
+        or not all(type(n) is int for n in stamp)
+    ):
+        return None
+    file_stamp = (stamp[0], stamp[1], stamp[2])
+    if record.get("corrupt") is True:
+        return _IndexEntry(conversation_id, file_stamp, None)
+    title = record.get("title")
+    message_count = record.get("message_count")
+    created_at = record.get("created_at")
+    updated_at = record.get("updated_at")
+    total_cost_usd = record.get("total_cost_usd")
+    if not (
+        type(title) is str
+        and type(message_count) is int
+        and _is_number(created_at)
+        and _is_number(updated_at)
+        and _is_number(total_cost_usd)
+    ):
+        return None
+    summary = ConversationSummary(
+        id=conversation_id,
+        title=title,
+        created_at=float(created_at),  # type: ignore[arg-type]
+        updated_at=float(updated_at),  # type: ignore[arg-type]
+        message_count=message_count,
+        total_cost_usd=float(total_cost_usd),  # type: ignore[arg-type]
+    )
+    return _IndexEntry(conversation_id, file_stamp, summary)
+
+
+def _scrub_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {k: _scrub_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_surrogates(v) for v in value]
+    return value
+
+
+def json_bytes(data: Any, option: int = 0) -> bytes:
+    """orjson.dumps that never fails on text: lone surrogates (not UTF-8) become '?'."""
+    try:
+        return orjson.dumps(data, option=option)
+    except orjson.JSONEncodeError:
+        # Lone surrogates (possible in text that came through a browser) are not UTF-8.
+        return orjson.dumps(_scrub_surrogates(data), option=option)
+
+
+def _stamp(st: os.stat_result) -> Stamp:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable; a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> Stamp:
+    """Replace `path` with `data` so readers see the old or the new bytes, never a mix.
+
+    The temporary file lives next to the target (same filesystem) and is removed on any
+    failure, leaving the previous file untouched. Files are created with mode 0600.
+    """
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=_TEMP_SUFFIX, dir=path.parent)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+            stamp = _stamp(os.fstat(fd))
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(path.parent)
+    return stamp
+
+
+def _save_failed(exc: OSError) -> StorageError:
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        problem = "the disk is full"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        problem = "the server's data folder is read-only (the operator should check DATA_DIR)"
+    else:
+        problem = f"a storage error occurred ({exc.strerror or type(exc).__name__})"
+    return StorageError(
+        f"Could not save the conversation: {problem}. Your chat continues but is not stored."
+    )
+
+
+def _decode_conversation(data: bytes, conversation_id: str) -> Conversation:
+    document = orjson.loads(data)
+    if not isinstance(document, dict):
+        raise ValueError("a conversation file must hold an object")
+    if document.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError("unsupported schema_version")
+    # The file name is the id: a file copied under another name is that other conversation.
+    return replace(Conversation.from_dict(document), id=conversation_id)
+
+
+@dataclass
+class _OwnerState:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    # Lines in index.jsonl and live entries, when known (after a listing or compaction).
+    lines: int | None = None
+    live: int | None = None
+
+    def forget(self) -> None:
+        self.lines = None
+        self.live = None
+
+
+class ConversationStore:
+    """Per-owner conversation files under `root/conversations/` (blocking; see the async one)."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        log: _Log | None = None,
+    ) -> None:
+        self._conversations_dir = Path(root) / "conversations"
+        self._clock = clock
+        self._log: _Log = log if log is not None else structlog.get_logger(__name__)
+        self._owners: dict[str, _OwnerState] = {}
+        self._owners_lock = threading.Lock()
+
+    # -- public API --------------------------------------------------------------------------
+
+    def new_conversation(self, model: str, system_prompt: str, temperature: float) -> Conversation:
+        """A fresh, empty, unsaved conversation titled "New chat"."""
+        now = self._clock()
+        return Conversation(
+            id=uuid.uuid4().hex,
+            title=NEW_CHAT_TITLE,
+            created_at=now,
+            updated_at=now,
+            model=model,
+            system_prompt=system_prompt,
+            temperature=temperature,
+            messages=(),
+        )
+
+    def save(
+        self, owner_key: str, conversation: Conversation, *, touch: bool = True
+    ) -> Conversation:
+        """Store `conversation` for `owner_key` and return it as stored.
+
+        `updated_at` is set to now (unless `touch=False`, used by imports); a conversation
+        still titled "New chat" is titled from its first user message. Raises StorageError
+        when the disk refuses the write; the previously stored version is then intact.
+        """
+        _require_owner_key(owner_key)
+        if not is_valid_conversation_id(conversation.id):
+            raise ValueError("conversation id must be uuid4().hex")
+        for name in ("created_at", "updated_at", "temperature"):
+            if not math.isfinite(getattr(conversation, name)):
+                raise ValueError(f"conversation {name} must be finite")
+        title = conversation.title
+        if title.strip() in ("", NEW_CHAT_TITLE):
+            first_user = next((m.content for m in conversation.messages if m.role == "user"), "")
+            title = auto_title(first_user)
+        saved = replace(
+            conversation,
+            title=clean_title(title),
+            updated_at=self._clock() if touch else conversation.updated_at,
+        )
+        state = self._state(owner_key)
+        with state.lock:
+            self._write(owner_key, state, saved)
+        return saved
+
+    def load(self, owner_key: str, conversation_id: str) -> Conversation:
+        """The conversation; ConversationNotFound if this owner has none with that id."""
+        _require_owner_key(owner_key)
+        if not is_valid_conversation_id(conversation_id):
+            raise ConversationNotFound()
+        return self._read(owner_key, conversation_id)
+
+    def list(self, owner_key: str) -> ListResult:
+        """The owner's conversations, most recently updated first; unreadable ids apart."""
+        _require_owner_key(owner_key)
+        state = self._state(owner_key)
+        with state.lock:
+            entries = self._refresh_index(owner_key, state)
+        summaries = [e.summary for e in entries.values() if e.summary is not None]
+        summaries.sort(key=lambda s: (s.updated_at, s.created_at, s.id), reverse=True)
+        corrupt = sorted(e.id for e in entries.values() if e.summary is None)
+        return ListResult(conversations=summaries, corrupt=corrupt)
+
+    def delete(self, owner_key: str, conversation_id: str) -> bool:
+        """Delete the conversation; False if this owner has none with that id."""
+        _require_owner_key(owner_key)
+        if not is_valid_conversation_id(conversation_id):
+            return False
+        directory = self._owner_dir(owner_key)
+        state = self._state(owner_key)
+        with state.lock:
+            try:
+                os.unlink(directory / f"{conversation_id}.json")
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            except OSError as exc:
+                self._log.warning(
+                    "storage.delete_failed",
+                    owner_key=owner_key,
+                    conversation_id=conversation_id,
+                    errno=exc.errno,
+                )
+                raise StorageError(
+                    "Could not delete the conversation: the server's storage refused it. "
+                    "Try again later."
+                ) from exc
+            _fsync_directory(directory)
+            self._append_index(owner_key, state, [_tombstone_line(conversation_id)], live_delta=-1)
+        return True
+
+    def rename(self, owner_key: str, conversation_id: str, title: str) -> Conversation:
+        """Give the conversation a new title (cleaned); its place in the list is kept."""
+        _require_owner_key(owner_key)
+        if not is_valid_conversation_id(conversation_id):
+            raise ConversationNotFound()
+        state = self._state(owner_key)
+        with state.lock:
+            renamed = replace(self._read(owner_key, conversation_id), title=clean_title(title))
+            self._write(owner_key, state, renamed)
+        return renamed
+
+    def search(self, owner_key: str, query: str) -> builtins.list[ConversationSummary]:
+        """Conversations whose title or any message contains `query` (case-insensitive)."""
+        needle = query.strip().casefold()
+        listed = self.list(owner_key).conversations
+        if not needle:
+            return listed
+        found: builtins.list[ConversationSummary] = []
+        for summary in listed:
+            if needle in summary.title.casefold():
+                found.append(summary)
+                continue
+            try:
+                conversation = self._read(owner_key, summary.id)
+            except (ConversationNotFound, ConversationCorrupt):
+                continue
+            if any(needle in m.content.casefold() for m in conversation.messages):
+                found.append(summary)
+        return found
+
+    def move_all(self, from_owner_key: str, to_owner_key: str) -> int:
+        """Give every conversation of one owner to another (an anonymous visitor logging in).
+
+        Nothing is overwritten: a conversation whose id the new owner already has gets a new
+        id. Unreadable files move too. Returns how many files moved.
+        """
+        _require_owner_key(from_owner_key)
+        _require_owner_key(to_owner_key)
+        if from_owner_key == to_owner_key:
+            return 0
+        source = self._owner_dir(from_owner_key)
+        target = self._owner_dir(to_owner_key)
+        first, second = sorted((from_owner_key, to_owner_key))
+        with self._state(first).lock, self._state(second).lock:
+            if not source.is_dir():
+                return 0
+            try:
+                self._ensure_dir(target)
+            except OSError as exc:
+                raise _save_failed(exc) from exc
+            known = self._fold_index(source)[0]
+            carried: builtins.list[bytes] = []
+            tombstones: builtins.list[bytes] = []
+            failure: OSError | None = None
+            for conversation_id, stamp in self._scan(source).items():
+                try:
+                    new_id = _move_without_overwrite(source, target, conversation_id)
+                except OSError as exc:
+                    failure = exc
+                    break
+                tombstones.append(_tombstone_line(conversation_id))
+                entry = known.get(conversation_id)
+                if entry is not None and entry.stamp == stamp and entry.summary is not None:
+                    summary = replace(entry.summary, id=new_id)
+                    carried.append(_IndexEntry(new_id, stamp, summary).to_line())
+                # Otherwise the target's next listing reads the file and indexes it.
+            _fsync_directory(target)
+            _fsync_directory(source)
+            # Counts are unknown now; the next listing of either owner recomputes them.
+            self._state(to_owner_key).forget()
+            self._state(from_owner_key).forget()
+            self._append_index(to_owner_key, self._state(to_owner_key), carried)
+            if failure is None:
+                self._remove_owner_dir(source)
+            else:
+                self._append_index(from_owner_key, self._state(from_owner_key), tombstones)
+                self._log.warning(
+                    "storage.move_failed",
+                    from_owner_key=from_owner_key,
+                    to_owner_key=to_owner_key,
+                    moved=len(tombstones),
+                    errno=failure.errno,
+                )
+                raise StorageError(
+                    f"Could not move all conversations ({len(tombstones)} moved); "
+                    "the rest stay where they were. Try again later."
+                ) from failure
+        self._log.info(
+            "storage.moved",
+            from_owner_key=from_owner_key,
+            to_owner_key=to_owner_key,
+            moved=len(tombstones),
+        )
+        return len(tombstones)
+
+    # -- files -------------------------------------------------------------------------------
+
+    def _state(self, owner_key: str) -> _OwnerState:
+        with self._owners_lock:
+            state = self._owners.get(owner_key)
+            if state is None:
+                state = self._owners[owner_key] = _OwnerState()
+            return state
+
+    def _owner_dir(self, owner_key: str) -> Path:
+        return self._conversations_dir / owner_key
+
+    def _ensure_dir(self, directory: Path) -> None:
+        if not directory.is_dir():
+            self._conversations_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, exist_ok=True)
+
+    def _write(self, owner_key: str, state: _OwnerState, conversation: Conversation) -> None:
+        """Write the file, then index it; the caller holds the owner's lock."""
+        directory = self._owner_dir(owner_key)
+        path = directory / f"{conversation.id}.json"
+        document = {"schema_version": SCHEMA_VERSION, **conversation.to_dict()}
+        try:
+            self._ensure_dir(directory)
+            is_new = not path.exists()
+            stamp = atomic_write(path, json_bytes(document))
+        except OSError as exc:
+            self._log.warning(
+                "storage.save_failed",
+                owner_key=owner_key,
+                conversation_id=conversation.id,
+                errno=exc.errno,
+            )
+            raise _save_failed(exc) from exc
+        line = _IndexEntry(conversation.id, stamp, conversation.summary()).to_line()
+        self._append_index(owner_key, state, [line], live_delta=1 if is_new else 0)
+
+    def _read(self, owner_key: str, conversation_id: str) -> Conversation:
+        path = self._owner_dir(owner_key) / f"{conversation_id}.json"
+        try:
+            data = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise ConversationNotFound() from None
+        except OSError as exc:
+            self._warn_corrupt(owner_key, conversation_id, exc)
+            raise ConversationCorrupt() from exc
+        try:
+            return _decode_conversation(data, conversation_id)
+        except (ValueError, TypeError) as exc:
+            self._warn_corrupt(owner_key, conversation_id, exc)
+            raise ConversationCorrupt() from exc
+
+    def _warn_corrupt(self, owner_key: str, conversation_id: str, exc: Exception) -> None:
+        # The exception's text may quote the file; its type is enough to diagnose.
+        self._log.warning(
+            "storage.corrupt_file",
+            owner_key=owner_key,
+            conversation_id=conversation_id,
+            reason=type(exc).__name__,
+        )
+
+    def _scan(self, directory: Path) -> dict[str, Stamp]:
+        """Conversation files by id with their stamps; removes temporary files left by a crash.
+
+        The caller holds the owner's lock, so no temporary file of ours is in flight.
+        """
+        found: dict[str, Stamp] = {}
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                match = _CONVERSATION_FILE_RE.fullmatch(entry.name)
+                if match is not None:
+                    try:
+                        found[match[1]] = _stamp(entry.stat(follow_symlinks=False))
+                    except FileNotFoundError:
+                        continue
+                elif entry.name.startswith(".") and entry.name.endswith(_TEMP_SUFFIX):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+        return found
+
+    def _index_entry_from_file(
+        self, owner_key: str, conversation_id: str, scanned: Stamp
+    ) -> _IndexEntry:
+        path = self._owner_dir(owner_key) / f"{conversation_id}.json"
+        try:
+            with path.open("rb") as file:
+                stamp = _stamp(os.fstat(file.fileno()))
+                data = file.read()
+        except OSError as exc:
+            self._warn_corrupt(owner_key, conversation_id, exc)
+            return _IndexEntry(conversation_id, scanned, None)
+        try:
+            conversation = _decode_conversation(data, conversation_id)
+        except (ValueError, TypeError) as exc:
+            self._warn_corrupt(owner_key, conversation_id, exc)
+            return _IndexEntry(conversation_id, stamp, None)
+        return _IndexEntry(conversation_id, stamp, conversation.summary())
+
+    # -- index -------------------------------------------------------------------------------
+
+    def _fold_index(self, directory: Path) -> tuple[dict[str, _IndexEntry], int]:
+        """The last entry per id, and how many lines the index has (garbage included)."""
+        try:
+            raw = (directory / _INDEX_NAME).read_bytes()
+        except FileNotFoundError:
+            return {}, 0
+        except OSError as exc:
+            self._log.warning("storage.index_unreadable", errno=exc.errno)
+            return {}, 0
+        records, lines = _index_records(raw)
+        latest: dict[str, dict[str, Any]] = {}
+        for record in records:
+            if type(record) is not dict or type(record.get("id")) is not str:
+                continue
+            if record.get("deleted") is True:
+                latest.pop(record["id"], None)
+            else:
+                latest[record["id"]] = record
+        entries: dict[str, _IndexEntry] = {}
+        for conversation_id, record in latest.items():
+            entry = _index_entry(conversation_id, record)
+            if entry is not None:
+                entries[conversation_id] = entry
+        return entries, lines
+
+    def _refresh_index(self, owner_key: str, state: _OwnerState) -> dict[str, _IndexEntry]:
+        """The folded index, corrected against the files on disk; the caller holds the lock."""
+        directory = self._owner_dir(owner_key)
+        if not directory.is_dir():
+            state.lines, state.live = 0, 0
+            return {}
+        entries, lines = self._fold_index(directory)
+        try:
+            on_disk = self._scan(directory)
+        except OSError as exc:
+            self._log.warning("storage.list_failed", owner_key=owner_key, errno=exc.errno)
+            raise StorageError(
+                "Could not read your saved conversations: the server's storage refused it. "
+                "Try again later."
+            ) from exc
+        fixes: builtins.list[bytes] = []
+        for conversation_id, stamp in on_disk.items():
+            known = entries.get(conversation_id)
+            if known is None or known.stamp != stamp:
+                fresh = self._index_entry_from_file(owner_key, conversation_id, stamp)
+                entries[conversation_id] = fresh
+                fixes.append(fresh.to_line())
+        for conversation_id in entries.keys() - on_disk.keys():
+            del entries[conversation_id]
+            fixes.append(_tombstone_line(conversation_id))
+        if fixes:
+            self._log.info("storage.index_repaired", owner_key=owner_key, entries=len(fixes))
+        state.lines, state.live = lines, len(entries)
+        if lines + len(fixes) > _compaction_threshold(len(entries)):
+            self._compact(owner_key, state, entries)
+        elif fixes:
+            self._append_index(owner_key, state, fixes)
+        return entries
+
+    def _append_index(
+        self, owner_key: str, state: _OwnerState, lines: builtins.list[bytes], live_delta: int = 0
+    ) -> None:
+        """Append lines to the index; the caller holds the owner's lock.
+
+        A failure only logs: the files are the truth and the next listing repairs the index.
+        """
+        if not lines:
+            return
+        directory = self._owner_dir(owner_key)
+        payload = b"".join(lines)
+        try:
+            fd = os.open(directory / _INDEX_NAME, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                size = os.fstat(fd).st_size
+                if size:
+                    os.lseek(fd, size - 1, os.SEEK_SET)
+                    if os.read(fd, 1) != b"\n":
+                        # A crash tore the last line; never glue a good line onto it.
+                        payload = b"\n" + payload
+                _write_all(fd, payload)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._log.warning("storage.index_write_failed", owner_key=owner_key, errno=exc.errno)
+            state.forget()
+            return
+        if state.lines is None or state.live is None:
+            return
+        state.lines += len(lines)
+        state.live += live_delta
+        if state.lines > _compaction_threshold(state.live):
+            self._compact(owner_key, state, self._fold_index(directory)[0])
+
+    def _compact(
+        self, owner_key: str, state: _OwnerState, entries: Mapping[str, _IndexEntry]
+    ) -> None:
+        """Rewrite the index with one line per live entry; the caller holds the lock."""
+        directory = self._owner_dir(owner_key)
+        try:
+            atomic_write(directory / _INDEX_NAME, b"".join(e.to_line() for e in entries.values()))
+        except OSError as exc:
+            self._log.warning("storage.index_write_failed", owner_key=owner_key, errno=exc.errno)
+            state.forget()
+            return
+        state.lines, state.live = len(entries), len(entries)
+
+    def _remove_owner_dir(self, directory: Path) -> None:
+        """Remove an owner's directory once it holds no conversation (after a move)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(directory / _INDEX_NAME)
+        # If something else lives there (a file that arrived meanwhile), it stays; the next
+        # listing indexes it.
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
+def _compaction_threshold(live: int) -> int:
+    return 2 * live + 100
+
+
+def _move_without_overwrite(source: Path, target: Path, conversation_id: str) -> str:
+    """Move one conversation file; returns its id in `target` (new if the id is taken)."""
+    new_id = conversation_id
+    while True:
+        destination = target / f"{new_id}.json"
+        try:
+            # link() fails instead of replacing an existing file, unlike rename().
+            os.link(source / f"{conversation_id}.json", destination)
+        except FileExistsError:
+            new_id = uuid.uuid4().hex
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                raise
+            # Filesystems without hard links: check, then rename (one process owns the dir).
+            if destination.exists():
+                new_id = uuid.uuid4().hex
+                continue
+            os.rename(source / f"{conversation_id}.json", destination)
+            return new_id
+        os.unlink(source / f"{conversation_id}.json")
+        return new_id
+
+
+class AsyncConversationStore:
+    """The same store for async handlers: every file operation runs in a worker thread."""
+
+    def __init__(self, store: ConversationStore) -> None:
+        self._store = store
+
+    @property
+    def sync(self) -> ConversationStore:
+        """The blocking store underneath."""
+        return self._store
+
+    def new_conversation(self, model: str, system_prompt: str, temperature: float) -> Conversation:
+        """A fresh unsaved conversation (no I/O, so not a coroutine)."""
+        return self._store.new_conversation(model, system_prompt, temperature)
+
+    async def save(
+        self, owner_key: str, conversation: Conversation, *, touch: bool = True
+    ) -> Conversation:
+        """See `ConversationStore.save`."""
+        return await asyncio.to_thread(self._store.save, owner_key, conversation, touch=touch)
+
+    async def load(self, owner_key: str, conversation_id: str) -> Conversation:
+        """See `ConversationStore.load`."""
+        return await asyncio.to_thread(self._store.load, owner_key, conversation_id)
+
+    async def list(self, owner_key: str) -> ListResult:
+        """See `ConversationStore.list`."""
+        return await asyncio.to_thread(self._store.list, owner_key)
+
+    async def delete(self, owner_key: str, conversation_id: str) -> bool:
+        """See `ConversationStore.delete`."""
+        return await asyncio.to_thread(self._store.delete, owner_key, conversation_id)
+
+    async def rename(self, owner_key: str, conversation_id: str, title: str) -> Conversation:
+        """See `ConversationStore.rename`."""
+        return await asyncio.to_thread(self._store.rename, owner_key, conversation_id, title)
+
+    async def search(self, owner_key: str, query: str) -> builtins.list[ConversationSummary]:
+        """See `ConversationStore.search`."""
+        return await asyncio.to_thread(self._store.search, owner_key, query)
+
+    async def move_all(self, from_owner_key: str, to_owner_key: str) -> int:
+        """See `ConversationStore.move_all`."""
+        return await asyncio.to_thread(self._store.move_all, from_owner_key, to_owner_key)

@@ -1,0 +1,437 @@
+"""Visitors download their conversations and bring them back; bad files are refused clearly."""
+
+from __future__ import annotations
+
+import errno
+import tempfile
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chatlib.errors import ImportRejected, StorageError
+from chatlib.messages import AnswerMeta, ChatMessage
+from chatlib.storage import Conversation, ConversationStore, is_valid_conversation_id
+from chatlib.transfer import (
+    export_filename,
+    export_json,
+    export_markdown,
+    import_conversations,
+    parse_import,
+    write_export,
+)
+
+ALICE = "a1" * 16
+BOB = "b2" * 16
+CORPUS = Path(__file__).resolve().parent / "import_corpus"
+NOW = datetime(2025, 6, 15, 12, 0, 5, tzinfo=UTC)
+MB = 1_000_000
+# The corpus is checked against small limits so its files stay small and readable.
+CORPUS_LIMITS: dict[str, Any] = {
+    "max_bytes": 100_000,
+    "max_conversations": 5,
+    "max_messages": 20,
+    "max_message_chars": 1000,
+}
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_750_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        self.now += 1
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ConversationStore:
+    return ConversationStore(tmp_path, clock=FakeClock())
+
+
+def _conversation(store: ConversationStore, owner: str, question: str) -> Conversation:
+    conversation = replace(
+        store.new_conversation("anthropic/claude-sonnet-4", "You are a pirate.", 0.7),
+        messages=(
+            ChatMessage("user", question, created_at=1_750_000_001.5),
+            ChatMessage(
+                "assistant",
+                "Arr, <script>alert('x')</script> **bold** answer",
+                reasoning="Let me think like a pirate.",
+                meta=AnswerMeta(
+                    model="anthropic/claude-sonnet-4",
+                    status="complete",
+                    prompt_tokens=12,
+                    completion_tokens=30,
+                    cost_usd=0.0012,
+                    ttft_ms=250.0,
+                    latency_ms=1500.0,
+                    generation_id="gen-abc",
+                ),
+                created_at=1_750_000_003.0,
+            ),
+        ),
+    )
+    return store.save(owner, conversation)
+
+
+def _content(conversation: Conversation) -> tuple[object, ...]:
+    return (
+        conversation.title,
+        conversation.created_at,
+        conversation.updated_at,
+        conversation.model,
+        conversation.system_prompt,
+        conversation.temperature,
+        conversation.messages,
+    )
+
+
+def _parse(data: bytes, **limits: Any) -> list[Conversation]:
+    return parse_import(data, **{"max_bytes": 5 * MB, **limits})
+
+
+# -- export -----------------------------------------------------------------------------------
+
+
+def test_exported_conversations_come_back_whole_as_new_copies(store: ConversationStore) -> None:
+    originals = [
+        _conversation(store, ALICE, "Where is the treasure?"),
+        _conversation(store, ALICE, "Hi"),
+    ]
+    data = export_json(originals, now=NOW)
+
+    imported = import_conversations(store, BOB, data, max_bytes=5 * MB)
+
+    assert [_content(c) for c in imported] == [_content(c) for c in originals]
+    assert {c.id for c in imported}.isdisjoint({c.id for c in originals})
+    assert all(is_valid_conversation_id(c.id) for c in imported)
+    assert sorted(s.id for s in store.list(BOB).conversations) == sorted(c.id for c in imported)
+    # Importing the same file again adds copies; it never overwrites.
+    import_conversations(store, BOB, data, max_bytes=5 * MB)
+    assert len(store.list(BOB).conversations) == 4
+    assert len(store.list(ALICE).conversations) == 2
+
+
+def test_the_export_holds_the_conversations_and_nothing_else(store: ConversationStore) -> None:
+    conversation = _conversation(store, ALICE, "What do you know about me?")
+
+    data = export_json([conversation], now=NOW)
+    document = orjson.loads(data)
+
+    assert set(document) == {"format", "schema_version", "exported_at", "conversations"}
+    assert document["format"] == "openrouter-chat"
+    assert document["schema_version"] == 1
+    assert document["exported_at"] == "2025-06-15T12:00:05Z"
+    assert document["conversations"] == [conversation.to_dict()]
+    assert ALICE.encode() not in data
+
+
+def test_the_download_is_named_by_its_utc_time() -> None:
+    assert export_filename(NOW) == "chat_20250615T120005Z.json"
+    paris = timezone(timedelta(hours=2))
+    assert export_filename(datetime(2025, 6, 15, 14, 0, 5, tzinfo=paris)) == (
+        "chat_20250615T120005Z.json"
+    )
+
+
+def test_two_visitors_exporting_in_the_same_second_get_their_own_files(tmp_path: Path) -> None:
+    exports = tmp_path / "exports"
+
+    mine = write_export(exports, b'{"mine": true}', NOW)
+    theirs = write_export(exports, b'{"theirs": true}', NOW)
+
+    assert mine != theirs
+    assert mine.name == theirs.name == "chat_20250615T120005Z.json"
+    assert mine.read_bytes() == b'{"mine": true}'
+    assert theirs.read_bytes() == b'{"theirs": true}'
+    assert exports in mine.parents and exports in theirs.parents
+    assert mine.stat().st_mode & 0o777 == 0o600
+
+
+def test_markdown_export_reads_like_the_chat(store: ConversationStore) -> None:
+    conversation = _conversation(store, ALICE, "Where is the treasure?")
+
+    markdown = export_markdown(conversation)
+
+    assert markdown.startswith("# Where is the treasure?\n")
+    assert "- Model: `anthropic/claude-sonnet-4`" in markdown
+    assert "  > You are a pirate." in markdown
+    assert "**You**\n\nWhere is the treasure?" in markdown
+    assert "**Assistant** (anthropic/claude-sonnet-4 · 30 tokens · $0.0012)" in markdown
+    assert "> Let me think like a pirate." in markdown
+    assert "Arr, <script>alert('x')</script> **bold** answer" in markdown
+    assert markdown.index("**You**") < markdown.index("**Assistant**")
+
+
+# -- import: what is accepted -----------------------------------------------------------------
+
+
+def test_a_single_conversation_or_a_bare_list_can_be_imported(store: ConversationStore) -> None:
+    conversation = _conversation(store, ALICE, "single")
+    single = orjson.dumps(conversation.to_dict())
+    bare_list = orjson.dumps([conversation.to_dict(), conversation.to_dict()])
+
+    assert [_content(c) for c in _parse(single)] == [_content(conversation)]
+    assert len(_parse(bare_list)) == 2
+
+
+def test_a_file_saved_by_a_windows_editor_with_a_bom_is_accepted(
+    store: ConversationStore,
+) -> None:
+    conversation = _conversation(store, ALICE, "from Notepad")
+
+    imported = _parse(b"\xef\xbb\xbf" + export_json([conversation]))
+
+    assert imported[0].title == "from Notepad"
+
+
+def test_a_minimal_hand_written_file_gets_sensible_defaults() -> None:
+    data = b"""{"model": "openai/gpt-4o", "temperature": 1,
+               "messages": [{"role": "user", "content": "Write a haiku\\nabout rain"}]}"""
+
+    (conversation,) = _parse(data, clock=lambda: 1_700_000_000.0)
+
+    assert conversation.title == "Write a haiku"
+    assert conversation.created_at == conversation.updated_at == 1_700_000_000.0
+    assert conversation.system_prompt == ""
+
+
+def test_html_stays_text_and_path_like_titles_stay_titles(
+    store: ConversationStore, tmp_path: Path
+) -> None:
+    data = orjson.dumps(
+        {
+            "id": "../../" + ALICE + "/evil",
+            "title": "../../etc/passwd\x00\u202e",
+            "model": "openai/gpt-4o",
+            "temperature": 0.3,
+            "messages": [{"role": "user", "content": "<img src=x onerror=alert(1)>"}],
+        }
+    )
+
+    (imported,) = import_conversations(store, BOB, data, max_bytes=MB)
+
+    assert imported.title == "../../etc/passwd"
+    assert imported.messages[0].content == "<img src=x onerror=alert(1)>"
+    assert is_valid_conversation_id(imported.id)
+    names = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert names == [
+        f"conversations/{BOB}/{imported.id}.json",
+        f"conversations/{BOB}/index.jsonl",
+    ]
+
+
+# -- import: what is refused ------------------------------------------------------------------
+
+
+def test_a_file_over_the_size_limit_is_refused_with_both_sizes() -> None:
+    with pytest.raises(ImportRejected) as refused:
+        parse_import(b" " * 6_200_000, max_bytes=5 * MB)
+
+    assert refused.value.reason == "file is 6.2 MB; the limit is 5.0 MB"
+    assert "Nothing was imported" in str(refused.value)
+
+
+def test_a_file_just_over_the_limit_shows_exact_bytes() -> None:
+    with pytest.raises(ImportRejected, match="file is 5,000,001 bytes; the limit is 5,000,000"):
+        parse_import(b" " * 5_000_001, max_bytes=5 * MB)
+
+
+# Each malformed file and the words its refusal must contain.
+EXPECTED_REASONS = {
+    "bad_utf8.json": "not valid UTF-8 (byte 0xe9",
+    "boolean_timestamp.json": "conversation 1, field 'created_at' is a boolean, expected a number",
+    "content_blocks.json": "conversation 1, message 1 has content that is a list, expected a str",
+    "content_deeply_nested.json": "message 1 has content that is a list",
+    "content_number.json": "message 1 has content that is a number, expected a string",
+    "conversation_is_a_string.json": "conversation 2 is a string, expected an object",
+    "conversations_not_a_list.json": "field 'conversations' is an object, expected a list",
+    "empty.json": "file is empty",
+    "infinite_number.json": "file is not JSON: number is infinity",
+    "message_not_an_object.json": "conversation 1, message 1 is a string, expected an object",
+    "message_too_long.json": "message 1 content is 1,001 characters; the limit is 1,000",
+    "messages_not_a_list.json": "field 'messages' is a string, expected a list",
+    "missing_content.json": "conversation 1, message 1 is missing the field 'content'",
+    "missing_messages.json": "conversation 1 is missing the field 'messages'",
+    "missing_model.json": "conversation 1 is missing the field 'model'",
+    "missing_role.json": "conversation 1, message 1 is missing the field 'role'",
+    "model_too_long.json": "field 'model' is 302 characters; the limit is 200",
+    "model_with_spaces.json": "field 'model' contains spaces or control characters",
+    "nan_temperature.json": "file is not JSON: unexpected character",
+    "negative_cost.json": "message 1, meta, field 'cost_usd' is -1, expected a number from 0",
+    "negative_tokens.json": "field 'completion_tokens' is a number, expected a whole number ≥ 0",
+    "nested_too_deep.json": "file is not JSON: depth limit exceeded",
+    "newer_schema.json": "schema_version 2, newer than this app reads (1)",
+    "no_conversations.json": "file contains no conversations",
+    "only_whitespace.json": "file is empty",
+    "path_title_with_tool_role.json": "message 1 has role 'function', expected user/assistant",
+    "plain_text.json": "file is not JSON: unexpected character",
+    "role_tool.json": "conversation 1, message 2 has role 'tool', expected user/assistant/system",
+    "temperature_as_text.json": "field 'temperature' is a string, expected a number",
+    "temperature_out_of_range.json": "field 'temperature' is 7, expected a number from 0 to 2",
+    "title_is_a_number.json": "conversation 1, field 'title' is a number, expected a string",
+    "too_many_conversations.json": "file has 6 conversations; the limit is 5",
+    "too_many_messages.json": "conversation 1 has 21 messages; the limit is 20",
+    "top_level_null.json": "the top level is null",
+    "top_level_number.json": "the top level is a number",
+    "top_level_string.json": "the top level is a string",
+    "truncated.json": "file is not JSON",
+    "unknown_status.json": "meta has status 'hacked'",
+    "unrelated_object.json": "neither 'conversations' nor 'messages'",
+    "utf16_with_bom.json": "file is UTF-16 encoded; it must be UTF-8",
+    "wrong_format.json": "field 'format' is 'chatgpt-export', expected 'openrouter-chat'",
+}
+
+
+def test_every_corpus_file_has_an_expected_reason() -> None:
+    assert sorted(p.name for p in CORPUS.glob("*.json")) == sorted(EXPECTED_REASONS)
+    assert len(EXPECTED_REASONS) >= 20
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_REASONS))
+def test_a_malformed_file_is_refused_with_its_reason_and_nothing_changes(
+    store: ConversationStore, name: str
+) -> None:
+    existing = _conversation(store, ALICE, "precious")
+    before = store.list(ALICE)
+
+    with pytest.raises(ImportRejected) as refused:
+        import_conversations(store, ALICE, (CORPUS / name).read_bytes(), **CORPUS_LIMITS)
+
+    assert EXPECTED_REASONS[name] in refused.value.reason
+    assert store.list(ALICE) == before
+    assert store.load(ALICE, existing.id) == existing
+
+
+def test_an_import_that_fills_the_disk_half_way_is_undone(
+    store: ConversationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    existing = _conversation(store, ALICE, "precious")
+    data = export_json([existing, existing, existing])
+    real_mkstemp = tempfile.mkstemp
+    calls = 0
+
+    def fills_up(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", fills_up)
+    with pytest.raises(StorageError, match="disk is full"):
+        import_conversations(store, ALICE, data, max_bytes=MB)
+    monkeypatch.undo()
+
+    assert [s.id for s in store.list(ALICE).conversations] == [existing.id]
+
+
+# -- import: untrusted input never escapes as anything but ImportRejected ----------------------
+
+json_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30)
+)
+json_values = st.recursive(
+    json_leaves,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def mostly(
+    valid: st.SearchStrategy[Any], plausible: st.SearchStrategy[Any] = json_values
+) -> st.SearchStrategy[Any]:
+    """Usually a valid value, sometimes a plausible mistake or anything at all."""
+    choices = {"valid": valid, "plausible": plausible, "junk": json_values}
+    return st.sampled_from(["valid"] * 6 + ["plausible", "junk"]).flatmap(choices.__getitem__)
+
+
+messages = st.fixed_dictionaries(
+    {
+        "role": mostly(st.sampled_from(["user", "assistant", "system"]), st.just("tool")),
+        "content": mostly(st.text(max_size=50)),
+    },
+    optional={
+        "reasoning": mostly(st.text(max_size=20)),
+        "created_at": mostly(st.floats(0, 2e9), st.floats(-1, 4e10)),
+        "meta": mostly(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "model": mostly(st.just("openai/gpt-4o"), st.sampled_from(["has space", ""])),
+                    "status": mostly(st.sampled_from(["complete", "streaming"]), st.just("bogus")),
+                    "completion_tokens": mostly(st.integers(0, 10**6), st.integers(-5, 10**13)),
+                    "cost_usd": mostly(st.floats(0, 10), st.floats(-1, 2e6)),
+                    "error": mostly(st.text(max_size=20)),
+                    "generation_id": mostly(st.text(max_size=20)),
+                },
+            )
+        ),
+    },
+)
+conversations = st.fixed_dictionaries(
+    {
+        "model": mostly(st.just("openai/gpt-4o"), st.sampled_from(["a b", "x" * 201])),
+        "temperature": mostly(st.floats(0, 2), st.floats(-1, 3)),
+        "messages": mostly(st.lists(messages, max_size=4)),
+    },
+    optional={
+        "id": json_values,
+        "title": mostly(st.text(max_size=300)),
+        "system_prompt": mostly(st.text(max_size=20)),
+        "created_at": mostly(st.floats(0, 2e9), st.floats(-1, 4e10)),
+        "updated_at": mostly(st.floats(0, 2e9), st.floats(-1, 4e10)),
+        "schema_version": mostly(st.just(1), st.sampled_from([2, 0, 1.5])),
+    },
+)
+documents = (
+    json_values
+    | conversations
+    | st.lists(conversations, max_size=3)
+    | st.fixed_dictionaries(
+        {"conversations": st.lists(conversations, max_size=3) | json_values},
+        optional={
+            "format": st.just("openrouter-chat") | json_values,
+            "schema_version": st.just(1) | json_values,
+        },
+    )
+)
+
+
+def _accepted_or_refused(data: bytes) -> None:
+    try:
+        imported = parse_import(
+            data, max_bytes=100_000, max_conversations=5, max_messages=20, max_message_chars=500
+        )
+    except ImportRejected as refused:
+        assert refused.reason
+        return
+    assert imported
+    for conversation in imported:
+        assert is_valid_conversation_id(conversation.id)
+        assert conversation.title and len(conversation.title) <= 200
+        assert orjson.loads(orjson.dumps(conversation.to_dict()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_are_accepted_or_refused_never_crash(data: bytes) -> None:
+    _accepted_or_refused(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(documents)
+def test_arbitrary_json_is_accepted_or_refused_never_crash(document: object) -> None:
+    _accepted_or_refused(orjson.dumps(document))
