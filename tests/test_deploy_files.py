@@ -1,0 +1,189 @@
+"""The files that deploy the app (Space card, Dockerfile, pre-commit) say what they must."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from chatlib.config import ENV_VARS, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACE_COLORS = {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
+
+
+def pinned(requirements: str, package: str) -> str:
+    """The exact version `package` (extras allowed) is pinned to in a requirements file."""
+    text = (ROOT / requirements).read_text(encoding="utf-8")
+    pattern = rf"^{re.escape(package)}(?:\[[^\]]*\])?==([^\s;#]+)"
+    match = re.search(pattern, text, flags=re.MULTILINE | re.IGNORECASE)
+    assert match, f"{package} is not pinned with == in {requirements}"
+    return match.group(1)
+
+
+# --------------------------------------------------------------- Space card
+
+
+@pytest.fixture(scope="module")
+def front_matter() -> dict[str, Any]:
+    """README.md's YAML front matter, which configures the Hugging Face Space."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.match(r"---\n(.*?)\n---\n", text, flags=re.DOTALL)
+    assert match, "README.md must start with a --- YAML front-matter block ---"
+    data = yaml.safe_load(match.group(1))
+    assert isinstance(data, dict)
+    return data
+
+
+def test_space_card_names_and_colours(front_matter: dict[str, Any]) -> None:
+    assert isinstance(front_matter.get("title"), str) and front_matter["title"].strip()
+    assert isinstance(front_matter.get("emoji"), str) and front_matter["emoji"].strip()
+    assert front_matter.get("colorFrom") in SPACE_COLORS
+    assert front_matter.get("colorTo") in SPACE_COLORS
+    assert isinstance(front_matter.get("license"), str) and front_matter["license"].strip()
+
+
+def test_space_runs_the_pinned_gradio_on_python_3_12(front_matter: dict[str, Any]) -> None:
+    assert front_matter.get("sdk") == "gradio"
+    assert str(front_matter.get("sdk_version")) == pinned("requirements.txt", "gradio")
+    # Unquoted, YAML reads 3.12 as a float (and 3.10 as 3.1): it must be a string.
+    assert front_matter.get("python_version") == "3.12"
+    assert front_matter.get("app_file") == "app.py"
+    assert (ROOT / front_matter["app_file"]).is_file()
+
+
+def test_space_card_description_and_login(front_matter: dict[str, Any]) -> None:
+    description = front_matter.get("short_description")
+    assert isinstance(description, str) and 0 < len(description) <= 60
+    assert front_matter.get("hf_oauth") is True
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        keyword, _, arguments = line.partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+    assert not pending, "Dockerfile ends inside a continued line"
+    return instructions
+
+
+def _index(instructions: list[tuple[str, str]], keyword: str, contains: str = "") -> int:
+    for i, (name, arguments) in enumerate(instructions):
+        if name == keyword and contains in arguments:
+            return i
+    raise AssertionError(f"no {keyword} {contains!r} in the Dockerfile")
+
+
+def _env(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for name, arguments in instructions:
+        if name == "ENV":
+            for item in shlex.split(arguments):
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
+def test_image_is_python_3_12_slim_running_as_a_user(dockerfile: list[tuple[str, str]]) -> None:
+    bases = [arguments for name, arguments in dockerfile if name == "FROM"]
+    assert len(bases) == 1
+    assert re.fullmatch(r"python:3\.12-slim(@sha256:[0-9a-f]{64})?", bases[0])
+    users = [arguments for name, arguments in dockerfile if name == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert _index(dockerfile, "USER") < _index(dockerfile, "CMD")
+
+
+def test_dependencies_are_installed_before_the_code_is_copied(
+    dockerfile: list[tuple[str, str]],
+) -> None:
+    copy_requirements = _index(dockerfile, "COPY", "requirements.txt")
+    install = _index(dockerfile, "RUN", "pip install")
+    assert "-r requirements.txt" in dockerfile[install][1]
+    copy_code = next(
+        i for i, (name, args) in enumerate(dockerfile) if name == "COPY" and args.startswith(". ")
+    )
+    assert copy_requirements < install < copy_code
+
+
+def test_image_serves_port_7860_with_a_healthcheck(dockerfile: list[tuple[str, str]]) -> None:
+    env = _env(dockerfile)
+    assert "7860" in dockerfile[_index(dockerfile, "EXPOSE")][1].split()
+    assert env.get("PORT", str(Settings().port)) == "7860"
+    assert env.get("HOST") == "0.0.0.0"
+    healthcheck = dockerfile[_index(dockerfile, "HEALTHCHECK")][1]
+    assert "127.0.0.1" in healthcheck and ("7860" in healthcheck or "PORT" in healthcheck)
+    assert "curl" not in healthcheck, "python:3.12-slim has no curl"
+    cmd = dockerfile[_index(dockerfile, "CMD")][1]
+    assert json.loads(cmd) == ["python", "app.py"]
+
+
+def test_image_keeps_data_in_a_volume_the_user_owns(dockerfile: list[tuple[str, str]]) -> None:
+    env = _env(dockerfile)
+    assert "DATA_DIR" in {var.name for var in ENV_VARS}
+    data_dir = env.get("DATA_DIR")
+    assert data_dir == "/data"
+    volume = _index(dockerfile, "VOLUME")
+    assert data_dir in dockerfile[volume][1].replace('"', " ").replace("[", " ").split()
+    chown = _index(dockerfile, "RUN", "chown")
+    assert data_dir in dockerfile[chown][1].split()
+    assert chown < volume, "changes after VOLUME are discarded"
+    assert env.get("PYTHONUNBUFFERED") == "1"
+    assert env.get("GRADIO_ANALYTICS_ENABLED") == "False"
+
+
+def test_dockerignore_keeps_secrets_data_and_caches_out() -> None:
+    lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    entries = {line.strip().rstrip("/") for line in lines if line.strip()}
+    entries = {e for e in entries if not e.startswith("#")}
+    required = {".env", ".data", "logs", ".venv", ".git", "tests/artifacts"}
+    required |= {".mypy_cache", ".ruff_cache", ".pytest_cache"}
+    assert required <= entries
+    assert "__pycache__" in entries or "**/__pycache__" in entries
+
+
+# ---------------------------------------------------------------- pre-commit
+
+
+@pytest.fixture(scope="module")
+def hooks() -> list[dict[str, Any]]:
+    """Every hook of .pre-commit-config.yaml."""
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
+    assert isinstance(config, dict) and config.get("repos")
+    for repo in config["repos"]:
+        assert repo.get("repo") == "local", "remote hook repos need the network"
+    return [hook for repo in config["repos"] for hook in repo["hooks"]]
+
+
+def test_pre_commit_hooks_run_offline_from_the_dev_tools(hooks: list[dict[str, Any]]) -> None:
+    assert all(hook.get("language") == "system" for hook in hooks)
+    entries = [str(hook["entry"]) for hook in hooks]
+    for command in (
+        "ruff check",
+        "ruff format",
+        "mypy",
+        "end-of-file-fixer",
+        "trailing-whitespace-fixer",
+        "detect-private-key",
+    ):
+        assert any(command in entry for entry in entries), f"no hook runs {command}"
+    for package in ("pre-commit", "pre-commit-hooks", "ruff", "mypy"):
+        pinned("requirements-dev.txt", package)
