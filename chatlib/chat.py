@@ -30,6 +30,8 @@ from chatlib.messages import (
     build_upstream_messages,
     check_user_input,
 )
+from chatlib.ratelimit import RateLimiter
+from chatlib.usage import UsageLog, UsageRecord
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +48,9 @@ class TurnRequest:
     api_key: str | None = None
     session_key: str | None = None
     conversation_id: str | None = None
+    owner_key: str = ""
+    rate_key: str | None = None  # client IP, or HF user id when logged in; None: no limit
+    logged_in: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,10 +125,14 @@ class ChatService:
         clients: ClientPool,
         budget: FrameBudget,
         *,
+        limiter: RateLimiter | None = None,
+        usage: UsageLog | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
     ) -> None:
         self._settings = settings
+        self._limiter = limiter
+        self._usage = usage
         self._wall_clock = wall_clock
         self._clients = clients
         self._budget = budget
@@ -154,6 +163,8 @@ class ChatService:
         """Stream one answer as frames. Raises ChatError before the first frame if refused."""
         text = check_user_input(request.user_text, self._settings.max_input_chars)
         key = self.resolve_key(request.api_key)
+        request_id = uuid.uuid4().hex[:16]
+        await self._check_rate_limit(request, request_id)
         now = self._wall_clock()
         history: History = (
             *request.history,
@@ -171,7 +182,6 @@ class ChatService:
             if previous is not None:
                 previous.stop()
             self._running[request.session_key] = control
-        request_id = uuid.uuid4().hex[:16]
         started = self._clock()
         first_token_logged = False
         failure: errors.ChatError | None = None
@@ -238,7 +248,43 @@ class ChatService:
                     ttft_ms=meta.ttft_ms,
                     latency_ms=meta.latency_ms,
                 )
+        if self._usage is not None:
+            await self._usage.record(
+                UsageRecord.from_answer(
+                    answer.meta,
+                    request_id=request_id,
+                    owner=request.owner_key,
+                    conversation_id=request.conversation_id,
+                    at=self._wall_clock(),
+                    error_code=failure.code if isinstance(failure, errors.UpstreamError) else "",
+                )
+            )
         yield TurnFrame(history=(*history, answer.message()), done=True, error=failure)
+
+    async def _check_rate_limit(self, request: TurnRequest, request_id: str) -> None:
+        """Raise RateLimited (after recording it) when this visitor is over the limit."""
+        if self._limiter is None or request.rate_key is None:
+            return
+        decision = await self._limiter.hit(request.rate_key, logged_in=request.logged_in)
+        if decision.allowed:
+            return
+        log.info(
+            "chat.rate_limited",
+            request_id=request_id,
+            limit=decision.limit,
+            retry_after_s=round(decision.retry_after_seconds, 1),
+        )
+        if self._usage is not None:
+            await self._usage.record(
+                UsageRecord.rate_limited(
+                    request_id=request_id,
+                    owner=request.owner_key,
+                    conversation_id=request.conversation_id,
+                    model=request.model,
+                    at=self._wall_clock(),
+                )
+            )
+        decision.raise_if_refused()
 
 
 def _ms(seconds: float) -> float:

@@ -110,6 +110,14 @@ def _host(raw: str) -> str:
     return value
 
 
+def _proxies(raw: str) -> str:
+    # Imported here: ratelimit pulls in the limits library, which config need not load.
+    from chatlib.ratelimit import parse_trusted_proxies
+
+    parse_trusted_proxies(raw)
+    return raw.strip()
+
+
 def _path(raw: str) -> Path:
     if not raw.strip():
         raise ValueError("must be a file path")

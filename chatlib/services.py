@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
 
 from chatlib.catalog import ModelCatalog, http_catalog_fetcher
 from chatlib.chat import ChatService
 from chatlib.client import ClientPool
 from chatlib.config import Settings
+from chatlib.conversations import ConversationService
 from chatlib.frames import FrameBudget
+from chatlib.hub_sync import HubSync, SyncStatus
+from chatlib.identity import browser_state_params, load_or_create_server_secret
 from chatlib.logging import SecretRedactor
+from chatlib.ratelimit import IPNetwork, RateLimiter, effective_trusted_proxies
+from chatlib.storage import AsyncConversationStore, ConversationStore
+from chatlib.usage import UsageLog
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -17,18 +28,66 @@ class Services:
     """Handles shared by every visitor's session."""
 
     chat: ChatService
+    conversations: ConversationService
     catalog: ModelCatalog
     clients: ClientPool
     redactor: SecretRedactor
+    limiter: RateLimiter
+    usage: UsageLog | None
+    usage_dir: Path
+    exports_dir: Path
+    server_secret: str
+    browser_storage_key: str
+    browser_secret: str
+    trusted_proxies: tuple[IPNetwork, ...]
+    sync: HubSync | None = None
+
+    @property
+    def sync_status(self) -> SyncStatus:
+        """Dataset sync status for the operator view."""
+        return self.sync.status if self.sync is not None else SyncStatus.disabled()
 
     async def aclose(self) -> None:
-        """Release network resources."""
+        """Release network resources and files."""
         await self.catalog.aclose()
         await self.clients.aclose()
+        await self.limiter.aclose()
+        if self.usage is not None:
+            self.usage.close()
 
 
-def create_services(settings: Settings, redactor: SecretRedactor | None = None) -> Services:
-    """Wire the default implementations together."""
+def create_services(
+    settings: Settings,
+    redactor: SecretRedactor | None = None,
+    *,
+    sync: HubSync | None = None,
+) -> Services:
+    """Wire the default implementations together (creates DATA_DIR if needed)."""
+    redactor = redactor or SecretRedactor([settings.openrouter_api_key or ""])
+    for secret in (settings.browser_state_secret, settings.hf_token):
+        redactor.add(secret)
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server_secret, source = load_or_create_server_secret(
+        data_dir,
+        settings.browser_state_secret,
+        hf_token=settings.hf_token,
+        sync_enabled=settings.sync_enabled,
+    )
+    redactor.add(server_secret)
+    if source == "hf_token":
+        log.warning(
+            "identity.secret_from_hf_token",
+            advice="Set BROWSER_STATE_SECRET as a Space secret so identities do not depend "
+            "on HF_TOKEN.",
+        )
+    elif source == "file" and settings.on_space:
+        log.warning(
+            "identity.secret_on_ephemeral_disk",
+            advice="Set BROWSER_STATE_SECRET as a Space secret: the generated one is lost "
+            "when the Space restarts, and visitors lose their conversations with it.",
+        )
+    storage_key, browser_secret = browser_state_params(server_secret)
     clients = ClientPool(settings)
     budget = FrameBudget(
         updates_per_second=settings.ui_updates_per_second,
@@ -39,9 +98,28 @@ def create_services(settings: Settings, redactor: SecretRedactor | None = None) 
         ttl_seconds=settings.catalog_refresh_seconds,
         timeout_seconds=settings.catalog_timeout_seconds,
     )
+    limiter = RateLimiter(
+        settings.rate_limit_storage_uri,
+        settings.rate_limit_requests_per_min,
+        settings.rate_limit_requests_per_min_logged_in,
+    )
+    usage_dir = data_dir / "usage"
+    usage = UsageLog(usage_dir) if settings.enable_analytics else None
+    chat = ChatService(settings, clients, budget, limiter=limiter, usage=usage)
+    store = AsyncConversationStore(ConversationStore(data_dir))
     return Services(
-        chat=ChatService(settings, clients, budget),
+        chat=chat,
+        conversations=ConversationService(store, chat),
         catalog=catalog,
         clients=clients,
-        redactor=redactor or SecretRedactor([settings.openrouter_api_key or ""]),
+        redactor=redactor,
+        limiter=limiter,
+        usage=usage,
+        usage_dir=usage_dir,
+        exports_dir=data_dir / "exports",
+        server_secret=server_secret,
+        browser_storage_key=storage_key,
+        browser_secret=browser_secret,
+        trusted_proxies=effective_trusted_proxies(settings.trusted_proxies, settings.on_space),
+        sync=sync,
     )

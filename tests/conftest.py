@@ -65,6 +65,17 @@ class AppServer:
     log_path: Path
     env: dict[str, str] = field(repr=False)
 
+    @property
+    def port(self) -> int:
+        """The TCP port the app listens on."""
+        return int(self.env["PORT"])
+
+    def restart(self) -> AppServer:
+        """Stop the app and start it again on the same port and data."""
+        self.stop()
+        overrides = {k: v for k, v in self.env.items() if k != "PORT"}
+        return start_app(self.workdir, overrides, port=self.port)
+
     def logs(self) -> str:
         """Everything the app wrote to its log file and stderr so far."""
         parts = []
@@ -84,10 +95,16 @@ class AppServer:
                 self.process.wait(timeout=15)
 
 
-def start_app(workdir: Path, env_overrides: dict[str, str], timeout: float = 60.0) -> AppServer:
-    """Start `python app.py` in `workdir` (so no developer .env is read) and wait for it."""
+def start_app(
+    workdir: Path, env_overrides: dict[str, str], timeout: float = 60.0, port: int | None = None
+) -> AppServer:
+    """Start `python app.py` in `workdir` (so no developer .env is read) and wait for it.
+
+    Restarting on the same `port` keeps the browser origin, so a visitor's BrowserState
+    (their anonymous identity) survives like it does on a real deployment.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     log_path = workdir / "logs" / "app.log"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -103,6 +120,7 @@ def start_app(workdir: Path, env_overrides: dict[str, str], timeout: float = 60.
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_HUB_OFFLINE": "1",
         "NO_PROXY": "*",
+        "RATE_LIMIT_REQUESTS_PER_MIN": "0",
         **env_overrides,
     }
     with (workdir / "stderr.log").open("ab") as stderr:
@@ -157,9 +175,13 @@ def app_server(app_factory: Callable[..., AppServer], fake_openrouter: FakeOpenR
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """Headless Debian Chromium driven by Playwright."""
+    """Headless Debian Chromium driven by Playwright.
+
+    Module-scoped: sync Playwright keeps an event loop running in the main thread while it
+    is open, which would break the asyncio tests of later modules.
+    """
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

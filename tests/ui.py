@@ -7,12 +7,15 @@ from typing import Any
 from playwright.sync_api import Locator, Page, expect
 
 INPUT = "#message-input textarea"
+# CI machines are small and shared: give the page time before declaring a failure.
+expect.set_options(timeout=15_000)
 
 
 def open_app(page: Page, url: str) -> None:
     """Load the app and wait until it can take a message."""
     page.goto(url, wait_until="load")
     expect(page.locator(INPUT)).to_be_visible()
+    expect(page.locator("#session-ready [data-ready]")).to_be_attached()
 
 
 def send(page: Page, text: str) -> None:

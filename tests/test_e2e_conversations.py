@@ -1,0 +1,277 @@
+"""Browser journeys for saved conversations: sidebar, privacy, restarts, export/import, BYOK."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.conftest import TEST_API_KEY, AppServer
+from tests.fakes.openrouter import FakeOpenRouter
+from tests.ui import INPUT, last_answer, open_app, send, toast, user_messages, wait_until_idle
+
+pytestmark = pytest.mark.e2e
+
+
+def conversation_items(page: Page):  # noqa: ANN201 - a Locator
+    """The sidebar's conversation entries."""
+    return page.locator("#conversation-list label")
+
+
+def chat_once(page: Page, text: str) -> None:
+    """Send `text` and wait for the whole answer."""
+    before = user_messages(page).count()
+    send(page, text)
+    expect(user_messages(page)).to_have_count(before + 1)
+    expect(last_answer(page)).to_contain_text("TTFT")
+    wait_until_idle(page)
+
+
+def new_chat(page: Page) -> None:
+    """Start a fresh conversation from the sidebar."""
+    page.locator("#new-chat").click()
+    expect(user_messages(page)).to_have_count(0)
+
+
+def open_section(page: Page, name: str) -> None:
+    """Open a collapsed sidebar section (an accordion) by its title."""
+    section = page.locator("#sidebar").get_by_text(name, exact=True)
+    section.click()
+
+
+@pytest.fixture(scope="module")
+def app(app_factory: Callable[..., AppServer], fake_openrouter: FakeOpenRouter) -> AppServer:
+    return app_factory(
+        "conversations",
+        OPENROUTER_API_KEY=TEST_API_KEY,
+        OPENROUTER_BASE_URL=fake_openrouter.base_url,
+    )
+
+
+def test_conversations_are_listed_switched_renamed_deleted_and_survive_restart(
+    browser: Browser,
+    app_factory: Callable[..., AppServer],
+    fake: FakeOpenRouter,
+) -> None:
+    server = app_factory(
+        "restart", OPENROUTER_API_KEY=TEST_API_KEY, OPENROUTER_BASE_URL=fake.base_url
+    )
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        open_app(page, server.url)
+        chat_once(page, "Paris trip plans [[tokens=4]]")
+        new_chat(page)
+        chat_once(page, "Python decorators [[tokens=4]]")
+        expect(conversation_items(page)).to_have_count(2)
+        expect(conversation_items(page).first).to_contain_text("Python decorators")
+
+        # Switch back: the first conversation's messages come back.
+        conversation_items(page).filter(has_text="Paris trip").click()
+        expect(user_messages(page).first).to_contain_text("Paris trip plans")
+        expect(user_messages(page)).to_have_count(1)
+
+        # Rename it.
+        open_section(page, "Manage this chat")
+        page.locator("#rename-box input").fill("Holiday in France")
+        page.get_by_role("button", name="Rename", exact=True).click()
+        expect(conversation_items(page).filter(has_text="Holiday in France")).to_have_count(1)
+
+        # Reload: same list.
+        open_app(page, server.url)
+        expect(conversation_items(page)).to_have_count(2)
+
+        # Restart the server on the same port and data: same list, same messages.
+        server = server.restart()
+        open_app(page, server.url)
+        expect(conversation_items(page)).to_have_count(2)
+        conversation_items(page).filter(has_text="Holiday in France").click()
+        expect(user_messages(page).first).to_contain_text("Paris trip plans")
+
+        # Delete it, with confirmation; we land on a fresh chat and the other one stays.
+        open_section(page, "Manage this chat")
+        page.get_by_role("button", name="Delete this chat").click()
+        expect(page.locator("#confirm-delete").first).to_contain_text("Holiday in France")
+        page.get_by_role("button", name="Yes, delete it").click()
+        expect(conversation_items(page)).to_have_count(1)
+        expect(conversation_items(page)).to_contain_text("Python decorators")
+        expect(user_messages(page)).to_have_count(0)
+    finally:
+        context.close()
+        server.stop()
+
+
+def test_another_visitor_sees_none_of_my_conversations(
+    browser: Browser, app: AppServer, fake: FakeOpenRouter
+) -> None:
+    mine = browser.new_context()
+    theirs = browser.new_context()
+    try:
+        page = mine.new_page()
+        open_app(page, app.url)
+        chat_once(page, "My secret plans 7731 [[tokens=3]]")
+        expect(conversation_items(page).filter(has_text="My secret plans")).to_have_count(1)
+
+        other = theirs.new_page()
+        open_app(other, app.url)
+        expect(other.locator("#conversation-list")).not_to_contain_text("My secret plans")
+        other.locator("#conversation-search input").fill("7731")
+        expect(conversation_items(other)).to_have_count(0)
+        assert "7731" not in other.content()
+    finally:
+        mine.close()
+        theirs.close()
+
+
+def test_export_then_import_round_trips(
+    page: Page, app: AppServer, fake: FakeOpenRouter, tmp_path: Path
+) -> None:
+    open_app(page, app.url)
+    chat_once(page, "Remember the llama [[tokens=3]]")
+    open_section(page, "Export / import")
+    page.get_by_role("button", name="Export this chat (JSON)").click()
+    link = page.locator("#export-file a").first
+    expect(link).to_be_visible()
+    with page.expect_download() as download_info:
+        link.click()
+    download = download_info.value
+    assert download.suggested_filename.startswith("chat_")
+    exported = tmp_path / download.suggested_filename
+    download.save_as(exported)
+    document = json.loads(exported.read_text())
+    assert document["conversations"][0]["messages"][0]["content"].startswith("Remember the llama")
+    assert TEST_API_KEY not in exported.read_text()
+
+    with page.expect_file_chooser() as chooser:
+        page.locator("#import-button").click()
+    chooser.value.set_files(str(exported))
+    expect(toast(page, "Imported 1 conversation")).to_be_visible()
+    expect(conversation_items(page).filter(has_text="Remember the llama")).to_have_count(2)
+
+
+def test_a_malicious_import_is_refused_with_a_reason(
+    page: Page, app: AppServer, tmp_path: Path
+) -> None:
+    evil = tmp_path / "evil.json"
+    evil.write_text(
+        json.dumps(
+            {
+                "format": "openrouter-chat",
+                "schema_version": 1,
+                "conversations": [
+                    {
+                        "id": "../../etc/passwd",
+                        "title": "../../etc/passwd",
+                        "created_at": 1.0,
+                        "updated_at": 2.0,
+                        "model": "openai/gpt-4o",
+                        "system_prompt": "",
+                        "temperature": 0.3,
+                        "messages": [
+                            {"role": "user", "content": "hi"},
+                            {"role": "tool", "content": "rm -rf /"},
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    open_app(page, app.url)
+    open_section(page, "Export / import")
+    with page.expect_file_chooser() as chooser:
+        page.locator("#import-button").click()
+    chooser.value.set_files(str(evil))
+    expect(toast(page, "role 'tool'")).to_be_visible()
+    expect(conversation_items(page)).to_have_count(0)
+
+
+def test_html_in_messages_is_shown_as_text_and_never_runs(
+    page: Page, app: AppServer, fake: FakeOpenRouter
+) -> None:
+    open_app(page, app.url)
+    payload = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+    chat_once(page, f"{payload} [[tokens=3]]")
+    page.wait_for_timeout(500)
+    assert page.evaluate("() => window.__pwned") is None
+    expect(page.locator("#chat script")).to_have_count(0)
+    expect(page.locator("#chat img[onerror]")).to_have_count(0)
+
+
+def test_visitor_key_is_used_for_their_requests_and_only_shown_masked(
+    browser: Browser, app_factory: Callable[..., AppServer], fake: FakeOpenRouter
+) -> None:
+    byok = app_factory(
+        "byok",
+        OPENROUTER_API_KEY=TEST_API_KEY,
+        OPENROUTER_BASE_URL=fake.base_url,
+        ALLOW_USER_KEYS="true",
+    )
+    visitor_key = "sk-or-v1-VISITOR0000key0000cafe1234"
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        open_app(page, byok.url)
+        page.get_by_text("Your OpenRouter key", exact=True).click()
+        page.locator("#byok-key input").fill(visitor_key)
+        page.get_by_role("button", name="Use my key").click()
+        expect(page.locator("#byok-status")).to_contain_text("$7.50 of $10.00")
+        expect(page.locator("#byok-status")).to_contain_text("sk-or-…1234")
+        chat_once(page, "Bill me, not the operator [[tokens=3]]")
+        assert fake.chat_requests()[-1].headers["authorization"] == f"Bearer {visitor_key}"
+
+        open_app(page, byok.url)
+        expect(page.locator("#byok-status")).to_contain_text("sk-or-…1234")
+        assert visitor_key not in page.content()
+        chat_once(page, "Still me [[tokens=3]]")
+        assert fake.chat_requests()[-1].headers["authorization"] == f"Bearer {visitor_key}"
+
+        page.get_by_text("Your OpenRouter key", exact=True).click()
+        page.get_by_role("button", name="Forget my key").click()
+        expect(page.locator("#byok-status")).to_contain_text("operator's key")
+        chat_once(page, "Operator again [[tokens=3]]")
+        assert fake.chat_requests()[-1].headers["authorization"] == f"Bearer {TEST_API_KEY}"
+        for path in byok.workdir.rglob("*"):
+            if path.is_file():
+                assert visitor_key not in path.read_text(errors="replace"), path
+    finally:
+        context.close()
+
+
+def test_a_damaged_conversation_file_is_reported_not_fatal(
+    page: Page, app: AppServer, fake: FakeOpenRouter
+) -> None:
+    open_app(page, app.url)
+    chat_once(page, "Keep me safe [[tokens=3]]")
+    new_chat(page)
+    chat_once(page, "Break me [[tokens=3]]")
+    expect(conversation_items(page)).to_have_count(2)
+    broken = max(
+        (app.workdir / ".data" / "conversations").rglob("*.json"),
+        key=lambda p: p.stat().st_mtime,
+    )
+    broken.write_bytes(broken.read_bytes()[:40])
+    open_app(page, app.url)
+    expect(page.locator("#storage-notice")).to_contain_text("could not be read")
+    expect(conversation_items(page).filter(has_text="Keep me safe")).to_have_count(1)
+
+
+def test_switching_mid_answer_keeps_the_answer_in_its_own_conversation(
+    page: Page, app: AppServer, fake: FakeOpenRouter
+) -> None:
+    open_app(page, app.url)
+    chat_once(page, "Short one [[tokens=3]]")
+    new_chat(page)
+    send(page, "Long story [[tokens=60]] [[rate=30]]")
+    expect(last_answer(page)).to_contain_text("Echo: Long story")
+    conversation_items(page).filter(has_text="Short one").click()
+    expect(user_messages(page)).to_have_count(1)
+    expect(user_messages(page).first).to_contain_text("Short one")
+    page.wait_for_timeout(2500)  # the other answer finishes meanwhile
+    expect(user_messages(page)).to_have_count(1)
+    expect(page.locator("#chat")).not_to_contain_text("Long story")
+    conversation_items(page).filter(has_text="Long story").click()
+    expect(last_answer(page)).to_contain_text("w50")
+    expect(page.locator(INPUT)).to_be_visible()
