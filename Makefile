@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 APT    := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run install install-dev system-deps lint format test e2e screenshots bench clean
+.PHONY: run install install-dev system-deps lint format test screenshots bench bench-all docker clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found " + sys.version.split()[0] + ")")'
@@ -36,10 +36,10 @@ system-deps:
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then $(APT) update -qq && $(APT) install -y -qq $$missing; fi
 
+# Exactly the pre-commit hooks (ruff, ruff format, mypy, end of file, trailing whitespace,
+# private keys), on every file.
 lint: install-dev
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	$(BIN)/pre-commit run --all-files --show-diff-on-failure
 
 format: install-dev
 	$(BIN)/ruff check --fix .
@@ -53,6 +53,19 @@ screenshots: install-dev system-deps
 
 bench: install-dev
 	$(BIN)/python bench/stream_overhead.py
+
+bench-all: install-dev
+	$(BIN)/python bench/stream_overhead.py
+	$(BIN)/python bench/storage_scaling.py
+	$(BIN)/python bench/usage_aggregation.py
+
+# Needs a Docker engine (there is none on the CI machines): build, start, wait for healthy.
+docker:
+	docker build -t openrouter-chat .
+	docker run -d --rm --name openrouter-chat-smoke -p 7860:7860 openrouter-chat
+	for i in $$(seq 60); do \
+	  curl -fs http://127.0.0.1:7860/ >/dev/null && break; sleep 2; done; \
+	status=$$?; docker stop openrouter-chat-smoke; exit $$status
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/artifacts
