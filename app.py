@@ -115,7 +115,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
     chat = services.chat
     conversations = services.conversations
     store = conversations.store
-    login_enabled = settings.on_space
+    login_enabled = settings.login_enabled
 
     # ---- who is asking -------------------------------------------------------------------
 

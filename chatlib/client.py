@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+import httpx2
 import openai
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
@@ -178,6 +179,19 @@ def map_api_error(exc: openai.APIError, *, model: str, started: bool) -> errors.
     )
 
 
+class _OpenRouterClient(AsyncOpenAI):
+    """The SDK client, minus silent retries of 429.
+
+    The SDK would wait out OpenRouter's Retry-After (up to a minute) before the visitor sees
+    anything; a rate limit is better shown at once, with its retry hint.
+    """
+
+    def _should_retry(self, response: httpx2.Response) -> bool:
+        if response.status_code == 429:
+            return False
+        return super()._should_retry(response)
+
+
 class ClientPool:
     """One AsyncOpenAI client per API key, reused so connections are pooled."""
 
@@ -203,7 +217,7 @@ class ClientPool:
         headers = {"X-OpenRouter-Title": s.app_title, "X-Title": s.app_title}
         if s.app_url:
             headers["HTTP-Referer"] = s.app_url
-        return AsyncOpenAI(
+        return _OpenRouterClient(
             base_url=s.openrouter_base_url,
             api_key=api_key,
             timeout=openai.Timeout(

@@ -319,6 +319,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("SPACE_ID", "", _text, "Set by Hugging Face Spaces (owner/name); do not set it."),
     EnvVar("SPACE_HOST", "", _text, "Set by Hugging Face Spaces; do not set it."),
     EnvVar(
+        "OAUTH_CLIENT_ID",
+        "",
+        _text,
+        "Set by Spaces with `hf_oauth: true`; enables Log in with Hugging Face.",
+    ),
+    EnvVar(
         "APP_TITLE",
         "OpenRouter Chat",
         _text,
@@ -372,6 +378,7 @@ class Settings:
     share: bool = False
     space_id: str = ""
     space_host: str = ""
+    oauth_client_id: str = ""
     app_title: str = "OpenRouter Chat"
     app_url: str | None = None
 
@@ -384,6 +391,11 @@ class Settings:
     def on_space(self) -> bool:
         """True when running inside a Hugging Face Space."""
         return bool(self.space_id)
+
+    @property
+    def login_enabled(self) -> bool:
+        """HF login works only on a Space with OAuth enabled (`hf_oauth: true`)."""
+        return self.on_space and bool(self.oauth_client_id)
 
     @property
     def user_keys_allowed(self) -> bool:

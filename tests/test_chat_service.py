@@ -148,3 +148,12 @@ def test_redactor_scrubs_keys_anywhere() -> None:
     assert "sk-or" not in json.dumps(event) and "hf_abc" not in json.dumps(event)
     assert "custom-secret-value" not in json.dumps(event)
     assert REDACTED in event["note"]
+
+
+async def test_upstream_429_is_reported_at_once_not_retried(
+    fake: FakeOpenRouter, tmp_path: Path
+) -> None:
+    service = _service(fake, tmp_path, openrouter_max_retries=2)
+    frames = [f async for f in service.run_turn(_request("hi [[error=429]] [[retry_after=30]]"))]
+    assert frames[-1].error is not None and "Retry in 30 s" in frames[-1].error.user_message
+    assert len(fake.chat_requests()) == 1
