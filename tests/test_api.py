@@ -92,3 +92,14 @@ def test_chat_is_the_only_public_endpoint(client: Client) -> None:
     api = client.view_api(return_format="dict", print_info=False)
     assert set(api["named_endpoints"]) == {"/chat"}
     assert not api["unnamed_endpoints"]
+
+
+def test_the_api_neither_reads_nor_writes_stored_conversations(
+    client: Client, app_server: AppServer
+) -> None:
+    client.predict("Nothing of this is stored [[tokens=3]]", api_name="/chat")
+    stored = list((app_server.workdir / ".data" / "conversations").rglob("*.json"))
+    assert stored == []
+    api = client.view_api(return_format="dict", print_info=False)
+    parameters = [p["parameter_name"] for p in api["named_endpoints"]["/chat"]["parameters"]]
+    assert parameters == ["message", "model", "system_prompt", "temperature", "history"]
