@@ -61,6 +61,7 @@ CSS = """
 #composer textarea { font-size: 1rem; }
 #key-notice { border-left: 4px solid var(--color-accent); padding-left: 0.75rem; }
 #conversation-list label { width: 100%; }
+#session-ready { display: none; }
 #conversation-list .wrap { flex-direction: column; gap: 4px; }
 """
 

@@ -28,7 +28,6 @@ def main() -> None:
     """Start the fake and the app, chat once, and save the screenshots."""
     DOCS.mkdir(exist_ok=True)
     with FakeOpenRouter(tokens_per_second=400) as fake, tempfile.TemporaryDirectory() as tmp:
-        fake.set_defaults(tokens=45, reasoning=6)
         app = start_app(
             Path(tmp) / "app",
             {"OPENROUTER_API_KEY": TEST_API_KEY, "OPENROUTER_BASE_URL": fake.base_url},
@@ -40,12 +39,28 @@ def main() -> None:
                 )
                 page = browser.new_page(viewport={"width": 1280, "height": 860})
                 open_app(page, app.url)
+                fake.set_defaults(tokens=25)
+                for earlier in ("Plan a weekend in Lisbon", "Explain Python decorators"):
+                    send(page, earlier)
+                    expect(last_answer(page)).to_contain_text("TTFT", timeout=30_000)
+                    wait_until_idle(page)
+                    page.locator("#new-chat").click()
+                fake.set_defaults(tokens=45, reasoning=6)
                 _chat(page)
                 page.screenshot(path=str(DOCS / "screenshot.png"))
+                page.get_by_role("tab", name="Usage").click()
+                expect(page.locator("#usage-totals-mine")).to_contain_text("requests")
+                page.wait_for_timeout(1500)  # let the plots draw
+                page.screenshot(path=str(DOCS / "usage.png"), full_page=True)
+                phone = browser.new_page(viewport={"width": 390, "height": 844})
+                open_app(phone, app.url)
+                send(phone, "Hello from my phone")
+                expect(last_answer(phone)).to_contain_text("TTFT", timeout=30_000)
+                phone.screenshot(path=str(DOCS / "phone.png"))
                 browser.close()
         finally:
             app.stop()
-    print(f"saved {DOCS / 'screenshot.png'}")  # noqa: T201
+    print(f"saved screenshot.png, usage.png and phone.png in {DOCS}")  # noqa: T201
 
 
 if __name__ == "__main__":
