@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import gc
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import gradio as gr
-import gradio.oauth
 import pytest
 from playwright.sync_api import Browser, expect
 
 import app as app_module
 from chatlib.config import Settings
-from chatlib.services import create_services
-from tests.conftest import TEST_API_KEY, AppServer, start_app
+from tests.conftest import REPO, TEST_API_KEY, AppServer, start_app
 from tests.fakes.hf_hub import DEFAULT_TOKEN, DEFAULT_USER, FakeHfHub
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.ui import last_answer, open_app, send, wait_until_idle
@@ -40,33 +39,50 @@ def test_share_true_asks_gradio_for_a_public_link(tmp_path: Path) -> None:
     assert app_module.launch_kwargs(settings)["share"] is True
 
 
-# Building demos in-process (instead of running app.py) leaves Gradio's helper event loops
-# for the garbage collector; collect them here, where their warnings are expected.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.filterwarnings("ignore::ResourceWarning")
-def test_login_button_only_on_a_space_with_oauth(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def has_login(settings: Settings) -> bool:
-        demo = app_module.build_demo(settings, create_services(settings))
-        return any(isinstance(b, gr.LoginButton) for b in demo.blocks.values())
+HAS_LOGIN_SCRIPT = """
+import gradio as gr, os
+from chatlib.config import Settings
+from chatlib.services import create_services
+import app
+settings = Settings.from_env(os.environ, env_file=None)
+demo = app.build_demo(settings, create_services(settings))
+print(any(isinstance(b, gr.LoginButton) for b in demo.blocks.values()))
+"""
 
-    assert not has_login(_settings(tmp_path))
-    space = "someone/openrouter-chat"
-    assert not has_login(_settings(tmp_path, SPACE_ID=space))  # hf_oauth not enabled
-    # What a Space with `hf_oauth: true` sets (Gradio reads these for its OAuth routes).
-    monkeypatch.setenv("SYSTEM", "spaces")
-    monkeypatch.setenv("SPACE_ID", space)
-    for name, value in {
+
+def _has_login(tmp_path: Path, **env: str) -> bool:
+    """Build the page in a fresh interpreter (Gradio reads the Space variables at import)."""
+    result = subprocess.run(
+        [sys.executable, "-c", HAS_LOGIN_SCRIPT],
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": str(REPO),
+            "HOME": str(tmp_path),
+            "DATA_DIR": str(tmp_path / "data"),
+            "LOG_PATH": str(tmp_path / "app.log"),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "HF_HUB_OFFLINE": "1",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return result.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_login_button_only_on_a_space_with_oauth(tmp_path: Path) -> None:
+    space = {"SYSTEM": "spaces", "SPACE_ID": "someone/openrouter-chat"}
+    oauth = {
         "OAUTH_CLIENT_ID": "client-id",
         "OAUTH_CLIENT_SECRET": "client-secret",
         "OAUTH_SCOPES": "openid profile",
         "OPENID_PROVIDER_URL": "https://huggingface.co",
-    }.items():
-        monkeypatch.setenv(name, value)
-        monkeypatch.setattr(gradio.oauth, name, value)  # read by Gradio at import time
-    assert has_login(_settings(tmp_path, SPACE_ID=space, OAUTH_CLIENT_ID="client-id"))
-    gc.collect()
+    }
+    assert not _has_login(tmp_path)
+    assert not _has_login(tmp_path, **space)  # hf_oauth not enabled
+    assert _has_login(tmp_path, **space, **oauth)
 
 
 @pytest.fixture
