@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import html
 import importlib.util
+import math
 import os
 import shutil
 import sys
@@ -623,6 +624,12 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
             prior = history_from_dicts(history)
         except (ValueError, TypeError, AttributeError) as exc:
             raise gr.Error(f"Invalid history: {exc}", print_exception=False) from None
+        try:
+            temperature = float(temperature)
+        except (TypeError, ValueError):
+            temperature = math.nan
+        if not 0.0 <= temperature <= 2.0:
+            raise gr.Error("temperature must be a number between 0 and 2.", print_exception=False)
         peer = request.client.host if request is not None and request.client else None
         forwarded = request.headers.getlist("x-forwarded-for") if request is not None else []
         turn = TurnRequest(
@@ -630,7 +637,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
             user_text=message,
             model=(model or settings.default_model).strip(),
             system_prompt=system_prompt or "",
-            temperature=min(max(float(temperature), 0.0), 2.0),
+            temperature=temperature,
             rate_key=client_ip(peer, forwarded, services.trusted_proxies),
             owner_key="api",
         )

@@ -29,6 +29,7 @@ from chatlib.messages import (
     History,
     build_upstream_messages,
     check_user_input,
+    clean_text,
 )
 from chatlib.ratelimit import RateLimiter
 from chatlib.usage import UsageLog, UsageRecord
@@ -162,6 +163,7 @@ class ChatService:
     async def run_turn(self, request: TurnRequest) -> AsyncIterator[TurnFrame]:
         """Stream one answer as frames. Raises ChatError before the first frame if refused."""
         text = check_user_input(request.user_text, self._settings.max_input_chars)
+        request = replace(request, model=clean_text(request.model).strip() or "unknown")
         key = self.resolve_key(request.api_key)
         request_id = uuid.uuid4().hex[:16]
         await self._check_rate_limit(request, request_id)

@@ -103,9 +103,20 @@ def history_to_dicts(history: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     return [message.to_dict() for message in history]
 
 
+def clean_text(text: str) -> str:
+    """Text that can be encoded and sent: NULs dropped, lone surrogates replaced."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 def check_user_input(text: str, max_chars: int) -> str:
     """Return the message to send, or raise InputError saying why it cannot be sent."""
-    cleaned = text.replace("\x00", "")
+    cleaned = clean_text(text)
     if not cleaned.strip():
         raise InputError("Type a message first.")
     if len(cleaned) > max_chars:
@@ -129,8 +140,8 @@ def build_upstream_messages(
         recent = recent[1:]
     messages: list[dict[str, str]] = []
     if system_prompt.strip():
-        messages.append({"role": "system", "content": system_prompt.strip()})
-    messages.extend({"role": m.role, "content": m.content} for m in recent)
+        messages.append({"role": "system", "content": clean_text(system_prompt.strip())})
+    messages.extend({"role": m.role, "content": clean_text(m.content)} for m in recent)
     return messages
 
 

@@ -265,21 +265,35 @@ class UsageLog:
         """Append one row (blocking; use `record` from async code)."""
         data = format_usage_row(record).encode()
         with self._lock:
+            size: int | None = None
             try:
                 if self._fd is None:
                     self._fd = self._open()
                 if self._needs_newline:
                     data = b"\n" + data
+                size = os.fstat(self._fd).st_size
                 self._write(self._fd, data)
                 self._needs_newline = False
             except OSError as exc:
-                self._needs_newline = True
+                # A full disk can take part of a row: cut it off again, so the file never
+                # holds a fragment that reads as a row with a truncated number.
+                self._needs_newline = not self._truncate(size)
                 log.warning(
                     "usage.write_failed",
                     error=type(exc).__name__,
                     errno=exc.errno,
                     path=str(self.path),
                 )
+
+    def _truncate(self, size: int | None) -> bool:
+        """Shrink the file back to `size`; True when it is known to end on a whole row."""
+        if self._fd is None or size is None:
+            return False
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError:
+            return False
+        return True
 
     async def record(self, record: UsageRecord) -> None:
         """Append one row from a worker thread, leaving the event loop free."""
