@@ -211,7 +211,12 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
             raise gr.Error(exc.user_message, print_exception=False) from None
         if first.save_error is not None:
             gr.Warning(first.save_error.user_message)
-        listed, notice = await list_update(visitor.owner_key, conversation.id)
+        # Only a brand-new conversation must appear in the sidebar now; listing costs a
+        # directory scan, and it would delay the upstream request of every other turn.
+        listed: Any = gr.skip()
+        notice: Any = gr.skip()
+        if not any(m.role == "user" for m in conversation.messages):
+            listed, notice = await list_update(visitor.owner_key, conversation.id)
         yield (
             to_display(first.conversation.messages),
             first.conversation,
