@@ -127,8 +127,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
         identity = BrowserIdentity.from_value(browser_value)
         if identity is None:
             raise gr.Error("The page is still loading. Try again in a moment.")
-        peer = request.client.host if request is not None and request.client else None
-        forwarded = request.headers.getlist("x-forwarded-for") if request is not None else []
+        peer, forwarded = client_address(request)
         visitor = identify(
             services.server_secret,
             identity,
@@ -635,8 +634,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
             temperature = math.nan
         if not 0.0 <= temperature <= 2.0:
             raise gr.Error("temperature must be a number between 0 and 2.", print_exception=False)
-        peer = request.client.host if request is not None and request.client else None
-        forwarded = request.headers.getlist("x-forwarded-for") if request is not None else []
+        peer, forwarded = client_address(request)
         turn = TurnRequest(
             history=prior,
             user_text=message,
@@ -990,6 +988,14 @@ def _usage_outputs(summary: UsageSummary, title: str) -> list[Any]:
         pd.DataFrame(summary.as_rows_by_model(), columns=["model", "cost_usd", "requests"]),
         pd.DataFrame(histogram, columns=["bucket", "requests"]),
     ]
+
+
+def client_address(request: gr.Request | None) -> tuple[str | None, list[str]]:
+    """The socket peer and every X-Forwarded-For header line, as the request carries them."""
+    if request is None:
+        return None, []
+    peer = request.client.host if request.client else None
+    return peer, request.headers.getlist("x-forwarded-for")
 
 
 def _sync_line(status: SyncStatus) -> str:

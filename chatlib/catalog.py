@@ -179,10 +179,6 @@ class ModelCatalog:
         """False while the fallback list is in use."""
         return self._live
 
-    def get(self, model_id: str) -> ModelInfo | None:
-        """The catalog entry for `model_id`, if listed."""
-        return next((m for m in self._models if m.id == model_id), None)
-
     def choices(self, extra_ids: Sequence[str] = ()) -> list[tuple[str, str]]:
         """(label, id) pairs for the picker; `extra_ids` (e.g. custom ids) are kept."""
         pairs = [(m.label, m.id) for m in self._models]

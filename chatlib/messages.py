@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from chatlib.errors import InputError
@@ -145,13 +145,6 @@ def build_upstream_messages(
     return messages
 
 
-def with_answer(history: History, answer: ChatMessage) -> History:
-    """Return `history` with `answer` replacing its trailing assistant answer, or appended."""
-    if history and history[-1].role == "assistant":
-        return (*history[:-1], answer)
-    return (*history, answer)
-
-
 def strip_last_turn(history: History) -> tuple[History, str | None]:
     """Remove the last user message and everything after it; return it as text too."""
     for index in range(len(history) - 1, -1, -1):
@@ -233,9 +226,3 @@ def to_display(history: Sequence[ChatMessage]) -> list[dict[str, Any]]:
             body += f"\n\n<sub>{html.escape(format_answer_footer(meta))}</sub>"
         shown.append({"role": "assistant", "content": body})
     return shown
-
-
-def mark_finished(message: ChatMessage, **changes: Any) -> ChatMessage:
-    """Return `message` with its metadata updated."""
-    meta = message.meta or AnswerMeta(model="unknown")
-    return replace(message, meta=replace(meta, **changes))
