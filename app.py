@@ -11,7 +11,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
+from gradio import state_holder
 
 from chatlib.chat import TurnRequest
 from chatlib.config import TEMPERATURE_SLIDER_MAX, Settings
@@ -54,6 +55,7 @@ from chatlib.usage import UsageSummary, summarize, summarize_usage
 from chatlib.visitors import BrowserIdentity, Visitor, identify
 
 CATALOG_WAIT_ON_LOAD_S = 2.0
+LAZY_SESSION_GRADIO = "6.31.0"
 SYNC_FLUSH_TIMEOUT_S = 20.0
 
 CSS = """
@@ -1024,6 +1026,46 @@ def _skip_missing_matplotlib() -> None:
         sys.modules["matplotlib"] = None  # type: ignore[assignment]
 
 
+class _BlocksWithoutPage:
+    """What `SessionState.__init__` reads from a Blocks, minus the blocks to render."""
+
+    def __init__(self, blocks: gr.Blocks) -> None:
+        self.default_config = blocks.default_config
+        self.blocks: dict[int, Any] = {}
+
+
+class _LazySessionState(state_holder.SessionState):
+    """A Gradio session that renders a block's config only when something reads it."""
+
+    def __init__(self, blocks: gr.Blocks) -> None:
+        super().__init__(_BlocksWithoutPage(blocks))  # type: ignore[arg-type]
+        self._page_ids = [k for k in self.blocks_config.blocks if k in blocks.blocks]
+
+    @property
+    def components(self) -> Iterator[dict[str, Any]]:
+        # Only deep links read every block's config: build the missing ones now.
+        for key in self._page_ids:
+            if key not in self.config_values:
+                block = self.blocks_config.blocks[key]
+                self.config_values[key] = self.blocks_config.config_for_block(key, [], block)
+        yield from super().components
+
+
+def lazy_session_config() -> bool:
+    """Stop Gradio rendering the whole page's config for every new session; True if applied.
+
+    Each API call is a new session, and Gradio's `SessionState.__init__` renders the config of
+    every block (inspect.signature, JSON schemas): ~15 ms of CPU before the handler runs and
+    40 % of the server's CPU at 100 concurrent calls (bench/README.md). Sessions only read a
+    block's config when it changes (built on demand there) or for a deep link (built above).
+    Applied only to the Gradio release it was checked against (tests/test_gradio_tuning.py).
+    """
+    if gr.__version__ != LAZY_SESSION_GRADIO:
+        return False
+    state_holder.SessionState = _LazySessionState  # type: ignore[misc]
+    return True
+
+
 def launch_kwargs(settings: Settings) -> dict[str, Any]:
     """Arguments for `demo.launch()` derived from settings."""
     return {
@@ -1063,6 +1105,7 @@ def main() -> None:
         raise SystemExit(2) from None
     services.catalog.prefetch_in_thread()
     _skip_missing_matplotlib()
+    lazy_session_config()
     demo = build_demo(settings, services)
     demo.queue(default_concurrency_limit=None, max_size=None)
     demo.launch(**launch_kwargs(settings))

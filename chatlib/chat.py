@@ -22,7 +22,7 @@ from chatlib.client import (
     stream_chat,
 )
 from chatlib.config import Settings
-from chatlib.frames import FrameBudget, TurnControl, coalesce
+from chatlib.frames import FrameBudget, ReadPacer, TurnControl, coalesce
 from chatlib.messages import (
     AnswerMeta,
     ChatMessage,
@@ -204,6 +204,7 @@ class ChatService:
                     temperature=request.temperature,
                     idle_timeout=self._settings.stream_idle_timeout_seconds,
                     clock=self._clock,
+                    pace=ReadPacer(self._budget, clock=self._clock),
                 )
                 async for batch in coalesce(events, self._budget, control, clock=self._clock):
                     for event in batch:

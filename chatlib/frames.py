@@ -41,6 +41,33 @@ class FrameBudget:
             self.active_streams -= 1
 
 
+class ReadPacer:
+    """Spaces a stream's upstream reads at least one frame interval apart.
+
+    Tokens that arrive in between wait in the socket buffer and come back in one read: one
+    trip through the HTTP stack, one parse and one frame instead of one per token, with no
+    visible delay because the screen is only updated once per interval anyway.
+    """
+
+    def __init__(
+        self, budget: FrameBudget, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+    ) -> None:
+        self._budget = budget
+        self._clock = clock
+        self._sleep = sleep
+        self._last: float | None = None
+
+    async def __call__(self) -> None:
+        """Wait until the next read is due."""
+        now = self._clock()
+        if self._last is not None:
+            wait = self._last + self._budget.interval() - now
+            if wait > 0:
+                await self._sleep(wait)
+                now = self._clock()
+        self._last = now
+
+
 @dataclass
 class TurnControl:
     """Lets another handler (the Stop button) end a running turn gracefully."""

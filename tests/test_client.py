@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
 import pytest
 from openai import AsyncOpenAI
 
@@ -18,8 +21,17 @@ from chatlib.client import (
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 
 
+async def _pace_every_tenth_of_a_second() -> None:
+    await asyncio.sleep(0.1)
+
+
 async def _collect(
-    fake: FakeOpenRouter, text: str, *, idle: float = 5.0, key: str = "sk-or-v1-unit"
+    fake: FakeOpenRouter,
+    text: str,
+    *,
+    idle: float = 5.0,
+    key: str = "sk-or-v1-unit",
+    pace: Callable[[], Awaitable[None]] | None = None,
 ) -> list[StreamEvent]:
     client = AsyncOpenAI(base_url=fake.base_url, api_key=key, max_retries=0)
     try:
@@ -31,6 +43,7 @@ async def _collect(
                 messages=[{"role": "user", "content": text}],
                 temperature=0.3,
                 idle_timeout=idle,
+                pace=pace,
             )
         ]
     finally:
@@ -101,9 +114,22 @@ async def test_invalid_key_is_reported_without_echoing_it(fake: FakeOpenRouter) 
     assert "sk-or" not in failure.error.user_message
 
 
+async def test_paced_reads_take_tokens_in_bursts_and_lose_none(fake: FakeOpenRouter) -> None:
+    unpaced = await _collect(fake, "burst [[tokens=60]] [[rate=200]]")
+    paced = await _collect(
+        fake, "burst [[tokens=60]] [[rate=200]]", pace=_pace_every_tenth_of_a_second
+    )
+    assert _text(paced) == _text(unpaced) == expected_reply("burst", 60)
+    assert isinstance(paced[-1], Finished)
+
+
+@pytest.mark.parametrize("paced", [False, True])
 @pytest.mark.parametrize("fault", ["midstream_error", "drop", "garbage", "badbytes"])
-async def test_broken_streams_keep_the_partial_text(fake: FakeOpenRouter, fault: str) -> None:
-    events = await _collect(fake, f"partial please [[tokens=20]] [[{fault}=5]]")
+async def test_broken_streams_keep_the_partial_text(
+    fake: FakeOpenRouter, fault: str, paced: bool
+) -> None:
+    pace = _pace_every_tenth_of_a_second if paced else None
+    events = await _collect(fake, f"partial please [[tokens=20]] [[{fault}=5]]", pace=pace)
     assert _text(events) == expected_reply("partial please", 5)
     failure = events[-1]
     assert isinstance(failure, StreamFailed)
@@ -111,8 +137,10 @@ async def test_broken_streams_keep_the_partial_text(fake: FakeOpenRouter, fault:
     assert "kept" in failure.error.user_message
 
 
-async def test_stall_is_cut_after_the_idle_timeout(fake: FakeOpenRouter) -> None:
-    events = await _collect(fake, "stall [[tokens=20]] [[stall=3]]", idle=0.5)
+@pytest.mark.parametrize("paced", [False, True])
+async def test_stall_is_cut_after_the_idle_timeout(fake: FakeOpenRouter, paced: bool) -> None:
+    pace = _pace_every_tenth_of_a_second if paced else None
+    events = await _collect(fake, "stall [[tokens=20]] [[stall=3]]", idle=0.5, pace=pace)
     assert _text(events) == expected_reply("stall", 3)
     failure = events[-1]
     assert isinstance(failure, StreamFailed)
