@@ -36,7 +36,9 @@ MODEL = "openai/gpt-4o"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PR_SET_PDEATHSIG = 1
 
-UNLIMITED = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+# Idle pooled connections are dropped after 2 s, before uvicorn's 5 s keep-alive timeout:
+# with equal timeouts the client sometimes reuses a connection the server is closing.
+UNLIMITED = httpx.Limits(max_connections=None, max_keepalive_connections=None, keepalive_expiry=2.0)
 
 
 def free_port() -> int:
@@ -440,27 +442,49 @@ def gradio_client(timeout: float) -> httpx.AsyncClient:
 
 @dataclass
 class Phase:
-    """N concurrent streams against one target, with the CPU each process spent."""
+    """N concurrent streams against one target, with the CPU each process spent.
+
+    `results` are the measured streams; `ramp` the ones that only built up the load (steady
+    arrivals), which still count for completion and for CPU per token.
+    """
 
     results: list[StreamResult]
     wall_s: float
     cpu_s: dict[str, float] = field(default_factory=dict)
+    ramp: list[StreamResult] = field(default_factory=list)
 
 
 async def run_phase(
     n: int,
     one: Callable[[int], Awaitable[StreamResult]],
     watched: dict[str, Service],
+    *,
+    steady_s: float | None = None,
 ) -> Phase:
-    """Start `n` streams at once, wait for all, and read the CPU of the watched processes."""
+    """Run `n` concurrent streams, wait for all, and read the CPU of the watched processes.
+
+    Burst (`steady_s=None`): all `n` start at the same instant. Steady: `n` clients start
+    evenly spread over `steady_s` (one answer's duration) and each runs two answers back to
+    back; the second answers are measured, so each starts while about `n` others stream.
+    """
     before = {name: s.cpu_seconds() for name, s in watched.items()}
     own_before = _own_cpu()
     started = time.perf_counter()
-    results = await asyncio.gather(*(one(i) for i in range(n)))
+    ramp: list[StreamResult] = []
+    if steady_s is None:
+        results = await asyncio.gather(*(one(i) for i in range(n)))
+    else:
+
+        async def client(i: int) -> StreamResult:
+            await asyncio.sleep(i * steady_s / n)
+            ramp.append(await one(i))
+            return await one(n + i)
+
+        results = await asyncio.gather(*(client(i) for i in range(n)))
     wall = time.perf_counter() - started
     cpu = {name: s.cpu_seconds() - before[name] for name, s in watched.items()}
     cpu["bench"] = _own_cpu() - own_before
-    return Phase(list(results), wall, cpu)
+    return Phase(list(results), wall, cpu, ramp)
 
 
 def _own_cpu() -> float:
@@ -488,7 +512,7 @@ def fmt(value: float, digits: int = 1) -> str:
 
 
 @contextlib.contextmanager
-def py_spy_record(pid: int, output: Path, *, rate: int = 100) -> Iterator[Path | None]:
+def py_spy_record(pid: int, output: Path, *, rate: int = 250) -> Iterator[Path | None]:
     """Sample `pid` with py-spy (collapsed stacks) for the duration of the block, if installed."""
     exe = Path(PYTHON).parent / "py-spy"
     if not exe.exists():

@@ -359,7 +359,7 @@ class Settings:
     catalog_refresh_seconds: float = 3600.0
     catalog_timeout_seconds: float = 10.0
     ui_frame_interval_ms: int = 30
-    ui_updates_per_second: int = 300
+    ui_updates_per_second: int = 100
     max_concurrent_streams: int = 600
     data_dir: Path = Path(".data")
     browser_state_secret: str | None = dataclasses.field(default=None, repr=False)
