@@ -390,7 +390,8 @@ def print_cell(result: CellResult, name: str = "app") -> None:
         f"total p50 {h.fmt(a.total_p50_s, 3)} s  p95 {h.fmt(a.total_p95_s, 3)} s | "
         f"completed {a.completed}/{a.n} | {a.events_per_stream:.1f} events/stream | "
         f"{name} CPU {a.cpu_s['app'] / a.wall_s:.2f} core = {h.fmt(a.cpu_us_per_token)} us/token "
-        f"({h.fmt(result.cpu_us_per_token_idle_corrected)} us/token without idle burn)"
+        f"({h.fmt(result.cpu_us_per_token_idle_corrected)} us/token without idle burn), "
+        f"bench CPU {a.cpu_s['bench'] / a.wall_s:.2f} core, fake {a.cpu_s['fake'] / a.wall_s:.2f}"
     )
     print(
         f"  {name} - direct: TTFT +{h.fmt(result.ttft_overhead_p50_ms)} ms p50, "

@@ -217,7 +217,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar(
         "UI_UPDATES_PER_SECOND",
-        "300",
+        "100",
         _integer(10, 100_000),
         "Budget of screen updates per second for all streams together; the frame "
         "interval stretches as more people stream at once.",
