@@ -55,7 +55,8 @@ from chatlib.usage import UsageSummary, summarize, summarize_usage
 from chatlib.visitors import BrowserIdentity, Visitor, identify
 
 CATALOG_WAIT_ON_LOAD_S = 2.0
-LAZY_SESSION_GRADIO = "6.31.0"
+LAZY_SESSION_GRADIO = "6.31.0"  # the Gradio release the tuning below was checked against
+QUEUE_POLL_S = 0.005
 SYNC_FLUSH_TIMEOUT_S = 20.0
 
 CSS = """
@@ -1066,6 +1067,20 @@ def lazy_session_config() -> bool:
     return True
 
 
+def tune_queue(demo: gr.Blocks) -> bool:
+    """Let Gradio's queue look for new events every 5 ms instead of every 1 ms; True if set.
+
+    The queue loop polls even when idle: at 1 ms that burns ~0.09 core all the time (a tenth
+    of the server's CPU at 50 streams); at 5 ms it is a fifth of that, for at most 5 ms more
+    before a new answer starts.
+    """
+    queue: Any = getattr(demo, "_queue", None)
+    if gr.__version__ != LAZY_SESSION_GRADIO or not hasattr(queue, "sleep_when_free"):
+        return False
+    queue.sleep_when_free = QUEUE_POLL_S
+    return True
+
+
 def launch_kwargs(settings: Settings) -> dict[str, Any]:
     """Arguments for `demo.launch()` derived from settings."""
     return {
@@ -1108,6 +1123,7 @@ def main() -> None:
     lazy_session_config()
     demo = build_demo(settings, services)
     demo.queue(default_concurrency_limit=None, max_size=None)
+    tune_queue(demo)
     demo.launch(**launch_kwargs(settings))
 
 

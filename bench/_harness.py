@@ -39,6 +39,9 @@ _PR_SET_PDEATHSIG = 1
 # Idle pooled connections are dropped after 2 s, before uvicorn's 5 s keep-alive timeout:
 # with equal timeouts the client sometimes reuses a connection the server is closing.
 UNLIMITED = httpx.Limits(max_connections=None, max_keepalive_connections=None, keepalive_expiry=2.0)
+# Towards Gradio, no reuse at all: when this process is overloaded it can hand back a
+# connection long after the server sent the response and started its 5 s idle timer.
+FRESH_CONNECTIONS = httpx.Limits(max_connections=None, max_keepalive_connections=0)
 
 
 def free_port() -> int:
@@ -436,7 +439,7 @@ def direct_client(base_url: str, timeout: float) -> openai.AsyncOpenAI:
 def gradio_client(timeout: float) -> httpx.AsyncClient:
     """An httpx client for many concurrent SSE connections to a Gradio app."""
     return httpx.AsyncClient(
-        limits=UNLIMITED, timeout=httpx.Timeout(timeout, connect=30.0), trust_env=False
+        limits=FRESH_CONNECTIONS, timeout=httpx.Timeout(timeout, connect=30.0), trust_env=False
     )
 
 

@@ -45,14 +45,22 @@ class ReadPacer:
     """Spaces a stream's upstream reads at least one frame interval apart.
 
     Tokens that arrive in between wait in the socket buffer and come back in one read: one
-    trip through the HTTP stack, one parse and one frame instead of one per token, with no
-    visible delay because the screen is only updated once per interval anyway.
+    trip through the HTTP stack and one parse per burst instead of per token, with no visible
+    delay because the screen is only updated once per interval anyway. Reads are never more
+    than `max_gap_s` apart, even when frames are: the end of the answer is only seen by reading,
+    and a late read would delay it.
     """
 
     def __init__(
-        self, budget: FrameBudget, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+        self,
+        budget: FrameBudget,
+        *,
+        max_gap_s: float = 0.1,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._budget = budget
+        self._max_gap = max_gap_s
         self._clock = clock
         self._sleep = sleep
         self._last: float | None = None
@@ -61,7 +69,7 @@ class ReadPacer:
         """Wait until the next read is due."""
         now = self._clock()
         if self._last is not None:
-            wait = self._last + self._budget.interval() - now
+            wait = self._last + min(self._budget.interval(), self._max_gap) - now
             if wait > 0:
                 await self._sleep(wait)
                 now = self._clock()

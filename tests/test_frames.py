@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from chatlib.client import Finished, StreamEvent, TextDelta
-from chatlib.frames import FrameBudget, TurnControl, coalesce
+from chatlib.frames import FrameBudget, ReadPacer, TurnControl, coalesce
 
 
 class VirtualTime:
@@ -87,3 +87,20 @@ def test_frame_interval_stretches_with_concurrent_streams() -> None:
     with budget.streaming(), budget.streaming():
         assert budget.active_streams == 2
     assert budget.active_streams == 0
+
+
+async def test_reads_follow_the_frame_interval_but_never_lag_far_behind() -> None:
+    time = VirtualTime()
+    budget = FrameBudget(updates_per_second=100, min_interval_s=0.03)
+    pacer = ReadPacer(budget, max_gap_s=0.1, clock=time.clock, sleep=time.sleep)
+    await pacer()  # the first read is never held back
+    assert time.now == 0.0
+    await pacer()
+    assert time.now == 0.03  # one stream: a read per 30 ms frame
+    budget.active_streams = 50  # frames now 0.5 s apart, reads still every 0.1 s
+    await pacer()
+    assert round(time.now, 6) == 0.13
+    time.now += 0.5  # a read that itself took long is not followed by a wait
+    before = time.now
+    await pacer()
+    assert time.now == before

@@ -1,4 +1,4 @@
-"""The Gradio patch in app.py: sessions render block configs on demand, with the same result."""
+"""The Gradio tuning in app.py: sessions render block configs on demand; a slower queue poll."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
+import pytest
 
 import app
 
@@ -28,6 +30,9 @@ CHECK = textwrap.dedent(
         out = gr.Markdown("answer")
         gr.Button("Send").click(lambda t: t, box, out)
 
+    demo.queue()
+    tuned = app.tune_queue(demo)
+    poll = demo._queue.sleep_when_free
     eager = state_holder.SessionState(demo)
     applied = app.lazy_session_config()
     holder = state_holder.StateHolder()
@@ -39,6 +44,8 @@ CHECK = textwrap.dedent(
         "built_at_start": built_at_start,
         "same_components": list(lazy.components) == list(eager.components),
         "count": len(list(eager.components)),
+        "tuned": tuned,
+        "poll": poll,
     }))
     """
 )
@@ -49,7 +56,8 @@ def test_the_patch_targets_the_installed_gradio() -> None:
     assert gr.__version__ == app.LAZY_SESSION_GRADIO
 
 
-def test_a_new_session_renders_nothing_until_asked_and_then_the_same_configs() -> None:
+@pytest.fixture(scope="module")
+def report() -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, "-c", CHECK],
         cwd=REPO,
@@ -58,8 +66,19 @@ def test_a_new_session_renders_nothing_until_asked_and_then_the_same_configs() -
         timeout=120,
         check=True,
     )
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    checked: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return checked
+
+
+def test_a_new_session_renders_nothing_until_asked_and_then_the_same_configs(
+    report: dict[str, Any],
+) -> None:
     assert report["applied"] is True
     assert report["built_at_start"] == 0
     assert report["count"] >= 3
     assert report["same_components"] is True
+
+
+def test_the_queue_polls_less_often(report: dict[str, Any]) -> None:
+    assert report["tuned"] is True
+    assert report["poll"] == app.QUEUE_POLL_S

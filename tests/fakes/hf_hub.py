@@ -8,28 +8,25 @@ or Xet transfer is ever attempted). Repos live in memory, one snapshot per commi
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import hashlib
 import itertools
 import re
-import socket
 import threading
-import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from tests.fakes._server import BackgroundServer
 
 __all__ = [
     "DEFAULT_TOKEN",
@@ -134,18 +131,6 @@ class _Reject(Exception):
         self.response = response
 
 
-class _ThreadedServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to its owner."""
-
-    def install_signal_handlers(self) -> None:
-        """Install nothing: the server runs in a background thread."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """Capture nothing: the server runs in a background thread."""
-        yield
-
-
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status_code=status, headers=headers, media_type=_JSON)
 
@@ -201,9 +186,6 @@ class FakeHfHub:
         self._failures: list[_Failure] = []
         self._counter = itertools.count(1)
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._server: _ThreadedServer | None = None
-        self._thread_error: BaseException | None = None
         api = "/api/{kind}/{namespace}/{name}"
         resolve = "/{namespace}/{name}/resolve/{revision}/{path:path}"
         self.app = Starlette(
@@ -223,54 +205,21 @@ class FakeHfHub:
             ],
             exception_handlers={HTTPException: self._http_exception},
         )
+        self._server = BackgroundServer(self.app, name="fake-hf-hub", port=port)
 
     # ----------------------------------------------------------------- lifecycle
 
     def start(self) -> str:
         """Serve in a background thread and return the endpoint URL once it accepts connections."""
-        if self._thread is not None:
+        if self._server.running:
             raise RuntimeError("FakeHfHub is already running")
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            http="h11",
-            ws="none",
-            lifespan="off",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            proxy_headers=False,
-            timeout_graceful_shutdown=3,
-        )
-        self._server = _ThreadedServer(config)
-        self._thread_error = None
-        self._thread = threading.Thread(target=self._run, name="fake-hf-hub", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 15.0
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("FakeHfHub failed to start") from self._thread_error
-            time.sleep(0.005)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        self._wait_accepting(port, deadline)
-        self.port = port
-        self.endpoint = f"http://127.0.0.1:{port}"
+        self.port = self._server.start(self.port)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
         return self.endpoint
 
     def stop(self) -> None:
         """Stop serving and wait for the server thread."""
-        thread, server = self._thread, self._server
-        if thread is None or server is None:
-            return
-        server.should_exit = True
-        thread.join(timeout=15.0)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout=5.0)
-        self._thread = None
-        self._server = None
+        self._server.stop()
 
     def __enter__(self) -> FakeHfHub:
         """Start the server."""
@@ -285,32 +234,6 @@ class FakeHfHub:
     ) -> None:
         """Stop the server."""
         self.stop()
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            assert self._server is not None
-            loop.run_until_complete(self._server.serve())
-        except BaseException as exc:
-            self._thread_error = exc
-        finally:
-            try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                asyncio.set_event_loop(None)
-                loop.close()
-
-    @staticmethod
-    def _wait_accepting(port: int, deadline: float) -> None:
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
 
     # ------------------------------------------------------------ test helpers
 

@@ -4,28 +4,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import math
 import re
 import secrets
 import signal
-import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from http import HTTPStatus
 from types import FrameType, TracebackType
 from typing import Any
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes._server import BackgroundServer
 
 __all__ = [
     "CATALOG",
@@ -662,18 +661,6 @@ class _Generation:
         }
 
 
-class _ThreadedServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to its owner."""
-
-    def install_signal_handlers(self) -> None:
-        """Install nothing: the server runs in a background thread."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """Capture nothing: the server runs in a background thread."""
-        yield
-
-
 class FakeOpenRouter:
     """An OpenRouter look-alike served over real HTTP on 127.0.0.1."""
 
@@ -697,12 +684,8 @@ class FakeOpenRouter:
         self._defaults: dict[str, str] = {}
         self._cond = threading.Condition()
         self._active_streams = 0
-        self._thread: threading.Thread | None = None
-        self._server: _ThreadedServer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing_event: asyncio.Event | None = None
         self._closing = False
-        self._thread_error: BaseException | None = None
         self.app = Starlette(
             routes=[
                 Route(f"{API_PREFIX}/models", self._models, methods=["GET"]),
@@ -711,62 +694,30 @@ class FakeOpenRouter:
             ],
             exception_handlers={HTTPException: self._http_exception},
         )
+        self._server = BackgroundServer(
+            self.app,
+            name="fake-openrouter",
+            port=port,
+            timeout_keep_alive=30,
+            limit_concurrency=None,
+            backlog=2048,
+        )
 
     # ----------------------------------------------------------------- lifecycle
 
     def start(self) -> str:
         """Serve in a background thread and return the base URL once connections are accepted."""
-        if self._thread is not None:
+        if self._server.running:
             raise RuntimeError("FakeOpenRouter is already running")
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            http="h11",
-            ws="none",
-            lifespan="off",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            proxy_headers=False,
-            timeout_keep_alive=30,
-            timeout_graceful_shutdown=3,
-            limit_concurrency=None,
-            backlog=2048,
-        )
-        self._server = _ThreadedServer(config)
         self._closing = False
-        self._thread_error = None
-        self._thread = threading.Thread(target=self._run, name="fake-openrouter", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 15.0
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("FakeOpenRouter failed to start") from self._thread_error
-            time.sleep(0.005)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        self._wait_accepting(port, deadline)
+        self._closing_event = asyncio.Event()
+        port = self._server.start()
         self.base_url = f"http://127.0.0.1:{port}{API_PREFIX}"
         return self.base_url
 
     def stop(self) -> None:
         """Stop serving, ending open streams promptly."""
-        thread, loop = self._thread, self._loop
-        if thread is None:
-            return
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._begin_shutdown)
-        elif self._server is not None:
-            self._server.should_exit = True
-        thread.join(timeout=15.0)
-        if self._server is not None and thread.is_alive():
-            self._server.force_exit = True
-            thread.join(timeout=5.0)
-        self._thread = None
-        self._server = None
-        self._loop = None
+        self._server.stop(on_loop=self._begin_shutdown)
 
     def __enter__(self) -> FakeOpenRouter:
         """Start the server."""
@@ -782,52 +733,11 @@ class FakeOpenRouter:
         """Stop the server."""
         self.stop()
 
-    def _run(self) -> None:
-        """Run uvicorn on this thread's own event loop."""
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as exc:
-            self._thread_error = exc
-        finally:
-            try:
-                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                asyncio.set_event_loop(None)
-                loop.close()
-
-    async def _serve(self) -> None:
-        """Record the running loop and serve until asked to exit."""
-        assert self._server is not None
-        self._loop = asyncio.get_running_loop()
-        self._closing_event = asyncio.Event()
-        await self._server.serve()
-
     def _begin_shutdown(self) -> None:
-        """Wake every waiting stream and tell uvicorn to exit (runs on the server loop)."""
+        """Wake every waiting stream (runs on the server loop)."""
         self._closing = True
         if self._closing_event is not None:
             self._closing_event.set()
-        if self._server is not None:
-            self._server.should_exit = True
-
-    @staticmethod
-    def _wait_accepting(port: int, deadline: float) -> None:
-        """Block until the port accepts TCP connections."""
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
 
     # ------------------------------------------------------------ test helpers
 
@@ -1188,11 +1098,10 @@ class FakeOpenRouter:
 
     def _find_transport(self, client: Any) -> asyncio.WriteTransport | None:
         """Return the transport of the uvicorn connection serving a client address."""
-        server = self._server
-        if server is None or client is None:
+        if client is None:
             return None
         address = tuple(client)
-        for connection in list(server.server_state.connections):
+        for connection in self._server.connections():
             if getattr(connection, "client", None) == address:
                 transport = getattr(connection, "transport", None)
                 if isinstance(transport, asyncio.WriteTransport):
