@@ -2,16 +2,23 @@
 
 Baseline for `bench/stream_overhead.py`. Reads OPENROUTER_BASE_URL, OPENROUTER_API_KEY and PORT;
 BARE_UNLIMITED=1 lifts Gradio's default concurrency limit of 1 with
-`demo.queue(default_concurrency_limit=None)`. Everything else is Gradio's defaults.
+`demo.queue(default_concurrency_limit=None)`. Everything else is Gradio's defaults, including
+what `pip install gradio openai` installs: uvicorn without uvloop and httptools (this app's
+requirements add them), unless BARE_UVLOOP=1.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator
 
-import gradio as gr
-from openai import AsyncOpenAI
+if os.environ.get("BARE_UVLOOP") != "1":
+    sys.modules["uvloop"] = None  # type: ignore[assignment]
+    sys.modules["httptools"] = None  # type: ignore[assignment]
+
+import gradio as gr  # noqa: E402
+from openai import AsyncOpenAI  # noqa: E402
 
 client = AsyncOpenAI(
     base_url=os.environ["OPENROUTER_BASE_URL"], api_key=os.environ.get("OPENROUTER_API_KEY", "")

@@ -238,7 +238,11 @@ class ClientPool:
 
     def _http_client(self) -> httpx2.AsyncClient:
         if self._http is None:
-            self._http = openai.DefaultAsyncHttpxClient()
+            # Fewer idle connections than the SDK's 100: each request start and end probes
+            # every idle one (a poll syscall each) in httpcore's pool.
+            self._http = openai.DefaultAsyncHttpxClient(
+                limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=32)
+            )
         return self._http
 
     async def aclose(self) -> None:
@@ -288,6 +292,7 @@ class _ChunkBatch:
     finish_reason: str | None = None
     generation_id: str | None = None
     error: _MidStreamError | None = None
+    done: bool = False  # `data: [DONE]`: nothing follows
 
 
 def _parse_lines(lines: list[bytes]) -> _ChunkBatch:
@@ -300,7 +305,10 @@ def _parse_lines(lines: list[bytes]) -> _ChunkBatch:
         if not line.startswith(b"data:"):
             continue
         payload = line[5:].strip()
-        if not payload or payload == b"[DONE]":
+        if payload == b"[DONE]":
+            batch.done = True
+            break
+        if not payload:
             continue
         chunk = orjson.loads(payload)
         if not isinstance(chunk, dict):
@@ -445,6 +453,8 @@ async def stream_chat(
                 yield _usage_event(batch.usage)
             if batch.error is not None:
                 raise batch.error
+            if batch.done:
+                break
         yield Finished(
             finish_reason=finish_reason,
             generation_id=generation_id,

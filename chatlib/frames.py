@@ -97,6 +97,19 @@ def _is_terminal(event: StreamEvent) -> bool:
     return isinstance(event, Finished | StreamFailed)
 
 
+async def _sleep_unless_woken(wake: asyncio.Event, seconds: float, sleep: Sleep) -> None:
+    """Sleep up to `seconds`, less if `wake` is set meanwhile; `wake` is left cleared."""
+    sleeper = asyncio.ensure_future(sleep(seconds))
+    waiter = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in (sleeper, waiter):
+            future.cancel()
+        await asyncio.gather(sleeper, waiter, return_exceptions=True)
+    wake.clear()
+
+
 async def coalesce(
     events: AsyncIterator[StreamEvent],
     budget: FrameBudget,
@@ -107,9 +120,10 @@ async def coalesce(
 ) -> AsyncIterator[list[StreamEvent]]:
     """Yield batches of events, one per frame.
 
-    The first token and the end of the stream are flushed at once; in between, batches are at
-    least `budget.interval()` apart. If `control.stop()` is called, the upstream iterator is
-    closed, the remaining batch is yielded, and iteration ends.
+    The first token and the end of the stream (or an error) are flushed at once, even while a
+    frame is being held back; in between, batches are at least `budget.interval()` apart. If
+    `control.stop()` is called, the upstream iterator is closed, the remaining batch is
+    yielded, and iteration ends.
     """
     pending: list[StreamEvent] = []
     finished = False
@@ -131,13 +145,15 @@ async def coalesce(
         while True:
             await control.wake.wait()
             control.wake.clear()
+            # Wait for the frame to be due, but not past the end of the stream or a Stop.
+            while not control.stop_requested:
+                urgent = finished or not content_shown or any(_is_terminal(e) for e in pending)
+                wait = 0.0 if urgent else last_frame + budget.interval() - clock()
+                if wait <= 0:
+                    break
+                await _sleep_unless_woken(control.wake, wait, sleep)
             if control.stop_requested:
                 break
-            urgent = finished or not content_shown or any(_is_terminal(e) for e in pending)
-            if not urgent:
-                wait = last_frame + budget.interval() - clock()
-                if wait > 0:
-                    await sleep(wait)
             if pending:
                 batch = pending[:]
                 del pending[:]

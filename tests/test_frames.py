@@ -10,7 +10,7 @@ from chatlib.frames import FrameBudget, ReadPacer, TurnControl, coalesce
 
 
 class VirtualTime:
-    """A clock that only moves when the coalescer sleeps; each sleep lets upstream run."""
+    """A clock that only moves while someone sleeps on it: 1 ms per event-loop turn."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -19,8 +19,9 @@ class VirtualTime:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        for _ in range(50):
+        deadline = self.now + seconds
+        while self.now < deadline:
+            self.now = min(deadline, self.now + 0.001)
             await asyncio.sleep(0)
 
 
@@ -104,3 +105,26 @@ async def test_reads_follow_the_frame_interval_but_never_lag_far_behind() -> Non
     before = time.now
     await pacer()
     assert time.now == before
+
+
+async def test_the_end_of_an_answer_is_not_held_back_by_the_frame_interval() -> None:
+    time = VirtualTime()
+    budget = FrameBudget(updates_per_second=300, min_interval_s=10.0)
+
+    async def upstream() -> AsyncIterator[StreamEvent]:
+        yield TextDelta("a ")
+        await asyncio.sleep(0)
+        yield TextDelta("b ")  # held back: the next frame is 10 s away
+        for _ in range(5):
+            await asyncio.sleep(0)
+        yield Finished("stop", "gen-1", 1.0, 2.0)
+
+    frames: list[tuple[float, list[StreamEvent]]] = []
+    async for batch in coalesce(
+        upstream(), budget, TurnControl(), clock=time.clock, sleep=time.sleep
+    ):
+        frames.append((time.now, batch))
+    assert frames[0][1] == [TextDelta("a ")]
+    end, last = frames[-1]
+    assert last == [TextDelta("b "), Finished("stop", "gen-1", 1.0, 2.0)]
+    assert end < 0.1
