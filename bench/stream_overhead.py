@@ -661,7 +661,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--app-script",
         default="app.py",
-        help="script to serve as 'the app' (bench/whatif_app.py tries suggested fixes)",
+        help="script to serve as 'the app' (e.g. a patched copy, to measure a change)",
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="per-stream timeout, s")
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs in the temp dir")

@@ -33,6 +33,7 @@ CHECK = textwrap.dedent(
     demo.queue()
     tuned = app.tune_queue(demo)
     poll = demo._queue.sleep_when_free
+    analytics_every = demo._queue.ANAYLTICS_CACHE_FREQUENCY
     eager = state_holder.SessionState(demo)
     applied = app.lazy_session_config()
     holder = state_holder.StateHolder()
@@ -46,6 +47,7 @@ CHECK = textwrap.dedent(
         "count": len(list(eager.components)),
         "tuned": tuned,
         "poll": poll,
+        "analytics_every": analytics_every,
     }))
     """
 )
@@ -79,6 +81,20 @@ def test_a_new_session_renders_nothing_until_asked_and_then_the_same_configs(
     assert report["same_components"] is True
 
 
-def test_the_queue_polls_less_often(report: dict[str, Any]) -> None:
+def test_the_queue_polls_and_summarizes_less_often(report: dict[str, Any]) -> None:
     assert report["tuned"] is True
     assert report["poll"] == app.QUEUE_POLL_S
+    assert report["analytics_every"] == app.QUEUE_ANALYTICS_EVERY
+
+
+def test_the_server_gets_uvicorn_c_speedups() -> None:
+    from uvicorn.loops.auto import auto_loop_factory
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    loop = auto_loop_factory()()
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()
+    assert AutoHTTPProtocol is HttpToolsProtocol
