@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -359,6 +360,22 @@ async def _read(chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
         handle.cancel()
 
 
+_DRAIN_TIMEOUT_S = 2.0
+
+
+async def _drain(chunks: AsyncIterator[bytes], *, timeout: float) -> None:
+    """Read what follows `[DONE]` (the body's end), so the connection can be reused.
+
+    Closing a response with unread body makes httpx drop the connection, and the next
+    answer would pay a new TCP and TLS handshake. Failures here do not matter: the answer is
+    complete.
+    """
+    with contextlib.suppress(TimeoutError, httpx2.HTTPError, httpx2.StreamError, openai.APIError):
+        async with asyncio.timeout(timeout):
+            async for _ in chunks:
+                pass
+
+
 def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -454,6 +471,7 @@ async def stream_chat(
             if batch.error is not None:
                 raise batch.error
             if batch.done:
+                await _drain(reads, timeout=min(idle_timeout, _DRAIN_TIMEOUT_S))
                 break
         yield Finished(
             finish_reason=finish_reason,

@@ -25,6 +25,26 @@ async def _pace_every_tenth_of_a_second() -> None:
     await asyncio.sleep(0.1)
 
 
+async def _stream(
+    client: AsyncOpenAI,
+    text: str,
+    *,
+    idle: float = 5.0,
+    pace: Callable[[], Awaitable[None]] | None = None,
+) -> list[StreamEvent]:
+    return [
+        event
+        async for event in stream_chat(
+            client,
+            model="openai/gpt-4o",
+            messages=[{"role": "user", "content": text}],
+            temperature=0.3,
+            idle_timeout=idle,
+            pace=pace,
+        )
+    ]
+
+
 async def _collect(
     fake: FakeOpenRouter,
     text: str,
@@ -35,17 +55,7 @@ async def _collect(
 ) -> list[StreamEvent]:
     client = AsyncOpenAI(base_url=fake.base_url, api_key=key, max_retries=0)
     try:
-        return [
-            event
-            async for event in stream_chat(
-                client,
-                model="openai/gpt-4o",
-                messages=[{"role": "user", "content": text}],
-                temperature=0.3,
-                idle_timeout=idle,
-                pace=pace,
-            )
-        ]
+        return await _stream(client, text, idle=idle, pace=pace)
     finally:
         await client.close()
 
@@ -112,6 +122,19 @@ async def test_invalid_key_is_reported_without_echoing_it(fake: FakeOpenRouter) 
     assert isinstance(failure, StreamFailed)
     assert isinstance(failure.error, errors.AuthenticationFailed)
     assert "sk-or" not in failure.error.user_message
+
+
+async def test_the_next_answer_reuses_the_connection(fake: FakeOpenRouter) -> None:
+    # No new TCP/TLS handshake per answer: the body is read to its end after [DONE].
+    client = AsyncOpenAI(base_url=fake.base_url, api_key="sk-or-v1-unit", max_retries=0)
+    try:
+        for text in ("first [[tokens=5]]", "second [[tokens=5]]"):
+            events = await _stream(client, text, pace=_pace_every_tenth_of_a_second)
+            assert isinstance(events[-1], Finished)
+    finally:
+        await client.close()
+    first, second = fake.requests[-2:]
+    assert first.client is not None and first.client == second.client
 
 
 async def test_paced_reads_take_tokens_in_bursts_and_lose_none(fake: FakeOpenRouter) -> None:

@@ -8,7 +8,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import uvicorn
 
@@ -25,6 +26,30 @@ class _ThreadedServer(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         """Capture nothing: the server runs in a background thread."""
         yield
+
+
+class Fake:
+    """A fake service that can be used as a context manager: started on entry, stopped on exit."""
+
+    def start(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        """Start the server."""
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the server."""
+        self.stop()
 
 
 class BackgroundServer:

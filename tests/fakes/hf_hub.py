@@ -16,7 +16,6 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any
 
 import orjson
@@ -26,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.fakes._server import BackgroundServer
+from tests.fakes._server import BackgroundServer, Fake
 
 __all__ = [
     "DEFAULT_TOKEN",
@@ -156,7 +155,7 @@ def _valid_repo_path(path: str) -> bool:
     return bool(path) and all(p not in ("", ".", "..") for p in parts) and "\\" not in path
 
 
-class FakeHfHub:
+class FakeHfHub(Fake):
     """A Hugging Face Hub look-alike served over real HTTP on 127.0.0.1.
 
     Controls for tests: `valid_tokens` (write access), `read_only_tokens` (403 on writes),
@@ -220,20 +219,6 @@ class FakeHfHub:
     def stop(self) -> None:
         """Stop serving and wait for the server thread."""
         self._server.stop()
-
-    def __enter__(self) -> FakeHfHub:
-        """Start the server."""
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the server."""
-        self.stop()
 
     # ------------------------------------------------------------ test helpers
 

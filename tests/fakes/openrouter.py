@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from http import HTTPStatus
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes._server import BackgroundServer
+from tests.fakes._server import BackgroundServer, Fake
 
 __all__ = [
     "CATALOG",
@@ -379,6 +379,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    client: tuple[str, int] | None = None  # the caller's address: same port = same connection
 
 
 @dataclass(frozen=True)
@@ -661,7 +662,7 @@ class _Generation:
         }
 
 
-class FakeOpenRouter:
+class FakeOpenRouter(Fake):
     """An OpenRouter look-alike served over real HTTP on 127.0.0.1."""
 
     def __init__(
@@ -718,20 +719,6 @@ class FakeOpenRouter:
     def stop(self) -> None:
         """Stop serving, ending open streams promptly."""
         self._server.stop(on_loop=self._begin_shutdown)
-
-    def __enter__(self) -> FakeOpenRouter:
-        """Start the server."""
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the server."""
-        self.stop()
 
     def _begin_shutdown(self) -> None:
         """Wake every waiting stream (runs on the server loop)."""
@@ -797,6 +784,7 @@ class FakeOpenRouter:
             path=request.url.path,
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body if isinstance(body, dict) else {},
+            client=(request.client.host, request.client.port) if request.client else None,
         )
         with self._cond:
             target.append(recorded)
