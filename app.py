@@ -1071,12 +1071,10 @@ def lazy_session_config() -> bool:
 def tune_queue(demo: gr.Blocks) -> bool:
     """Make Gradio's queue cheaper to run; True if applied.
 
-    It looks for new events every 5 ms instead of every 1 ms, and refreshes its monitoring
-    summary every 100 events instead of after each one.
-
-    The queue loop polls even when idle: at 1 ms that burns ~0.09 core all the time (a tenth
-    of the server's CPU at 50 streams); at 5 ms it is a fifth of that, for at most 5 ms more
-    before a new answer starts.
+    The queue loop polls for new events even when idle: every 1 ms it burns ~0.09 core all the
+    time (a tenth of the server's CPU at 50 streams); every 5 ms, a third of that, for at most
+    5 ms more before a new answer starts. Its monitoring summary is refreshed every 100
+    events instead of after each one.
     """
     queue: Any = getattr(demo, "_queue", None)
     if gr.__version__ != LAZY_SESSION_GRADIO or not hasattr(queue, "sleep_when_free"):

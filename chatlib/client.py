@@ -397,7 +397,7 @@ async def stream_chat(
     body is parsed here with orjson, one batch per network read. Building an SDK model per
     token cost ~200 us each, 40 % of the app's CPU while streaming. Once text has arrived,
     `pace` (if given) is awaited whenever everything buffered has been read, so a slow stream
-    is read in one burst per frame instead of one wake-up per token. Closing this generator
+    is read in bursts (about one per frame) instead of one wake-up per token. Closing this generator
     (e.g. the user pressed Stop) closes the upstream connection.
     """
     started_at = clock()
