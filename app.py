@@ -185,6 +185,17 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
 
     # ---- chat turns ----------------------------------------------------------------------
 
+    async def viewed_display(session: str | None, owner_key: str) -> Any:
+        """The messages of the conversation `session` has open, for the chat area."""
+        conversation_id = conversations.viewed(session)
+        if conversation_id is None:
+            return []
+        try:
+            viewed = await store.load(owner_key, conversation_id)
+        except (ConversationNotFound, ConversationCorrupt):
+            return gr.skip()
+        return to_display(viewed.messages)
+
     async def stream_turn(
         conversation: Conversation,
         user_text: str,
@@ -229,11 +240,21 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
             listed,
             notice,
         )
+        was_watching = True
         async for frame in frames:
             watching = conversations.is_viewing(session, conversation.id)
+            switched_away = was_watching and not watching
+            was_watching = watching
+            shown: Any = gr.skip()
+            if watching:
+                shown = to_display(frame.conversation.messages)
+            elif switched_away:
+                # A frame of this answer sent just before the switch may reach the page after
+                # it: draw the conversation now open once more, from this event, so it wins.
+                shown = await viewed_display(session, visitor.owner_key)
             if not frame.done:
-                if watching:
-                    yield (to_display(frame.conversation.messages), *([gr.skip()] * 6))
+                if watching or switched_away:
+                    yield (shown, *([gr.skip()] * 6))
                 continue
             if frame.error is not None and watching:
                 gr.Warning(frame.error.user_message)
@@ -244,7 +265,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
             if not watching:
                 listed = gr.update(choices=listed["choices"])
             yield (
-                to_display(frame.conversation.messages) if watching else gr.skip(),
+                shown,
                 frame.conversation if watching else gr.skip(),
                 gr.skip(),
                 gr.update(visible=True),

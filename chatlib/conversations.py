@@ -99,6 +99,10 @@ class ConversationService:
             return
         _remember(self._viewing, session_key, conversation_id, self._max_sessions)
 
+    def viewed(self, session_key: str | None) -> str | None:
+        """The conversation `session_key` is looking at (None: a new, empty chat)."""
+        return None if session_key is None else self._viewing.get(session_key)
+
     def is_viewing(self, session_key: str | None, conversation_id: str) -> bool:
         """False once the session has switched to another conversation."""
         if session_key is None or session_key not in self._viewing:
