@@ -55,7 +55,7 @@ from chatlib.usage import UsageSummary, summarize, summarize_usage
 from chatlib.visitors import BrowserIdentity, Visitor, identify
 
 CATALOG_WAIT_ON_LOAD_S = 2.0
-LAZY_SESSION_GRADIO = "6.31.0"  # the Gradio release the tuning below was checked against
+TUNED_FOR_GRADIO = "6.31.0"  # the Gradio release the tuning below was checked against
 QUEUE_POLL_S = 0.005
 QUEUE_ANALYTICS_EVERY = 100
 SYNC_FLUSH_TIMEOUT_S = 20.0
@@ -1083,7 +1083,7 @@ def lazy_session_config() -> bool:
     block's config when it changes (built on demand there) or for a deep link (built above).
     Applied only to the Gradio release it was checked against (tests/test_gradio_tuning.py).
     """
-    if gr.__version__ != LAZY_SESSION_GRADIO:
+    if gr.__version__ != TUNED_FOR_GRADIO:
         return False
     state_holder.SessionState = _LazySessionState  # type: ignore[misc]
     return True
@@ -1098,7 +1098,7 @@ def tune_queue(demo: gr.Blocks) -> bool:
     events instead of after each one.
     """
     queue: Any = getattr(demo, "_queue", None)
-    if gr.__version__ != LAZY_SESSION_GRADIO or not hasattr(queue, "sleep_when_free"):
+    if gr.__version__ != TUNED_FOR_GRADIO or not hasattr(queue, "sleep_when_free"):
         return False
     queue.sleep_when_free = QUEUE_POLL_S
     if "GRADIO_ANALYTICS_CACHE_FREQUENCY" not in os.environ:

@@ -361,6 +361,8 @@ async def _read(chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
 
 
 _DRAIN_TIMEOUT_S = 2.0
+# What a broken or closed connection raises while the body is read.
+_CONNECTION_ERRORS = (httpx2.HTTPError, httpx2.StreamError, openai.APIError)
 
 
 async def _drain(chunks: AsyncIterator[bytes], *, timeout: float) -> None:
@@ -370,7 +372,7 @@ async def _drain(chunks: AsyncIterator[bytes], *, timeout: float) -> None:
     answer would pay a new TCP and TLS handshake. Failures here do not matter: the answer is
     complete.
     """
-    with contextlib.suppress(TimeoutError, httpx2.HTTPError, httpx2.StreamError, openai.APIError):
+    with contextlib.suppress(TimeoutError, *_CONNECTION_ERRORS):
         async with asyncio.timeout(timeout):
             async for _ in chunks:
                 pass
@@ -496,7 +498,7 @@ async def stream_chat(
                 code="midstream_error",
             )
         )
-    except (httpx2.HTTPError, httpx2.StreamError, openai.APIError):
+    except _CONNECTION_ERRORS:
         yield failed(
             errors.StreamInterrupted(
                 "The connection to OpenRouter was lost mid-answer; the text so far is kept.",

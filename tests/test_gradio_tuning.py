@@ -55,7 +55,7 @@ CHECK = textwrap.dedent(
 
 def test_the_patch_targets_the_installed_gradio() -> None:
     # Upgrading Gradio turns the patch off; this fails so that someone re-checks it.
-    assert gr.__version__ == app.LAZY_SESSION_GRADIO
+    assert gr.__version__ == app.TUNED_FOR_GRADIO
 
 
 @pytest.fixture(scope="module")
