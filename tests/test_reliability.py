@@ -653,6 +653,7 @@ def test_3_sigkills_of_the_real_app_mid_answer_lose_no_saved_chat_or_usage_row(
             time.sleep(rng.uniform(0.0, 1.0))
             app.process.kill()
             app.process.wait(timeout=30)
+            page.goto("about:blank")  # else the tab reloads itself when the app is back
             stop.set()
             for thread in threads:
                 thread.join(timeout=60)

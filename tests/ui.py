@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Locator, Page, expect
 
 INPUT = "#message-input textarea"
@@ -12,8 +13,18 @@ expect.set_options(timeout=15_000)
 
 
 def open_app(page: Page, url: str) -> None:
-    """Load the app and wait until it can take a message."""
-    page.goto(url, wait_until="load")
+    """Load the app and wait until it can take a message.
+
+    A tab left open on an app that went away shows "Connection Lost" and reloads itself once
+    the app is back; that reload can cut across this navigation, so it is tried again.
+    """
+    for attempt in range(3):
+        try:
+            page.goto(url, wait_until="load")
+            break
+        except PlaywrightError as error:
+            if "interrupted by another navigation" not in str(error) or attempt == 2:
+                raise
     expect(page.locator(INPUT)).to_be_visible()
     expect(page.locator("#session-ready [data-ready]")).to_be_attached()
 
