@@ -13,11 +13,14 @@ from typing import Any, cast
 import httpx2
 import openai
 import orjson
+import structlog
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 from chatlib import errors
 from chatlib.config import Settings
+
+log = structlog.get_logger(__name__)
 
 Clock = Callable[[], float]
 
@@ -272,6 +275,10 @@ def _int(value: Any) -> int:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 
+class _Truncated(Exception):
+    """The body ended without `[DONE]` or a finish reason."""
+
+
 class _MidStreamError(Exception):
     """An error chunk inside a 200 stream (the provider failed after starting)."""
 
@@ -293,13 +300,15 @@ class _ChunkBatch:
     finish_reason: str | None = None
     generation_id: str | None = None
     error: _MidStreamError | None = None
+    malformed: ValueError | None = None  # a line that is not a chunk: nothing after it counts
     done: bool = False  # `data: [DONE]`: nothing follows
 
 
 def _parse_lines(lines: list[bytes]) -> _ChunkBatch:
     """Parse complete SSE lines; comments (`: OPENROUTER PROCESSING`) and blanks are skipped.
 
-    Raises ValueError on a data line that is not JSON (or not UTF-8).
+    Parsing stops at `[DONE]`, at an error chunk, or at a line that is not a valid chunk (not
+    JSON, not UTF-8, or the wrong shape: `malformed`); what came before it is kept.
     """
     batch = _ChunkBatch([], [])
     for line in lines:
@@ -311,33 +320,45 @@ def _parse_lines(lines: list[bytes]) -> _ChunkBatch:
             break
         if not payload:
             continue
-        chunk = orjson.loads(payload)
-        if not isinstance(chunk, dict):
-            raise ValueError("stream chunk is not an object")
-        batch.generation_id = batch.generation_id or _text_or_none(chunk.get("id"))
-        error = chunk.get("error")
-        if isinstance(error, Mapping) and error:
-            batch.error = _MidStreamError(error)
+        try:
+            _add_chunk(batch, orjson.loads(payload))
+        except ValueError as exc:
+            batch.malformed = exc
             break
-        usage = chunk.get("usage")
-        if isinstance(usage, Mapping):
-            batch.usage = usage
-        # The usage chunk has an EMPTY choices list.
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, Mapping):
-                continue
-            delta = choice.get("delta")
-            if isinstance(delta, Mapping):
-                reasoning = delta.get("reasoning")
-                if isinstance(reasoning, str) and reasoning:
-                    batch.reasoning.append(reasoning)
-                content = delta.get("content")
-                if isinstance(content, str) and content:
-                    batch.text.append(content)
-            finish = choice.get("finish_reason")
-            if isinstance(finish, str) and finish:
-                batch.finish_reason = finish
+        if batch.error is not None:
+            break
     return batch
+
+
+def _add_chunk(batch: _ChunkBatch, chunk: Any) -> None:
+    """Merge one parsed chunk into `batch`; ValueError if it is not shaped like one."""
+    if not isinstance(chunk, dict):
+        raise ValueError("stream chunk is not an object")
+    batch.generation_id = batch.generation_id or _text_or_none(chunk.get("id"))
+    error = chunk.get("error")
+    if isinstance(error, Mapping) and error:
+        batch.error = _MidStreamError(error)
+        return
+    usage = chunk.get("usage")
+    if isinstance(usage, Mapping):
+        batch.usage = usage
+    choices = chunk.get("choices") or []  # the usage chunk has an EMPTY choices list
+    if not isinstance(choices, list):
+        raise ValueError("stream chunk has choices that are not a list")
+    for choice in choices:
+        if not isinstance(choice, Mapping):
+            continue
+        delta = choice.get("delta")
+        if isinstance(delta, Mapping):
+            reasoning = delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                batch.reasoning.append(reasoning)
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                batch.text.append(content)
+        finish = choice.get("finish_reason")
+        if isinstance(finish, str) and finish:
+            batch.finish_reason = finish
 
 
 async def _read(chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
@@ -444,7 +465,7 @@ async def stream_chat(
     generation_id = response.headers.get("x-generation-id") or None
     reads = response.iter_bytes().__aiter__()
     pending = b""
-    drained = just_paced = False
+    drained = just_paced = ended = False
     try:
         while True:
             if pace is not None and first_token_at is not None and drained and not just_paced:
@@ -472,9 +493,16 @@ async def stream_chat(
                 yield _usage_event(batch.usage)
             if batch.error is not None:
                 raise batch.error
+            if batch.malformed is not None:
+                raise batch.malformed
             if batch.done:
+                ended = True
                 await _drain(reads, timeout=min(idle_timeout, _DRAIN_TIMEOUT_S))
                 break
+        if not ended and finish_reason is None:
+            # The body ended cleanly but the answer did not: neither `[DONE]` nor a finish
+            # reason came, so the text may be cut short.
+            raise _Truncated
         yield Finished(
             finish_reason=finish_reason,
             generation_id=generation_id,
@@ -498,7 +526,7 @@ async def stream_chat(
                 code="midstream_error",
             )
         )
-    except _CONNECTION_ERRORS:
+    except (_Truncated, *_CONNECTION_ERRORS):
         yield failed(
             errors.StreamInterrupted(
                 "The connection to OpenRouter was lost mid-answer; the text so far is kept.",
@@ -512,6 +540,15 @@ async def stream_chat(
                 f"OpenRouter sent a malformed stream ({type(exc).__name__}). The text so far is "
                 "kept; retry to try again.",
                 code="malformed_stream",
+            )
+        )
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, the text so far is kept
+        log.error("chat.stream_error", error=type(exc).__name__)
+        yield failed(
+            errors.StreamInterrupted(
+                "Something went wrong while reading the answer. The text so far is kept; "
+                "retry to try again.",
+                code="unexpected_error",
             )
         )
     finally:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from openai import AsyncOpenAI
 
+from chatlib import client as client_module
 from chatlib import errors
 from chatlib.client import (
     Finished,
@@ -146,17 +148,46 @@ async def test_paced_reads_take_tokens_in_bursts_and_lose_none(fake: FakeOpenRou
     assert isinstance(paced[-1], Finished)
 
 
-@pytest.mark.parametrize("paced", [False, True])
-@pytest.mark.parametrize("fault", ["midstream_error", "drop", "garbage", "badbytes"])
+@pytest.mark.parametrize(
+    ("paced", "rate"), [(False, 100), (True, 100), (False, 100_000), (True, 100_000)]
+)
+@pytest.mark.parametrize(
+    "fault", ["midstream_error", "drop", "garbage", "badbytes", "badshape", "truncate"]
+)
 async def test_broken_streams_keep_the_partial_text(
-    fake: FakeOpenRouter, fault: str, paced: bool
+    fake: FakeOpenRouter, fault: str, paced: bool, rate: int
 ) -> None:
+    # At 100 000 tok/s the text and the broken line arrive in one network read.
     pace = _pace_every_tenth_of_a_second if paced else None
-    events = await _collect(fake, f"partial please [[tokens=20]] [[{fault}=5]]", pace=pace)
+    prompt = f"partial please [[tokens=20]] [[{fault}=5]] [[rate={rate}]]"
+    events = await _collect(fake, prompt, pace=pace)
     assert _text(events) == expected_reply("partial please", 5)
     failure = events[-1]
     assert isinstance(failure, StreamFailed)
     assert isinstance(failure.error, errors.StreamInterrupted)
+    assert "kept" in failure.error.user_message
+
+
+async def test_an_unexpected_failure_keeps_the_partial_text(
+    fake: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = client_module._add_chunk
+    calls = 0
+
+    def fail_on_the_eighth_chunk(batch: Any, chunk: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 8:
+            raise RuntimeError("a bug")
+        original(batch, chunk)
+
+    monkeypatch.setattr(client_module, "_add_chunk", fail_on_the_eighth_chunk)
+    events = await _collect(fake, "bug [[tokens=20]]")
+    # The role chunk comes first, then six tokens: the text before the failure is kept.
+    assert _text(events) == expected_reply("bug", 6)
+    failure = events[-1]
+    assert isinstance(failure, StreamFailed)
+    assert failure.error.code == "unexpected_error"
     assert "kept" in failure.error.user_message
 
 

@@ -408,6 +408,18 @@ async def test_garbage_and_bad_bytes_break_parsing(router: FakeOpenRouter) -> No
     assert isinstance(error, UnicodeDecodeError)
 
 
+def test_badshape_and_truncate_end_the_body_cleanly(router: FakeOpenRouter) -> None:
+    _, raw = raw_stream(router, "odd shape [[badshape=2]]")
+    events = sse_events(raw)
+    assert events[-1] == 'data: {"id": "gen-bad", "choices": 1}'
+    _, raw = raw_stream(router, "cut [[truncate=2]]")
+    payloads = [json.loads(e.removeprefix("data: ")) for e in sse_events(raw)[1:]]
+    assert "".join(p["choices"][0]["delta"]["content"] for p in payloads) == expected_reply(
+        "cut", 2
+    )
+    assert all(p["choices"][0].get("finish_reason") is None for p in payloads)
+
+
 @pytest.mark.asyncio
 async def test_stall_is_detected_and_released_on_disconnect(router: FakeOpenRouter) -> None:
     text = "stall here [[stall=3]]"

@@ -57,6 +57,8 @@ DIRECTIVE_KEYS = frozenset(
         "drop",
         "garbage",
         "badbytes",
+        "badshape",
+        "truncate",
         "retry_after",
     }
 )
@@ -65,6 +67,7 @@ PROCESSING_COMMENT = b": OPENROUTER PROCESSING\n\n"
 DONE_LINE = b"data: [DONE]\n\n"
 GARBAGE_LINE = b"data: {not json\n\n"
 BAD_BYTES_LINE = b"data: \xff\xfe\n\n"
+BAD_SHAPE_LINE = b'data: {"id": "gen-bad", "choices": 1}\n\n'
 
 _KEEPALIVE_INTERVAL = 0.5
 _MIN_SLEEP = 0.0005
@@ -396,12 +399,14 @@ class _Plan:
     drop: int | None = None
     garbage: int | None = None
     badbytes: int | None = None
+    badshape: int | None = None
+    truncate: int | None = None
     retry_after: str = "7"
 
     def fault(self, content_chunks: int) -> tuple[str, int] | None:
         """Return the earliest stream fault as (kind, content position), or None."""
         best: tuple[str, int] | None = None
-        for kind in ("midstream_error", "garbage", "badbytes", "stall", "drop"):
+        for kind in _FAULTS:
             position = getattr(self, kind)
             if position is None:
                 continue
@@ -409,6 +414,9 @@ class _Plan:
             if best is None or position < best[1]:
                 best = (kind, position)
         return best
+
+
+_FAULTS = ("midstream_error", "garbage", "badbytes", "badshape", "stall", "drop", "truncate")
 
 
 class _DroppedConnectionError(Exception):
@@ -1058,6 +1066,11 @@ class FakeOpenRouter(Fake):
             yield bytes(buf + GARBAGE_LINE)
         elif kind == "badbytes":
             yield bytes(buf + BAD_BYTES_LINE)
+        elif kind == "badshape":
+            yield bytes(buf + BAD_SHAPE_LINE)
+        elif kind == "truncate":  # the body ends cleanly: no finish reason, no [DONE]
+            if buf:
+                yield bytes(buf)
         elif kind == "stall":
             if buf:
                 yield bytes(buf)
