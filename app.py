@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import importlib.util
 import math
@@ -23,7 +24,7 @@ from gradio import state_holder
 
 from chatlib.chat import TurnRequest
 from chatlib.config import TEMPERATURE_SLIDER_MAX, Settings
-from chatlib.conversations import TurnInput, summary_label
+from chatlib.conversations import ConversationFrame, TurnInput, summary_label
 from chatlib.errors import (
     ChatError,
     ConfigError,
@@ -218,7 +219,23 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
             rate_key=visitor.rate_key,
             logged_in=visitor.logged_in,
         )
-        frames = conversations.run_turn(visitor.owner_key, conversation, turn)
+        # Closed here when the page goes away mid-answer: the answer is then stopped and saved.
+        async with contextlib.aclosing(
+            conversations.run_turn(visitor.owner_key, conversation, turn)
+        ) as frames:
+            async for outputs in draw_turn(
+                frames, conversation, visitor, session, clear_input=clear_input
+            ):
+                yield outputs
+
+    async def draw_turn(
+        frames: AsyncIterator[ConversationFrame],
+        conversation: Conversation,
+        visitor: Visitor,
+        session: str | None,
+        *,
+        clear_input: bool,
+    ) -> AsyncIterator[Outputs]:
         try:
             first = await anext(frames)
         except ChatError as exc:
@@ -669,15 +686,16 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
             rate_key=client_ip(peer, forwarded, services.trusted_proxies),
             owner_key="api",
         )
-        frames = chat.run_turn(turn)
-        try:
-            await anext(frames)
-        except ChatError as exc:
-            raise gr.Error(exc.user_message, print_exception=False) from None
-        async for frame in frames:
-            yield frame.answer.content
-            if frame.done and frame.error is not None:
-                raise gr.Error(frame.error.user_message, print_exception=False)
+        # Closed here when the caller goes away mid-answer: the answer is stopped, usage kept.
+        async with contextlib.aclosing(chat.run_turn(turn)) as frames:
+            try:
+                await anext(frames)
+            except ChatError as exc:
+                raise gr.Error(exc.user_message, print_exception=False) from None
+            async for frame in frames:
+                yield frame.answer.content
+                if frame.done and frame.error is not None:
+                    raise gr.Error(frame.error.user_message, print_exception=False)
 
     # ---- layout --------------------------------------------------------------------------
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -22,7 +22,7 @@ from chatlib.client import (
     stream_chat,
 )
 from chatlib.config import Settings
-from chatlib.frames import FrameBudget, ReadPacer, TurnControl, coalesce
+from chatlib.frames import FrameBudget, ReadPacer, TurnControl, coalesce, finish_if_abandoned
 from chatlib.messages import (
     AnswerMeta,
     ChatMessage,
@@ -52,6 +52,8 @@ class TurnRequest:
     owner_key: str = ""
     rate_key: str | None = None  # client IP, or HF user id when logged in; None: no limit
     logged_in: bool = False
+    # Stops the turn (the Stop button, or the page going away).
+    control: TurnControl = field(default_factory=TurnControl, compare=False)
 
 
 @dataclass(frozen=True)
@@ -160,8 +162,15 @@ class ChatService:
         control.stop()
         return True
 
-    async def run_turn(self, request: TurnRequest) -> AsyncIterator[TurnFrame]:
-        """Stream one answer as frames. Raises ChatError before the first frame if refused."""
+    def run_turn(self, request: TurnRequest) -> AsyncGenerator[TurnFrame]:
+        """Stream one answer as frames. Raises ChatError before the first frame if refused.
+
+        Closing the iterator mid-answer (the page went away) stops the turn; it still ends,
+        with its usage recorded, in the background.
+        """
+        return finish_if_abandoned(self._turn(request), request.control)
+
+    async def _turn(self, request: TurnRequest) -> AsyncIterator[TurnFrame]:
         text = check_user_input(request.user_text, self._settings.max_input_chars)
         request = replace(request, model=clean_text(request.model).strip() or "unknown")
         key = self.resolve_key(request.api_key)
@@ -178,14 +187,14 @@ class ChatService:
         answer = _Answer(request.model, [], [], AnswerMeta(model=request.model), now)
         yield TurnFrame(history=(*history, answer.message()))
 
-        control = TurnControl()
+        control = request.control
         if request.session_key is not None:
             previous = self._running.get(request.session_key)
             if previous is not None:
                 previous.stop()
             self._running[request.session_key] = control
         started = self._clock()
-        first_token_logged = False
+        first_token_ms: float | None = None
         failure: errors.ChatError | None = None
         with (
             structlog.contextvars.bound_contextvars(
@@ -211,15 +220,16 @@ class ChatService:
                         answer.apply(event)
                         if isinstance(event, StreamFailed):
                             failure = event.error
-                    if not first_token_logged and (answer.text or answer.reasoning):
-                        first_token_logged = True
-                        log.info("chat.first_token", ttft_ms=_ms(self._clock() - started))
+                    if first_token_ms is None and (answer.text or answer.reasoning):
+                        first_token_ms = _ms(self._clock() - started)
+                        log.info("chat.first_token", ttft_ms=first_token_ms)
                     if answer.meta.status == "streaming":
                         yield TurnFrame(history=(*history, answer.message()))
                 if control.stop_requested and answer.meta.status == "streaming":
                     answer.meta = replace(
                         answer.meta,
                         status="stopped",
+                        ttft_ms=first_token_ms,
                         latency_ms=_ms(self._clock() - started),
                     )
             finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -19,6 +19,7 @@ import structlog
 from chatlib.chat import ChatService, TurnRequest
 from chatlib.client import Clock
 from chatlib.errors import ChatError, StorageError
+from chatlib.frames import TurnControl, finish_if_abandoned
 from chatlib.messages import format_cost
 from chatlib.storage import (
     AsyncConversationStore,
@@ -109,15 +110,22 @@ class ConversationService:
             return True
         return self._viewing[session_key] == conversation_id
 
-    async def run_turn(
+    def run_turn(
         self, owner_key: str, conversation: Conversation, turn: TurnInput
-    ) -> AsyncIterator[ConversationFrame]:
+    ) -> AsyncGenerator[ConversationFrame]:
         """Answer `turn.user_text` at the end of `conversation`, saving as it goes.
 
         Raises ChatError before the first frame when the turn is refused (nothing is saved
         then). The question is saved before the upstream call; the answer when it ends,
-        whether complete, stopped or failed.
+        whether complete, stopped or failed, or the page went away mid-answer (closing the
+        iterator stops the turn, which is then saved in the background).
         """
+        control = TurnControl()
+        return finish_if_abandoned(self._turn(owner_key, conversation, turn, control), control)
+
+    async def _turn(
+        self, owner_key: str, conversation: Conversation, turn: TurnInput, control: TurnControl
+    ) -> AsyncIterator[ConversationFrame]:
         frames = self._chat.run_turn(
             TurnRequest(
                 history=conversation.messages,
@@ -131,6 +139,7 @@ class ConversationService:
                 owner_key=owner_key,
                 rate_key=turn.rate_key,
                 logged_in=turn.logged_in,
+                control=control,
             )
         )
         first = await anext(frames)

@@ -11,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+import structlog
 
 from chatlib.client import Clock, Finished, ReasoningDelta, StreamEvent, StreamFailed, TextDelta
 
 Sleep = Callable[[float], Awaitable[None]]
+log = structlog.get_logger(__name__)
 
 
 class FrameBudget:
@@ -86,6 +90,39 @@ class TurnControl:
         """Ask the turn to stop; it keeps what has arrived."""
         self.stop_requested = True
         self.wake.set()
+
+
+_T = TypeVar("_T")
+# Turns whose page went away, ending in the background (a reference keeps each task alive).
+_ABANDONED: set[asyncio.Task[None]] = set()
+
+
+async def finish_if_abandoned(
+    frames: AsyncIterator[_T], control: TurnControl
+) -> AsyncGenerator[_T]:
+    """Pass `frames` through; if the consumer leaves mid-turn, end the turn as a Stop would.
+
+    Gradio closes a handler's generator when the page is closed or reloaded. The turn is then
+    stopped (the upstream request closed) and its generator run to the end in a task of its
+    own, so what arrived is saved and its usage recorded as for a pressed Stop.
+    """
+    try:
+        async for frame in frames:
+            yield frame
+    except GeneratorExit:
+        control.stop()
+        task = asyncio.get_running_loop().create_task(_run_out(frames))
+        _ABANDONED.add(task)
+        task.add_done_callback(_ABANDONED.discard)
+        raise
+
+
+async def _run_out(frames: AsyncIterator[object]) -> None:
+    try:
+        async for _ in frames:
+            pass
+    except Exception as exc:  # noqa: BLE001 - nobody is left to show it to
+        log.warning("chat.abandoned_turn_failed", error=type(exc).__name__)
 
 
 def _is_content(event: StreamEvent) -> bool:

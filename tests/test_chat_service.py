@@ -114,6 +114,7 @@ async def test_stop_keeps_partial_answer_marked_stopped(
     final = frames[-1]
     assert final.done
     assert final.answer.meta is not None and final.answer.meta.status == "stopped"
+    assert final.answer.meta.ttft_ms is not None  # known before the stop, so kept
     assert 10 < len(final.answer.content) < len(expected_reply("slow", 200))
     for _ in range(50):
         if fake.active_streams == 0:

@@ -1,0 +1,113 @@
+"""The page goes away mid-answer (closed or reloaded): what arrived is kept, usage recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import io
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from chatlib.chat import ChatService, TurnRequest
+from chatlib.client import ClientPool
+from chatlib.config import Settings
+from chatlib.conversations import ConversationService, TurnInput
+from chatlib.frames import FrameBudget
+from chatlib.logging import configure_logging
+from chatlib.storage import AsyncConversationStore, ConversationStore
+from chatlib.usage import UsageLog, UsageRecord, read_usage
+from tests.conftest import TEST_API_KEY
+from tests.fakes.openrouter import FakeOpenRouter, expected_reply
+
+OWNER = "0" * 32
+SLOW = "tell me a long story [[tokens=400]] [[rate=40]]"
+
+
+@pytest.fixture
+async def services(
+    fake: FakeOpenRouter, tmp_path: Path
+) -> AsyncIterator[tuple[ChatService, ConversationService, UsageLog]]:
+    settings = Settings.from_env(
+        {
+            "OPENROUTER_API_KEY": TEST_API_KEY,
+            "OPENROUTER_BASE_URL": fake.base_url,
+            "LOG_PATH": str(tmp_path / "logs" / "app.log"),
+        },
+        env_file=None,
+    )
+    configure_logging(settings, stream=io.StringIO())
+    pool = ClientPool(settings)
+    usage = UsageLog(tmp_path / "usage")
+    chat = ChatService(
+        settings, pool, FrameBudget(updates_per_second=300, min_interval_s=0.01), usage=usage
+    )
+    store = AsyncConversationStore(ConversationStore(tmp_path / "data"))
+    try:
+        yield chat, ConversationService(store, chat), usage
+    finally:
+        await pool.aclose()
+        usage.close()
+
+
+async def _eventually(check: Callable[[], bool | Awaitable[bool]]) -> None:
+    """Wait (up to ~10 s) for work the turn finishes in the background."""
+    for _ in range(200):
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("never happened")
+
+
+def _rows(usage: UsageLog) -> list[UsageRecord]:
+    return list(read_usage(usage.path.parent)) if usage.path.exists() else []
+
+
+async def test_closing_the_page_mid_answer_saves_what_arrived_as_stopped(
+    fake: FakeOpenRouter, services: tuple[ChatService, ConversationService, UsageLog]
+) -> None:
+    _, conversations, usage = services
+    store = conversations.store
+    conversation = conversations.new_conversation("openai/gpt-4o", "", 0.3)
+    turn = TurnInput(user_text=SLOW, model="openai/gpt-4o", system_prompt="", temperature=0.3)
+    frames = conversations.run_turn(OWNER, conversation, turn)
+    shown = ""
+    async for frame in frames:
+        shown = frame.conversation.messages[-1].content
+        if len(shown) > 40:
+            break
+    await frames.aclose()  # what Gradio does when the page is closed or reloaded
+
+    async def answer_saved() -> bool:
+        return (await store.load(OWNER, conversation.id)).messages[-1].role == "assistant"
+
+    await _eventually(answer_saved)
+    saved = (await store.load(OWNER, conversation.id)).messages
+    assert [m.role for m in saved] == ["user", "assistant"]
+    answer = saved[-1]
+    assert answer.meta is not None and answer.meta.status == "stopped"
+    assert answer.content.startswith(shown)  # nothing that was on screen is lost
+    assert len(answer.content) < len(expected_reply("tell me a long story", 400))
+    assert answer.meta.ttft_ms is not None
+    await _eventually(lambda: fake.active_streams == 0)  # the upstream request was closed
+    await _eventually(lambda: [r.status for r in _rows(usage)] == ["stopped"])
+
+
+async def test_an_api_caller_leaving_mid_answer_still_gets_a_usage_row(
+    fake: FakeOpenRouter, services: tuple[ChatService, ConversationService, UsageLog]
+) -> None:
+    chat, _, usage = services
+    request = TurnRequest(
+        history=(), user_text=SLOW, model="openai/gpt-4o", system_prompt="", temperature=0.3
+    )
+    frames = chat.run_turn(request)
+    async for frame in frames:
+        if frame.answer.content:
+            break
+    await frames.aclose()
+    await _eventually(lambda: fake.active_streams == 0)
+    await _eventually(lambda: len(_rows(usage)) == 1)
+    (row,) = _rows(usage)
+    assert row.status == "stopped" and row.ttft_ms is not None and row.latency_ms is not None
