@@ -141,8 +141,6 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
             forwarded_for=forwarded,
             trusted_proxies=services.trusted_proxies,
         )
-        if visitor.api_key:
-            services.redactor.add(visitor.api_key)
         return visitor
 
     def session_of(request: gr.Request | None) -> str | None:
@@ -562,7 +560,6 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
         identity = BrowserIdentity.ensure(browser_value)
         try:
             key = clean_key(raw_key)
-            services.redactor.add(key)
             status = await check_key(
                 settings.openrouter_base_url, key, timeout=settings.connect_timeout_seconds
             )

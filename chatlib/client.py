@@ -19,6 +19,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from chatlib import errors
 from chatlib.config import Settings
+from chatlib.logging import redact_secret_shapes
 
 log = structlog.get_logger(__name__)
 
@@ -91,9 +92,11 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
 
 
 def _upstream_message(body: Mapping[str, Any], fallback: str) -> str:
+    """The upstream's own words, shortened, with anything shaped like a credential removed
+    (they are shown to the visitor and saved with the answer)."""
     message = body.get("message")
     text = message if isinstance(message, str) and message.strip() else fallback
-    return text.strip()[:500]
+    return redact_secret_shapes(text.strip()[:500])
 
 
 def map_api_error(exc: openai.APIError, *, model: str, started: bool) -> errors.UpstreamError:
@@ -149,6 +152,7 @@ def map_api_error(exc: openai.APIError, *, model: str, started: bool) -> errors.
     if status == 403:
         reasons = metadata.get("reasons") if isinstance(metadata, Mapping) else None
         why = ", ".join(str(r) for r in reasons) if isinstance(reasons, list) and reasons else ""
+        why = redact_secret_shapes(why[:500])
         return errors.ModerationFlagged(
             "The provider's moderation flagged this message (403)"
             + (f": {why}" if why else "")
@@ -283,8 +287,7 @@ class _MidStreamError(Exception):
     """An error chunk inside a 200 stream (the provider failed after starting)."""
 
     def __init__(self, error: Mapping[str, Any]) -> None:
-        message = error.get("message")
-        self.detail = (message if isinstance(message, str) and message else "provider error")[:500]
+        self.detail = _upstream_message(error, "provider error")
         code = error.get("code")
         self.status = code if isinstance(code, int) and not isinstance(code, bool) else None
         super().__init__(self.detail)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,8 @@ import orjson
 from chatlib import errors
 
 MAX_KEY_LENGTH = 200
+# What OpenRouter keys look like; the log redactor scrubs this shape wherever it appears.
+_KEY_SHAPE = re.compile(r"sk-or-[A-Za-z0-9_\-]{6,}")
 
 
 @dataclass(frozen=True)
@@ -41,13 +44,22 @@ def mask_key(key: str) -> str:
     return f"{key[:6]}…{key[-4:]}"
 
 
+def looks_like_key(value: object) -> bool:
+    """Whether `value` has the shape of an OpenRouter key (and is not too long)."""
+    if not isinstance(value, str) or len(value) > MAX_KEY_LENGTH:
+        return False
+    return _KEY_SHAPE.fullmatch(value) is not None
+
+
 def clean_key(raw: str) -> str:
     """Trim a pasted key and refuse what cannot be one (before any network call)."""
     key = raw.strip()
     if not key:
         raise errors.InputError("Paste an OpenRouter key first (it starts with sk-or-).")
-    if len(key) > MAX_KEY_LENGTH or any(c.isspace() or not c.isprintable() for c in key):
-        raise errors.InputError("That does not look like an OpenRouter key.")
+    if not looks_like_key(key):
+        raise errors.InputError(
+            "That does not look like an OpenRouter key (they start with sk-or- and have no spaces)."
+        )
     return key
 
 

@@ -34,6 +34,13 @@ _NOISY_LOGGERS = (
 )
 
 
+def redact_secret_shapes(text: str) -> str:
+    """Replace anything shaped like an API key, HF token or bearer credential in `text`."""
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.lastindex else "") + REDACTED, text)
+    return text
+
+
 class SecretRedactor:
     """A structlog processor that scrubs known secrets and key-shaped strings."""
 
@@ -41,7 +48,11 @@ class SecretRedactor:
         self._secrets: set[str] = {s for s in secrets if s and len(s) >= 6}
 
     def add(self, secret: str | None) -> None:
-        """Also scrub `secret` from now on (e.g. a visitor's own key)."""
+        """Also scrub `secret` from now on: the operator's secrets, never a visitor's input.
+
+        (A visitor's own key has the shape of an OpenRouter key, which is always scrubbed;
+        registering what visitors send would let anyone erase chosen words from the logs.)
+        """
         if secret and len(secret) >= 6:
             self._secrets.add(secret)
 
@@ -50,9 +61,7 @@ class SecretRedactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        for pattern in _SECRET_PATTERNS:
-            text = pattern.sub(lambda m: (m.group(1) if m.lastindex else "") + REDACTED, text)
-        return text
+        return redact_secret_shapes(text)
 
     def _clean(self, value: Any) -> Any:
         if isinstance(value, str):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatlib.identity import Owner, is_valid_anonymous_id, new_anonymous_id, owner_key
-from chatlib.keys import MAX_KEY_LENGTH
+from chatlib.keys import looks_like_key
 from chatlib.ratelimit import IPNetwork, client_ip
 
 
@@ -33,11 +33,9 @@ class BrowserIdentity:
         if not isinstance(value, Mapping) or not is_valid_anonymous_id(value.get("anon_id")):
             return None
         key = value.get("api_key")
-        if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
-            key = None
         return cls(
             anon_id=str(value["anon_id"]),
-            api_key=key,
+            api_key=key if looks_like_key(key) else None,
             migration_declined=value.get("migration_declined") is True,
         )
 

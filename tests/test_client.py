@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx2
+import openai
 import pytest
 from openai import AsyncOpenAI
 
@@ -18,6 +20,7 @@ from chatlib.client import (
     StreamFailed,
     TextDelta,
     Usage,
+    map_api_error,
     stream_chat,
 )
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
@@ -216,3 +219,17 @@ async def test_unreachable_upstream_is_a_clear_error() -> None:
     await client.close()
     assert isinstance(events[0], StreamFailed)
     assert isinstance(events[0].error, errors.ProviderUnavailable)
+
+
+def test_credentials_in_upstream_error_text_are_never_shown() -> None:
+    leaked = "sk-or-v1-0123456789abcdef0123456789abcdef"
+    text = f"upstream said: Bearer {leaked} is bad; hf_abcdefghijklmnop too"
+    response = httpx2.Response(502, request=httpx2.Request("POST", "http://upstream/x"))
+    http_error = openai.APIStatusError("bad", response=response, body={"error": {"message": text}})
+    mid_stream = client_module._MidStreamError({"message": text})
+    for shown in (
+        map_api_error(http_error, model="m", started=False).user_message,
+        mid_stream.detail,
+    ):
+        assert "upstream said" in shown
+        assert leaked not in shown and "sk-or-" not in shown and "hf_abc" not in shown

@@ -43,3 +43,7 @@ def test_pasted_junk_is_refused_before_any_request() -> None:
     with pytest.raises(errors.InputError):
         clean_key("sk-or v1 with spaces")
     assert clean_key("  sk-or-v1-abc \n") == "sk-or-v1-abc"
+    # Anything else is refused: a visitor cannot make the app treat a word as a secret.
+    for junk in ("chat.started", "openai/gpt-4o", "x" * 40, "sk-or-v1-abc<script>"):
+        with pytest.raises(errors.InputError, match="start with sk-or-"):
+            clean_key(junk)

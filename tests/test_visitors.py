@@ -68,6 +68,8 @@ def test_a_tampered_browser_value_is_not_an_identity() -> None:
     assert BrowserIdentity.from_value(None) is None
     fresh = BrowserIdentity.ensure({"anon_id": 12})
     assert BrowserIdentity.from_value(fresh.to_value()) == fresh
+    forged = BrowserIdentity.from_value({"anon_id": fresh.anon_id, "api_key": "chat.started"})
+    assert forged is not None and forged.api_key is None
 
 
 def test_forwarded_for_counts_only_behind_a_trusted_proxy() -> None:
