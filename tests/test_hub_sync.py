@@ -512,6 +512,28 @@ def test_hub_errors_for_a_while_lose_nothing_and_status_recovers(
     assert events(logs, "hub.push_ok")
 
 
+def test_a_public_repo_is_never_pushed_to(
+    tmp_path: Path, hub: FakeHfHub, make_sync: Callable[..., HubSync]
+) -> None:
+    data_dir = tmp_path / "data"
+    seed_data_dir(data_dir)
+    hub.add_repo(DATASET, private=False)
+    sync = make_sync(data_dir)
+
+    with capture_logs() as logs:
+        sync.start()
+        ok = sync.flush(timeout=20)
+
+    assert not ok
+    assert not hub.commits
+    assert sync.status.last_error is not None and "is public" in sync.status.last_error
+    assert sync.status.pending
+    assert events(logs, "hub.push_failed")
+    hub.repo(DATASET).private = True  # the operator fixes it: the next push goes through
+    assert sync.flush(timeout=20)
+    assert hub.commits and sync.status.last_error is None
+
+
 @pytest.mark.parametrize(
     ("token", "status"),
     [(WRONG_TOKEN, 401), (READ_ONLY_TOKEN, 403)],
