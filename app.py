@@ -8,7 +8,6 @@ import html
 import importlib.util
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ from chatlib.ratelimit import client_ip
 from chatlib.services import Services, create_services
 from chatlib.storage import Conversation
 from chatlib.transfer import (
+    EXPORT_MAX_AGE_SECONDS,
     export_filename,
     export_json,
     export_markdown,
@@ -503,16 +503,17 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
         else:
             data = export_json(chosen)
             name = export_filename(now)
+        with contextlib.suppress(OSError):  # a full disk still gets its download
+            await asyncio.to_thread(write_export, services.exports_dir, data, now, name=name)
+        # Offer a private copy: Gradio serves it from its cache under an unguessable path
+        # (both are removed after an hour, like Gradio's cached copy).
         try:
-            saved = await asyncio.to_thread(write_export, services.exports_dir, data, now)
+            download = await asyncio.to_thread(write_export, downloads_dir, data, now, name=name)
         except OSError:
-            saved = None
-        # Offer a private copy: Gradio serves it from its cache under an unguessable path.
-        download = Path(tempfile.mkdtemp(prefix="export-")) / name
-        if saved is not None and saved.suffix == download.suffix:
-            await asyncio.to_thread(shutil.copyfile, saved, download)
-        else:
-            await asyncio.to_thread(download.write_bytes, data)
+            raise gr.Error(
+                "The download could not be prepared: the server's disk refused the file.",
+                print_exception=False,
+            ) from None
         return gr.update(value=str(download), visible=True)
 
     async def import_file(
@@ -697,7 +698,13 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
     # ---- layout --------------------------------------------------------------------------
 
     demo: gr.Blocks
-    with gr.Blocks(title=settings.app_title, fill_height=True) as demo:
+    # Downloads are copied from here into Gradio's cache, which drops files after an hour.
+    downloads_dir = Path(tempfile.mkdtemp(prefix="openrouter-chat-downloads-"))
+    with gr.Blocks(
+        title=settings.app_title,
+        fill_height=True,
+        delete_cache=(600, int(EXPORT_MAX_AGE_SECONDS)),
+    ) as demo:
         browser_state = gr.BrowserState(
             None,
             storage_key=services.browser_storage_key,

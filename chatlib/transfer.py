@@ -97,17 +97,24 @@ def export_json(conversations: Sequence[Conversation], *, now: datetime | None =
     return json_bytes(document, orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
-def write_export(exports_dir: Path, data: bytes, now: datetime) -> Path:
+# Exports hold private text: each is removed this long after it was made.
+EXPORT_MAX_AGE_SECONDS = 3600.0
+
+
+def write_export(exports_dir: Path, data: bytes, now: datetime, *, name: str | None = None) -> Path:
     """Write an export atomically under `exports_dir` and return its path for download.
 
     Each export gets its own random subdirectory, so two visitors exporting in the same
-    second never share (or overwrite) a file, while the file keeps its readable name.
-    Raises OSError when the disk refuses (the caller can still serve `data` from memory).
+    second never share (or overwrite) a file, while the file keeps its readable name
+    (`name`, else `export_filename(now)`). Exports older than EXPORT_MAX_AGE_SECONDS are
+    removed first. Raises OSError when the disk refuses (the caller can still serve `data`
+    from memory).
     """
     exports_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    prune_exports(exports_dir, max_age_seconds=EXPORT_MAX_AGE_SECONDS, now=time.time())
     directory = exports_dir / secrets.token_hex(8)
     directory.mkdir(mode=0o700)
-    path = directory / export_filename(now)
+    path = directory / (name or export_filename(now))
     try:
         atomic_write(path, data)
     except OSError:

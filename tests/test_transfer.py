@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import tempfile
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -18,6 +20,7 @@ from chatlib.errors import ImportRejected, StorageError
 from chatlib.messages import AnswerMeta, ChatMessage
 from chatlib.storage import Conversation, ConversationStore, is_valid_conversation_id
 from chatlib.transfer import (
+    EXPORT_MAX_AGE_SECONDS,
     export_filename,
     export_json,
     export_markdown,
@@ -138,6 +141,17 @@ def test_the_download_is_named_by_its_utc_time() -> None:
     assert export_filename(datetime(2025, 6, 15, 14, 0, 5, tzinfo=paris)) == (
         "chat_20250615T120005Z.json"
     )
+
+
+def test_exports_are_removed_after_an_hour(tmp_path: Path) -> None:
+    exports = tmp_path / "exports"
+    old = write_export(exports, b'{"old": true}', NOW, name="chat_old.md")
+    assert old.name == "chat_old.md"
+    hour_ago = time.time() - EXPORT_MAX_AGE_SECONDS - 60
+    os.utime(old.parent, (hour_ago, hour_ago))
+    recent = write_export(exports, b'{"recent": true}', NOW)
+    assert not old.exists() and not old.parent.exists()
+    assert recent.read_bytes() == b'{"recent": true}'
 
 
 def test_two_visitors_exporting_in_the_same_second_get_their_own_files(tmp_path: Path) -> None:
