@@ -53,7 +53,7 @@ from chatlib.transfer import (
     write_export,
 )
 from chatlib.usage import UsageSummary, summarize, summarize_usage
-from chatlib.visitors import BrowserIdentity, Visitor, identify
+from chatlib.visitors import BrowserIdentity, Visitor, identify, is_operator
 
 CATALOG_WAIT_ON_LOAD_S = 2.0
 TUNED_FOR_GRADIO = "6.31.0"  # the Gradio release the tuning below was checked against
@@ -633,8 +633,14 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
         browser_value: Any, request: gr.Request, profile: gr.OAuthProfile | None
     ) -> Outputs:
         visitor = visitor_of(browser_value, profile, request)
-        is_admin = (not settings.on_space) or (
-            visitor.user_name is not None and visitor.user_name in settings.admin_user_names
+        peer, forwarded = client_address(request)
+        is_admin = is_operator(
+            user_name=visitor.user_name,
+            admin_user_names=settings.admin_user_names,
+            on_space=settings.on_space,
+            share=settings.share,
+            peer=peer,
+            forwarded_for=forwarded,
         )
         mine = await summarize_usage(services.usage_dir, owner=visitor.owner_key)
         outputs: list[Any] = [*_usage_outputs(mine, "Your usage")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -99,3 +100,29 @@ def identify(
         rate_key=ip,
         api_key=identity.api_key,
     )
+
+
+def is_operator(
+    *,
+    user_name: str | None,
+    admin_user_names: frozenset[str],
+    on_space: bool,
+    share: bool,
+    peer: str | None,
+    forwarded_for: Sequence[str],
+) -> bool:
+    """Whether this visitor sees the app-wide usage (every visitor's costs and the CSV).
+
+    A logged-in user named in ADMIN_USERS does. Off a Space, so does someone at this very
+    machine: a loopback connection with no proxy in between, and no share link open (its
+    tunnel connects from loopback for everyone). Anyone else reaching a Docker or LAN
+    deployment does not.
+    """
+    if user_name is not None and user_name in admin_user_names:
+        return True
+    if on_space or share or forwarded_for or peer is None:
+        return False
+    try:
+        return ipaddress.ip_address(peer).is_loopback
+    except ValueError:
+        return False

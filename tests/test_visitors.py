@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from chatlib.identity import new_anonymous_id
 from chatlib.ratelimit import parse_trusted_proxies
 from chatlib.storage import ConversationStore
-from chatlib.visitors import BrowserIdentity, identify
+from chatlib.visitors import BrowserIdentity, identify, is_operator
 
 SECRET = "server-secret-for-tests"
 
@@ -93,3 +94,27 @@ def test_forwarded_for_counts_only_behind_a_trusted_proxy() -> None:
     )
     assert behind.rate_key == "198.51.100.9"
     assert direct.rate_key == "203.0.113.5"
+
+
+def test_only_someone_at_this_machine_or_a_listed_user_sees_everyones_usage() -> None:
+    def operator(**changes: Any) -> bool:
+        base: dict[str, Any] = {
+            "user_name": None,
+            "admin_user_names": frozenset({"boss"}),
+            "on_space": False,
+            "share": False,
+            "peer": "127.0.0.1",
+            "forwarded_for": [],
+        }
+        return is_operator(**{**base, **changes})
+
+    assert operator()  # `make run` on a laptop, opened in its own browser
+    assert operator(peer="::1")
+    assert not operator(peer="172.17.0.1")  # Docker's port mapping: another machine
+    assert not operator(peer="192.168.1.20")  # someone on the LAN
+    assert not operator(forwarded_for=["203.0.113.9"])  # behind a proxy on this machine
+    assert not operator(share=True)  # the share tunnel connects from loopback for everyone
+    assert not operator(on_space=True, peer="10.0.0.1")
+    assert operator(on_space=True, user_name="boss", peer="10.0.0.1")
+    assert not operator(on_space=True, user_name="someone", peer="10.0.0.1")
+    assert not operator(peer="not an address") and not operator(peer=None)
