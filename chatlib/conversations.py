@@ -18,7 +18,7 @@ import structlog
 
 from chatlib.chat import ChatService, TurnRequest
 from chatlib.client import Clock
-from chatlib.errors import ChatError, StorageError
+from chatlib.errors import ChatError, ConversationDeleted, StorageError
 from chatlib.frames import TurnControl, finish_if_abandoned
 from chatlib.messages import format_cost
 from chatlib.storage import (
@@ -172,7 +172,7 @@ class ConversationService:
         self, owner_key: str, conversation: Conversation
     ) -> tuple[Conversation, StorageError | None]:
         if conversation.id in self._deleted:
-            return conversation, None
+            return conversation, ConversationDeleted()
         title = self._titles.get(conversation.id)
         if title is not None:
             conversation = replace(conversation, title=title)

@@ -116,6 +116,16 @@ class ConversationNotFound(StorageError):
         super().__init__("This conversation does not exist (it may have been deleted).")
 
 
+class ConversationDeleted(StorageError):
+    """A turn ended in a conversation deleted meanwhile (perhaps from another tab)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This chat was deleted (perhaps in another tab), so this message is not saved. "
+            "Start a new chat to keep your messages."
+        )
+
+
 class ConversationCorrupt(StorageError):
     """The conversation's file exists but cannot be read."""
 

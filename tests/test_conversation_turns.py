@@ -1,4 +1,4 @@
-"""The page goes away mid-answer (closed or reloaded): what arrived is kept, usage recorded."""
+"""Turns on stored chats: the page going away mid-answer, the chat deleted or renamed meanwhile."""
 
 from __future__ import annotations
 
@@ -111,3 +111,36 @@ async def test_an_api_caller_leaving_mid_answer_still_gets_a_usage_row(
     await _eventually(lambda: len(_rows(usage)) == 1)
     (row,) = _rows(usage)
     assert row.status == "stopped" and row.ttft_ms is not None and row.latency_ms is not None
+
+
+async def test_a_chat_deleted_or_renamed_mid_answer_is_not_brought_back(
+    services: tuple[ChatService, ConversationService, UsageLog],
+) -> None:
+    _, conversations, _ = services
+    store = conversations.store
+    turn = TurnInput(
+        user_text="short [[tokens=30]] [[rate=100]]",
+        model="openai/gpt-4o",
+        system_prompt="",
+        temperature=0.3,
+    )
+    doomed = conversations.new_conversation("openai/gpt-4o", "", 0.3)
+    renamed = conversations.new_conversation("openai/gpt-4o", "", 0.3)
+    frames = [
+        conversations.run_turn(OWNER, doomed, turn),
+        conversations.run_turn(OWNER, renamed, turn),
+    ]
+    for stream in frames:
+        await anext(stream)  # each question is saved
+    assert await conversations.delete(OWNER, doomed.id)  # e.g. from another tab
+    await conversations.rename(OWNER, renamed.id, "My own title")
+    finals = [[frame async for frame in stream][-1] for stream in frames]
+
+    listed = await store.list(OWNER)
+    assert [s.title for s in listed.conversations] == ["My own title"]
+    assert finals[0].save_error is not None
+    assert "deleted" in finals[0].save_error.user_message  # the visitor is told
+    assert finals[1].save_error is None
+    kept = await store.load(OWNER, renamed.id)
+    assert kept.title == "My own title" and kept.messages[-1].meta is not None
+    assert kept.messages[-1].meta.status == "complete"
