@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import html
 import importlib.util
+import inspect
 import math
 import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import gradio as gr
 import pandas as pd
@@ -97,6 +99,45 @@ CLOSE_SIDEBAR_ON_PHONES_JS = """
 """
 
 Outputs = tuple[Any, ...]
+TURN_OUTPUTS = 7  # chat, conversation, input box, send, stop, conversation list, notice
+_Handler = TypeVar("_Handler", bound=Callable[..., Any])
+
+
+def refusals_as_warnings(outputs: int) -> Callable[[_Handler], _Handler]:
+    """Show a handler's gr.Error as a warning toast and change none of its `outputs`.
+
+    Gradio 6 covers a chatbot with a full "Error" overlay when an event that updates it
+    raises, hiding the conversation until the next update. A refusal (message too long, no
+    key, rate limited, nothing to retry) must leave the chat on screen.
+    """
+
+    def decorate(handler: _Handler) -> _Handler:
+        unchanged = (gr.skip(),) * outputs
+        if inspect.isasyncgenfunction(handler):
+
+            @functools.wraps(handler)
+            async def stream(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+                try:
+                    async for frame in handler(*args, **kwargs):
+                        yield frame
+                except gr.Error as exc:
+                    gr.Warning(exc.message)
+                    yield unchanged
+
+            return cast("_Handler", stream)
+
+        @functools.wraps(handler)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = handler(*args, **kwargs)
+                return await result if inspect.isawaitable(result) else result
+            except gr.Error as exc:
+                gr.Warning(exc.message)
+                return unchanged
+
+        return cast("_Handler", call)
+
+    return decorate
 
 
 def _catalog_status(services: Services) -> str:
@@ -289,6 +330,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
                 notice,
             )
 
+    @refusals_as_warnings(TURN_OUTPUTS)
     async def respond(
         message: str,
         conversation: Conversation | None,
@@ -313,6 +355,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
         ):
             yield outputs
 
+    @refusals_as_warnings(TURN_OUTPUTS)
     async def retry(
         conversation: Conversation | None,
         model: str,
@@ -340,6 +383,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
         ):
             yield outputs
 
+    @refusals_as_warnings(TURN_OUTPUTS)
     async def edit(
         conversation: Conversation | None,
         model: str,
@@ -372,6 +416,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
         ):
             yield outputs
 
+    @refusals_as_warnings(3)
     async def undo(
         conversation: Conversation | None,
         browser_value: Any,
@@ -398,6 +443,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
         conversations.view(session_of(request), None)
         return [], None, gr.update(value=None)
 
+    @refusals_as_warnings(5)
     async def open_conversation(
         conversation_id: str | None,
         browser_value: Any,
@@ -453,6 +499,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
             value=f"Delete **{html.escape(conversation.title)}**? This cannot be undone."
         )
 
+    @refusals_as_warnings(5)
     async def confirm_delete(
         conversation: Conversation | None,
         browser_value: Any,
@@ -557,6 +604,11 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
             return "Using the operator's key. Paste your own to use it instead."
         return "No key yet: paste yours to start chatting."
 
+    def key_notice(identity: BrowserIdentity | None) -> Any:
+        """The no-key explanation shows until a key is available to this visitor."""
+        has_key = settings.openrouter_api_key or (identity is not None and identity.api_key)
+        return gr.update(visible=not has_key)
+
     async def use_key(raw_key: str, browser_value: Any) -> Outputs:
         identity = BrowserIdentity.ensure(browser_value)
         try:
@@ -571,11 +623,12 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
             identity.to_value(),
             "",
             f"{status.describe()} Using {mask_key(key)} for your messages.",
+            key_notice(identity),
         )
 
     def forget_key(browser_value: Any) -> Outputs:
         identity = replace(BrowserIdentity.ensure(browser_value), api_key=None)
-        return identity.to_value(), key_status(identity)
+        return identity.to_value(), key_status(identity), key_notice(identity)
 
     # ---- login migration -----------------------------------------------------------------
 
@@ -614,6 +667,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
             notice,
             migrate,
             key_status(identity),
+            key_notice(identity),
             "<span data-ready='1'></span>",
         )
 
@@ -763,7 +817,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
                 )
 
         gr.HTML(_header(settings))
-        gr.Markdown(
+        key_notice_md = gr.Markdown(
             NO_KEY_NOTICE_BYOK,
             elem_id="key-notice",
             visible=not settings.openrouter_api_key,
@@ -953,11 +1007,14 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
         use_key_btn.click(
             use_key,
             inputs=[key_box, browser_state],
-            outputs=[browser_state, key_box, key_status_md],
+            outputs=[browser_state, key_box, key_status_md, key_notice_md],
             **quick,
         )
         forget_key_btn.click(
-            forget_key, inputs=[browser_state], outputs=[browser_state, key_status_md], **quick
+            forget_key,
+            inputs=[browser_state],
+            outputs=[browser_state, key_status_md, key_notice_md],
+            **quick,
         )
         move_btn.click(
             move_anonymous,
@@ -983,6 +1040,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
                 storage_notice,
                 migrate_row,
                 key_status_md,
+                key_notice_md,
                 session_ready,
             ],
             concurrency_limit=None,

@@ -29,8 +29,10 @@ class MissingApiKey(ChatError):
 
     def __init__(self) -> None:
         super().__init__(
-            "No OpenRouter API key is configured. The operator can set OPENROUTER_API_KEY "
-            "(in .env or as a Space secret); get a key at https://openrouter.ai/keys."
+            "No OpenRouter API key yet. Paste your own under “Your OpenRouter key” in the "
+            "settings (it stays in your browser), or the operator can set "
+            "OPENROUTER_API_KEY (in .env or as a Space secret). Get a key at "
+            "https://openrouter.ai/keys."
         )
 
 

@@ -164,11 +164,18 @@ def test_oversize_message_is_refused_and_kept(
     page: Page, app_server: AppServer, fake: FakeOpenRouter
 ) -> None:
     open_app(page, app_server.url)
+    send(page, "A first question [[tokens=3]]")
+    expect(last_answer(page)).to_contain_text("TTFT")
+    wait_until_idle(page)
+    asked = len(fake.chat_requests())
     text = "x" * 8001
     send(page, text)
     expect(toast(page, "8,001 characters")).to_be_visible()
     expect(page.locator(INPUT)).to_have_value(text)
-    assert fake.chat_requests() == []
+    # The conversation stays on screen, not hidden behind an error overlay.
+    expect(user_messages(page).first).to_contain_text("A first question")
+    expect(page.locator("#chat").get_by_text("Error", exact=True)).to_have_count(0)
+    assert len(fake.chat_requests()) == asked
 
 
 def test_without_a_key_the_page_explains_how_to_add_one(
@@ -178,9 +185,21 @@ def test_without_a_key_the_page_explains_how_to_add_one(
     open_app(page, keyless.url)
     expect(page.locator("#key-notice")).to_contain_text("OPENROUTER_API_KEY")
     send(page, "Hello?")
-    expect(toast(page, "No OpenRouter API key")).to_be_visible()
+    expect(toast(page, "Paste your own")).to_be_visible()
     expect(page.locator(INPUT)).to_have_value("Hello?")
     assert fake.chat_requests() == []
+    # A visitor's own key: the explanation goes away and the message can be sent.
+    page.locator("#byok-key input").fill("sk-or-v1-VISITOR0000key0000cafe1234")
+    page.get_by_role("button", name="Use my key").click()
+    expect(page.locator("#byok-status")).to_contain_text("Key accepted")
+    expect(page.locator("#key-notice")).to_be_hidden()
+    page.get_by_role("button", name="Send", exact=True).click()
+    expect(last_answer(page)).to_contain_text("Echo: Hello?")
+    open_app(page, keyless.url)
+    expect(page.locator("#byok-status")).to_contain_text("sk-or-…1234")
+    expect(page.locator("#key-notice")).to_be_hidden()
+    page.get_by_role("button", name="Forget my key").click()
+    expect(page.locator("#key-notice")).to_be_visible()
 
 
 def test_model_list_falls_back_when_the_catalog_is_down(
