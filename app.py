@@ -71,14 +71,19 @@ CSS = """
 #conversation-list label { width: 100%; }
 #session-ready { display: none; }
 #conversation-list .wrap { flex-direction: column; gap: 4px; }
+#chat .bubble-wrap { padding-top: 2.75rem; }
+/* Gradio's trash icon only starts a new chat (the chat stays saved): "+ New chat" does that. */
+#chat .icon-button-wrapper button[aria-label="Clear"] { display: none; }
+#chat table { display: block; max-width: 100%; overflow-x: auto; word-break: normal; }
+#chat th, #chat td { overflow-wrap: normal; word-break: normal; }
 """
 
 OPERATOR_KEY_HELP = """- **Operator:** put `OPENROUTER_API_KEY=sk-or-...` in a `.env` file next to
   `app.py` (or add it as a Space secret: *Settings → Variables and secrets*) and restart."""
 NO_KEY_NOTICE_BYOK = f"""**No OpenRouter API key is configured yet, so messages cannot be sent.**
 
-- **Visitor:** paste your own key under *Your OpenRouter key* on the right. It stays in your
-  browser and is only used for your messages.
+- **Visitor:** paste your own key under *Your OpenRouter key* in the settings (beside the
+  chat; below it on a phone). It stays in your browser and is only used for your messages.
 {OPERATOR_KEY_HELP}
 
 Get a key at [openrouter.ai/keys](https://openrouter.ai/keys)."""
@@ -95,6 +100,16 @@ CLOSE_SIDEBAR_ON_PHONES_JS = """
     }
   };
   close(20);
+}
+"""
+
+# On a phone the open sidebar covers the chat: close it once a chat is picked or started.
+CLOSE_SIDEBAR_IF_NARROW_JS = """
+(...inputs) => {
+  if (window.innerWidth < 900) {
+    document.querySelector('#sidebar.open')?.querySelector('.toggle-button')?.click();
+  }
+  return inputs;
 }
 """
 
@@ -832,9 +847,10 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
                         editable="user",
                         buttons=["copy", "copy_all"],
                         feedback_options=None,
-                        placeholder="**Ask anything.** Pick a model on the right.",
+                        placeholder="**Ask anything.** Pick a model in the settings.",
                         latex_delimiters=[
                             {"left": "$$", "right": "$$", "display": True},
+                            {"left": "\\[", "right": "\\]", "display": True},
                             {"left": "\\(", "right": "\\)", "display": False},
                         ],
                         group_consecutive_messages=False,
@@ -957,12 +973,14 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
             [new_btn.click, chatbot.clear],
             new_chat,
             outputs=[chatbot, conversation_state, conversation_list],
+            js=CLOSE_SIDEBAR_IF_NARROW_JS,
             **quick,
         )
         conversation_list.input(
             open_conversation,
             inputs=[conversation_list, browser_state],
             outputs=[chatbot, conversation_state, *turn_settings],
+            js=CLOSE_SIDEBAR_IF_NARROW_JS,
             **quick,
         )
         search_box.change(

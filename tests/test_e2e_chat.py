@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import TEST_API_KEY, AppServer
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
@@ -228,3 +229,27 @@ def test_live_catalog_shows_prices_and_free_models(page: Page, app_server: AppSe
     ).to_be_visible()
     picker.fill(":free")
     expect(page.get_by_role("option").filter(has_text="free").first).to_be_visible()
+
+
+def test_display_math_in_brackets_is_rendered(page: Page, app_server: AppServer) -> None:
+    open_app(page, app_server.url)
+    send(page, "Energy:\n\n\\[ E = mc^2 \\]\n\ndone [[tokens=3]]")
+    wait_until_idle(page)
+    expect(user_messages(page).last.locator(".katex-display")).to_have_count(1)
+
+
+def test_on_a_phone_the_sidebar_gets_out_of_the_way(
+    browser: Browser, app_server: AppServer
+) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    try:
+        open_app(page, app_server.url)
+        sidebar = page.locator("#sidebar")
+        expect(sidebar).not_to_have_class(re.compile(r"\bopen\b"))  # closed on arrival
+        sidebar.locator(".toggle-button").click()
+        expect(sidebar).to_have_class(re.compile(r"\bopen\b"))
+        page.locator("#new-chat").click()
+        expect(sidebar).not_to_have_class(re.compile(r"\bopen\b"))  # the chat is in view
+    finally:
+        context.close()
