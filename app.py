@@ -76,6 +76,12 @@ CSS = """
 #chat .icon-button-wrapper button[aria-label="Clear"] { display: none; }
 #chat table { display: block; max-width: 100%; overflow-x: auto; word-break: normal; }
 #chat th, #chat td { overflow-wrap: normal; word-break: normal; }
+#export-file .stem { white-space: normal; word-break: break-all; }
+/* On a phone the message box must be on screen without scrolling. */
+@media (max-width: 640px) {
+  #app-header p { display: none; }
+  #chat { height: 56vh !important; }
+}
 """
 
 OPERATOR_KEY_HELP = """- **Operator:** put `OPENROUTER_API_KEY=sk-or-...` in a `.env` file next to
@@ -204,13 +210,15 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
 
     async def conversation_choices(owner_key: str, query: str = "") -> tuple[list[Any], str]:
         now = time.time()
+        notice = ""
         if query.strip():
             summaries = await store.search(owner_key, query.strip())
             corrupt: list[str] = []
+            if not summaries:
+                notice = "No chat matches your search."
         else:
             listed = await store.list(owner_key)
             summaries, corrupt = listed.conversations, listed.corrupt
-        notice = ""
         if corrupt:
             notice = (
                 f"⚠ {len(corrupt)} conversation(s) could not be read (damaged files) and are "
@@ -989,7 +997,8 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
             outputs=[conversation_list, storage_notice],
             **quick,
         )
-        rename_btn.click(
+        gr.on(
+            [rename_btn.click, rename_box.submit],
             rename,
             inputs=[rename_box, conversation_state, browser_state],
             outputs=[conversation_state, rename_box, conversation_list, storage_notice],

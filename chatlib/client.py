@@ -137,8 +137,8 @@ def map_api_error(exc: openai.APIError, *, model: str, started: bool) -> errors.
         )
     if status == 401:
         return errors.AuthenticationFailed(
-            "OpenRouter rejected the API key (401). Check OPENROUTER_API_KEY or the key you "
-            "entered.",
+            "OpenRouter rejected the API key (401). If you pasted your own key, check it under "
+            "“Your OpenRouter key”; otherwise the operator must fix OPENROUTER_API_KEY.",
             status=401,
             code="invalid_key",
         )

@@ -245,6 +245,8 @@ def test_on_a_phone_the_sidebar_gets_out_of_the_way(
     page = context.new_page()
     try:
         open_app(page, app_server.url)
+        box = page.locator(INPUT).bounding_box()
+        assert box is not None and box["y"] + box["height"] <= 844  # no scrolling to type
         sidebar = page.locator("#sidebar")
         expect(sidebar).not_to_have_class(re.compile(r"\bopen\b"))  # closed on arrival
         sidebar.locator(".toggle-button").click()

@@ -77,7 +77,7 @@ def test_conversations_are_listed_switched_renamed_deleted_and_survive_restart(
         # Rename it.
         open_section(page, "Manage this chat")
         page.locator("#rename-box input").fill("Holiday in France")
-        page.get_by_role("button", name="Rename", exact=True).click()
+        page.locator("#rename-box input").press("Enter")  # or the Rename button
         expect(conversation_items(page).filter(has_text="Holiday in France")).to_have_count(1)
 
         # Reload: same list.
@@ -119,6 +119,7 @@ def test_another_visitor_sees_none_of_my_conversations(
         open_app(other, app.url)
         expect(other.locator("#conversation-list")).not_to_contain_text("My secret plans")
         other.locator("#conversation-search input").fill("7731")
+        expect(other.locator("#storage-notice")).to_contain_text("No chat matches")
         expect(conversation_items(other)).to_have_count(0)
         assert "7731" not in other.content()
     finally:
