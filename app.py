@@ -1086,13 +1086,19 @@ LATENCY_BUCKETS: list[str] = [
 def _usage_components(scope: str) -> list[Any]:
     """Totals line plus four plots: cost per day, tokens per day, cost per model, latency."""
     totals = gr.Markdown(elem_id=f"usage-totals-{scope}")
-    plot: dict[str, Any] = {"height": 240, "y_lim": [0, None]}
+    # Two plots side by side on a desktop; one under the other below ~700 px.
+    plot: dict[str, Any] = {"height": 240, "y_lim": [0, None], "min_width": 340}
     with gr.Row():
         cost_by_day = gr.BarPlot(x="date", y="cost_usd", title="Cost per day (USD)", **plot)
         tokens_by_day = gr.BarPlot(x="date", y="tokens", title="Tokens per day", **plot)
     with gr.Row():
         by_model = gr.BarPlot(
-            x="model", y="cost_usd", title="Cost per model (USD)", sort="-y", **plot
+            x="model",
+            y="cost_usd",
+            title="Cost per model (USD)",
+            sort="-y",
+            x_label_angle=-40,
+            **plot,
         )
         latency = gr.BarPlot(
             x="bucket",
@@ -1111,7 +1117,8 @@ def _usage_outputs(summary: UsageSummary, title: str) -> list[Any]:
     p50 = summary.latency_ms.p50
     ttft = summary.ttft_ms.p50
     line = (
-        f"**{title}:** {totals.requests} requests · ${totals.cost_usd:.4f} · "
+        f"**{title}:** {totals.requests} request{'' if totals.requests == 1 else 's'} · "
+        f"${totals.cost_usd:.4f} · "
         f"{totals.prompt_tokens:,} prompt + {totals.completion_tokens:,} completion tokens"
     )
     if p50 is not None:
