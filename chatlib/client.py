@@ -467,8 +467,8 @@ async def stream_chat(
 
     generation_id = response.headers.get("x-generation-id") or None
     reads = response.iter_bytes().__aiter__()
-    pending = b""
-    drained = just_paced = ended = False
+    pending: list[bytes] = []  # bytes of a line not complete yet
+    drained = just_paced = ended = at_end = False
     try:
         while True:
             if pace is not None and first_token_at is not None and drained and not just_paced:
@@ -480,9 +480,15 @@ async def stream_chat(
                 async with asyncio.timeout(idle_timeout):
                     data, drained = await _read(reads)
             except StopAsyncIteration:
-                break
-            pending += data
-            *lines, pending = pending.split(b"\n")
+                if not pending:
+                    break
+                data, at_end = b"\n", True  # the body's last line had no line end
+            if b"\n" not in data:  # a long line in many reads: join it once, at its end
+                pending.append(data)
+                continue
+            pending.append(data)
+            *lines, rest = b"".join(pending).split(b"\n")
+            pending = [rest] if rest else []
             batch = _parse_lines(lines)
             generation_id = generation_id or batch.generation_id
             finish_reason = batch.finish_reason or finish_reason
@@ -501,6 +507,8 @@ async def stream_chat(
             if batch.done:
                 ended = True
                 await _drain(reads, timeout=min(idle_timeout, _DRAIN_TIMEOUT_S))
+                break
+            if at_end:
                 break
         if not ended and finish_reason is None:
             # The body ended cleanly but the answer did not: neither `[DONE]` nor a finish

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx2
 import openai
+import orjson
 import pytest
 from openai import AsyncOpenAI
 
@@ -233,3 +234,41 @@ def test_credentials_in_upstream_error_text_are_never_shown() -> None:
     ):
         assert "upstream said" in shown
         assert leaked not in shown and "sk-or-" not in shown and "hf_abc" not in shown
+
+
+def _scripted(reads: list[bytes]) -> AsyncOpenAI:
+    """A client whose upstream answers 200 with exactly these body reads."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for read in reads:
+            yield read
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+
+    http = httpx2.AsyncClient(transport=httpx2.MockTransport(answer))
+    return AsyncOpenAI(
+        base_url="http://upstream/api/v1", api_key="k", max_retries=0, http_client=http
+    )
+
+
+def _chunk(text: str, finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": {"content": text}, "finish_reason": finish}
+    return b"data: " + orjson.dumps({"id": "gen-1", "choices": [choice]}) + b"\n\n"
+
+
+async def test_a_huge_token_over_many_reads_arrives_whole() -> None:
+    token = "x" * 2_000_000
+    body = _chunk("a ") + _chunk(token) + _chunk("", "stop") + b"data: [DONE]\n\n"
+    reads = [body[i : i + 16_384] for i in range(0, len(body), 16_384)]
+    events = await _stream(_scripted(reads), "hi")
+    assert _text(events) == "a " + token
+    assert isinstance(events[-1], Finished)
+
+
+async def test_a_last_line_without_a_line_end_still_counts() -> None:
+    events = await _stream(_scripted([_chunk("done", "stop"), b"data: [DONE]"]), "hi")
+    assert _text(events) == "done" and isinstance(events[-1], Finished)
+    events = await _stream(_scripted([_chunk("cut "), _chunk("short").rstrip(b"\n")]), "hi")
+    assert _text(events) == "cut short"  # kept, and reported as cut short
+    assert isinstance(events[-1], StreamFailed)
