@@ -77,6 +77,7 @@ CSS = """
 #chat table { display: block; max-width: 100%; overflow-x: auto; word-break: normal; }
 #chat th, #chat td { overflow-wrap: normal; word-break: normal; }
 #export-file .stem { white-space: normal; word-break: break-all; }
+#model-picker input { padding-right: 2.5rem; text-overflow: ellipsis; }
 /* On a phone the message box must be on screen without scrolling. */
 @media (max-width: 640px) {
   #app-header p { display: none; }
