@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from chatlib.config import Settings
+from chatlib.logging import configure_logging
 from tests.fakes.openrouter import FakeOpenRouter
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +32,21 @@ CHROMIUM_ARGS = [
 ]
 # Recognizable fake secrets: tests assert they never leak anywhere.
 TEST_API_KEY = "sk-or-v1-TESTKEY0000secret0000feedface"
+
+
+def settings_for(fake: FakeOpenRouter, tmp_path: Path, **env: str) -> Settings:
+    """Settings pointing at the fake with the test key, logging (to memory) configured."""
+    settings = Settings.from_env(
+        {
+            "OPENROUTER_API_KEY": TEST_API_KEY,
+            "OPENROUTER_BASE_URL": fake.base_url,
+            "LOG_PATH": str(tmp_path / "logs" / "app.log"),
+            **env,
+        },
+        env_file=None,
+    )
+    configure_logging(settings, stream=io.StringIO())
+    return settings
 
 
 def free_port() -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import io
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,11 +12,10 @@ import pytest
 
 from chatlib.chat import ChatService, TurnRequest
 from chatlib.client import ClientPool
-from chatlib.config import Settings
 from chatlib.errors import InputError, MissingApiKey
 from chatlib.frames import FrameBudget
-from chatlib.logging import REDACTED, SecretRedactor, configure_logging
-from tests.conftest import TEST_API_KEY
+from chatlib.logging import REDACTED, SecretRedactor
+from tests.conftest import TEST_API_KEY, settings_for
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 
 SECRET_TEXT = "my-very-private-message-4242"
@@ -34,17 +32,7 @@ async def _close_clients() -> AsyncIterator[None]:
 
 
 def _service(fake: FakeOpenRouter, tmp_path: Path, **overrides: object) -> ChatService:
-    settings = Settings.from_env(
-        {
-            "OPENROUTER_API_KEY": TEST_API_KEY,
-            "OPENROUTER_BASE_URL": fake.base_url,
-            "LOG_PATH": str(tmp_path / "logs" / "app.log"),
-            "LOG_LEVEL": "DEBUG",
-        },
-        env_file=None,
-    )
-    settings = dataclasses.replace(settings, **overrides)
-    configure_logging(settings, stream=io.StringIO())
+    settings = dataclasses.replace(settings_for(fake, tmp_path, LOG_LEVEL="DEBUG"), **overrides)
     budget = FrameBudget(updates_per_second=300, min_interval_s=0.01)
     pool = ClientPool(settings)
     _POOLS.append(pool)

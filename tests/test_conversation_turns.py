@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -12,13 +11,11 @@ import pytest
 
 from chatlib.chat import ChatService, TurnRequest
 from chatlib.client import ClientPool
-from chatlib.config import Settings
 from chatlib.conversations import ConversationService, TurnInput
 from chatlib.frames import FrameBudget
-from chatlib.logging import configure_logging
 from chatlib.storage import AsyncConversationStore, ConversationStore
 from chatlib.usage import UsageLog, UsageRecord, read_usage
-from tests.conftest import TEST_API_KEY
+from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 
 OWNER = "0" * 32
@@ -29,15 +26,7 @@ SLOW = "tell me a long story [[tokens=400]] [[rate=40]]"
 async def services(
     fake: FakeOpenRouter, tmp_path: Path
 ) -> AsyncIterator[tuple[ChatService, ConversationService, UsageLog]]:
-    settings = Settings.from_env(
-        {
-            "OPENROUTER_API_KEY": TEST_API_KEY,
-            "OPENROUTER_BASE_URL": fake.base_url,
-            "LOG_PATH": str(tmp_path / "logs" / "app.log"),
-        },
-        env_file=None,
-    )
-    configure_logging(settings, stream=io.StringIO())
+    settings = settings_for(fake, tmp_path)
     pool = ClientPool(settings)
     usage = UsageLog(tmp_path / "usage")
     chat = ChatService(

@@ -18,10 +18,8 @@ from structlog.testing import capture_logs
 
 from chatlib.chat import ChatService, TurnRequest
 from chatlib.client import ClientPool
-from chatlib.config import Settings
 from chatlib.errors import UpstreamError
 from chatlib.frames import FrameBudget
-from chatlib.logging import configure_logging
 from chatlib.messages import AnswerMeta
 from chatlib.usage import (
     USAGE_COLUMNS,
@@ -36,7 +34,7 @@ from chatlib.usage import (
     summarize_usage,
     utc_timestamp,
 )
-from tests.conftest import TEST_API_KEY
+from tests.conftest import TEST_API_KEY, settings_for
 from tests.fakes.openrouter import FakeOpenRouter
 
 SECRET_TEXT = "my-very-private-usage-text-7321"
@@ -182,15 +180,7 @@ def test_creating_a_log_touches_nothing_on_disk(tmp_path: Path) -> None:
 async def test_rows_hold_metadata_only_never_keys_text_or_ips(
     fake: FakeOpenRouter, tmp_path: Path
 ) -> None:
-    settings = Settings.from_env(
-        {
-            "OPENROUTER_API_KEY": TEST_API_KEY,
-            "OPENROUTER_BASE_URL": fake.base_url,
-            "LOG_PATH": str(tmp_path / "logs" / "app.log"),
-        },
-        env_file=None,
-    )
-    configure_logging(settings, stream=io.StringIO())
+    settings = settings_for(fake, tmp_path)
     pool = ClientPool(settings)
     service = ChatService(settings, pool, FrameBudget(updates_per_second=300, min_interval_s=0.01))
     usage_log = UsageLog(tmp_path / "usage")
