@@ -8,7 +8,6 @@ import functools
 import html
 import importlib.util
 import inspect
-import math
 import os
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from chatlib.hub_sync import HubSync, SyncStatus, install_signal_flush
 from chatlib.keys import check_key, clean_key, mask_key
 from chatlib.logging import configure_logging
 from chatlib.messages import (
+    check_temperature,
     history_from_dicts,
     strip_last_turn,
     to_display,
@@ -58,6 +58,7 @@ from chatlib.usage import UsageSummary, summarize, summarize_usage
 from chatlib.visitors import BrowserIdentity, Visitor, identify, is_operator
 
 CATALOG_WAIT_ON_LOAD_S = 2.0
+API_MAX_HISTORY_MESSAGES = 1_000  # prior messages the chat API takes in one call
 TUNED_FOR_GRADIO = "6.31.0"  # the Gradio release the tuning below was checked against
 QUEUE_POLL_S = 0.005
 QUEUE_ANALYTICS_EVERY = 100
@@ -272,11 +273,15 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
         clear_input: bool,
     ) -> AsyncIterator[Outputs]:
         session = session_of(request)
+        try:
+            temperature = check_temperature(temperature)
+        except ChatError as exc:
+            raise gr.Error(exc.user_message, print_exception=False) from None
         turn = TurnInput(
             user_text=user_text,
             model=(model or settings.default_model).strip(),
             system_prompt=system_prompt or "",
-            temperature=float(temperature),
+            temperature=temperature,
             api_key=visitor.api_key,
             session_key=session,
             rate_key=visitor.rate_key,
@@ -749,22 +754,20 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
     ) -> AsyncIterator[str]:
         """Stream an answer to `message`; `history` is an optional list of prior messages."""
         try:
-            prior = history_from_dicts(history)
+            prior = history_from_dicts(
+                history,
+                max_messages=API_MAX_HISTORY_MESSAGES,
+                max_chars=settings.max_upstream_chars,
+            )
         except (ValueError, TypeError, AttributeError) as exc:
             raise gr.Error(f"Invalid history: {exc}", print_exception=False) from None
-        try:
-            temperature = float(temperature)
-        except (TypeError, ValueError):
-            temperature = math.nan
-        if not 0.0 <= temperature <= 2.0:
-            raise gr.Error("temperature must be a number between 0 and 2.", print_exception=False)
         peer, forwarded = client_address(request)
         turn = TurnRequest(
             history=prior,
             user_text=message,
             model=(model or settings.default_model).strip(),
             system_prompt=system_prompt or "",
-            temperature=temperature,
+            temperature=temperature,  # checked with the other inputs by the chat service
             rate_key=client_ip(peer, forwarded, services.trusted_proxies),
             owner_key="api",
         )
@@ -1242,6 +1245,8 @@ def launch_kwargs(settings: Settings) -> dict[str, Any]:
         "footer_links": ["api"],
         "share": settings.share,
         "show_error": False,
+        # Uploads are only ever imports: anything much bigger is refused before it is stored.
+        "max_file_size": 2 * settings.max_import_bytes,
     }
 
 

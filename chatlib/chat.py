@@ -28,8 +28,10 @@ from chatlib.messages import (
     ChatMessage,
     History,
     build_upstream_messages,
+    check_model_id,
+    check_system_prompt,
+    check_temperature,
     check_user_input,
-    clean_text,
 )
 from chatlib.ratelimit import RateLimiter
 from chatlib.usage import UsageLog, UsageRecord
@@ -172,7 +174,14 @@ class ChatService:
 
     async def _turn(self, request: TurnRequest) -> AsyncIterator[TurnFrame]:
         text = check_user_input(request.user_text, self._settings.max_input_chars)
-        request = replace(request, model=clean_text(request.model).strip() or "unknown")
+        request = replace(
+            request,
+            model=check_model_id(request.model),
+            system_prompt=check_system_prompt(
+                request.system_prompt, self._settings.max_input_chars
+            ),
+            temperature=check_temperature(request.temperature),
+        )
         key = self.resolve_key(request.api_key)
         request_id = uuid.uuid4().hex[:16]
         await self._check_rate_limit(request, request_id)
@@ -182,7 +191,10 @@ class ChatService:
             ChatMessage(role="user", content=text, created_at=now),
         )
         upstream = build_upstream_messages(
-            history, request.system_prompt, self._settings.max_history_messages
+            history,
+            request.system_prompt,
+            self._settings.max_history_messages,
+            self._settings.max_upstream_chars,
         )
         answer = _Answer(request.model, [], [], AnswerMeta(model=request.model), now)
         yield TurnFrame(history=(*history, answer.message()))

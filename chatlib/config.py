@@ -408,6 +408,11 @@ class Settings:
         return bool(self.hf_dataset_repo and self.hf_token)
 
     @property
+    def max_upstream_chars(self) -> int:
+        """The most text one turn sends upstream; older messages beyond it are left out."""
+        return max(400_000, self.max_input_chars * self.max_history_messages)
+
+    @property
     def admin_user_names(self) -> frozenset[str]:
         """ADMIN_USERS as a set of names."""
         return frozenset(n.strip() for n in self.admin_users.split(",") if n.strip())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -93,9 +94,25 @@ class ChatMessage:
 History = tuple[ChatMessage, ...]
 
 
-def history_from_dicts(items: Sequence[dict[str, Any]] | None) -> History:
-    """Parse a list of message dicts (UI state or API input) into a history."""
-    return tuple(ChatMessage.from_dict(item) for item in items or ())
+def history_from_dicts(
+    items: Sequence[dict[str, Any]] | None,
+    *,
+    max_messages: int | None = None,
+    max_chars: int | None = None,
+) -> History:
+    """Parse a list of message dicts (UI state or API input) into a history.
+
+    With limits (for untrusted input), the count and the total text are checked before
+    anything is parsed; ValueError says which limit was passed.
+    """
+    items = items or ()
+    if max_messages is not None and len(items) > max_messages:
+        raise ValueError(f"at most {max_messages:,} messages are accepted, got {len(items):,}")
+    if max_chars is not None:
+        total = sum(len(item.get("content") or "") for item in items if isinstance(item, dict))
+        if total > max_chars:
+            raise ValueError(f"at most {max_chars:,} characters in all, got {total:,}")
+    return tuple(ChatMessage.from_dict(item) for item in items)
 
 
 def history_to_dicts(history: Sequence[ChatMessage]) -> list[dict[str, Any]]:
@@ -127,14 +144,68 @@ def check_user_input(text: str, max_chars: int) -> str:
     return cleaned
 
 
+def check_system_prompt(text: str, max_chars: int) -> str:
+    """Return the system prompt to send, or raise InputError when it is too long."""
+    cleaned = clean_text(text)
+    if len(cleaned) > max_chars:
+        raise InputError(
+            f"The system prompt is {len(cleaned):,} characters long; the limit is "
+            f"{max_chars:,}. Shorten it and send again."
+        )
+    return cleaned
+
+
+MAX_MODEL_ID_CHARS = 200
+
+
+def check_model_id(model: str) -> str:
+    """Return a model id that can be sent (and logged), or raise InputError."""
+    model = clean_text(model).strip()
+    if not model:
+        raise InputError("Pick a model first.")
+    if len(model) > MAX_MODEL_ID_CHARS or any(c.isspace() or not c.isprintable() for c in model):
+        raise InputError(
+            "That is not a model id: ids look like openai/gpt-4o (no spaces, at most "
+            f"{MAX_MODEL_ID_CHARS} characters)."
+        )
+    return model
+
+
+def check_temperature(value: object) -> float:
+    """Return the temperature as a float, or raise InputError unless it is within 0 to 2."""
+    try:
+        temperature = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        temperature = math.nan
+    if not 0.0 <= temperature <= 2.0:  # also refuses NaN
+        raise InputError("The temperature must be a number between 0 and 2.")
+    return temperature
+
+
 def build_upstream_messages(
-    history: Sequence[ChatMessage], system_prompt: str, max_history: int
+    history: Sequence[ChatMessage],
+    system_prompt: str,
+    max_history: int,
+    max_chars: int | None = None,
 ) -> list[dict[str, str]]:
-    """The OpenAI-format messages sent upstream: system prompt + the last `max_history`."""
+    """The OpenAI-format messages sent upstream: system prompt + the last `max_history`.
+
+    With `max_chars`, older messages are also left out once the text would pass that many
+    characters (the newest message is always sent): what a turn can cost stays bounded.
+    """
     sendable = [
         m for m in history if m.role != "system" and (m.role == "user" or m.content.strip())
     ]
     recent = sendable[-max_history:]
+    if max_chars is not None and recent:
+        budget = max_chars - len(system_prompt) - len(recent[-1].content)
+        keep = 1
+        for message in reversed(recent[:-1]):
+            budget -= len(message.content)
+            if budget < 0:
+                break
+            keep += 1
+        recent = recent[-keep:]
     # Never start the window with an orphan assistant answer: most providers reject it.
     while recent and recent[0].role == "assistant":
         recent = recent[1:]

@@ -242,6 +242,21 @@ def _create_storage(storage_uri: str, timeout_seconds: float) -> Storage:
     return storage
 
 
+def limit_key(client_key: str) -> str:
+    """What one visitor's requests are counted under.
+
+    An IPv6 client is counted by its /64 network: one subscriber usually gets a whole /64
+    and can pick any address in it, so counting single addresses would not limit anyone.
+    """
+    try:
+        address = ip_address(client_key)
+    except ValueError:
+        return client_key  # a user id
+    if address.version == 6 and address.ipv4_mapped is None:
+        return str(ip_network(f"{address}/64", strict=False))
+    return client_key
+
+
 class RateLimiter:
     """Per-client request limits, shared by replicas when the storage is Redis.
 
@@ -293,6 +308,7 @@ class RateLimiter:
         item = self._items.get(logged_in)
         if item is None or self._strategy is None:
             return RateDecision(allowed=True, retry_after_seconds=0.0, remaining=0, limit=0)
+        client_key = limit_key(client_key)
         try:
             async with asyncio.timeout(self._timeout):
                 allowed = await self._strategy.hit(item, client_key)

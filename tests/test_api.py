@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
@@ -103,3 +104,31 @@ def test_the_api_neither_reads_nor_writes_stored_conversations(
     api = client.view_api(return_format="dict", print_info=False)
     parameters = [p["parameter_name"] for p in api["named_endpoints"]["/chat"]["parameters"]]
     assert parameters == ["message", "model", "system_prompt", "temperature", "history"]
+
+
+def test_inputs_that_would_cost_the_operator_dearly_are_refused(
+    client: Client, fake: FakeOpenRouter
+) -> None:
+    many = [{"role": "user", "content": "x"}] * 1_001
+    with pytest.raises(AppError, match="at most 1,000 messages"):
+        client.predict("hi", "openai/gpt-4o", "", 0.3, many, api_name="/chat")
+    with pytest.raises(AppError, match="system prompt is 8,001 characters"):
+        client.predict("hi", "openai/gpt-4o", "s" * 8_001, 0.3, api_name="/chat")
+    with pytest.raises(AppError, match="not a model id"):
+        client.predict("hi", "m" * 5_000, api_name="/chat")
+    with pytest.raises(AppError, match="between 0 and 2"):
+        client.predict("hi", "openai/gpt-4o", "", 7, api_name="/chat")
+    assert fake.chat_requests() == []
+
+
+def test_uploads_much_bigger_than_an_import_are_refused(app_server: AppServer) -> None:
+    # Any visitor can upload; only imports use it, so a big file must not reach the disk.
+    big = b"x" * (10_000_000 + 1)
+    response = httpx.post(
+        f"{app_server.url}gradio_api/upload", files={"files": ("big.json", big)}, timeout=60
+    )
+    assert response.status_code == 413
+    small = httpx.post(
+        f"{app_server.url}gradio_api/upload", files={"files": ("ok.json", b"{}")}, timeout=60
+    )
+    assert small.status_code == 200

@@ -9,6 +9,9 @@ from chatlib.messages import (
     AnswerMeta,
     ChatMessage,
     build_upstream_messages,
+    check_model_id,
+    check_system_prompt,
+    check_temperature,
     check_user_input,
     format_answer_footer,
     history_from_dicts,
@@ -130,3 +133,37 @@ def test_history_round_trips_through_dicts() -> None:
 def test_history_from_untrusted_dicts_rejects_bad_roles() -> None:
     with pytest.raises(ValueError, match="role"):
         history_from_dicts([{"role": "tool", "content": "x"}])
+
+
+def test_what_a_turn_sends_upstream_is_bounded_in_characters() -> None:
+    history = tuple(ChatMessage("user" if i % 2 == 0 else "assistant", "x" * 100) for i in range(9))
+    sent = build_upstream_messages(history, "sys", max_history=40, max_chars=350)
+    # The newest message always goes; older ones only while they fit: 3 + 100 + 100 + 100.
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    huge = (*history, ChatMessage("user", "y" * 1_000))
+    assert build_upstream_messages(huge, "", max_history=40, max_chars=10)[-1]["content"] == (
+        "y" * 1_000
+    )
+
+
+def test_untrusted_history_is_checked_before_it_is_parsed() -> None:
+    items = [{"role": "user", "content": "hi"}] * 5
+    assert len(history_from_dicts(items, max_messages=5, max_chars=10)) == 5
+    with pytest.raises(ValueError, match="at most 4 messages"):
+        history_from_dicts(items, max_messages=4)
+    with pytest.raises(ValueError, match="at most 9 characters"):
+        history_from_dicts(items, max_chars=9)
+
+
+def test_model_ids_system_prompts_and_temperatures_are_checked() -> None:
+    assert check_model_id("  openai/gpt-4o:online ") == "openai/gpt-4o:online"
+    for bad in ("", "two words", "x" * 201, "tab\there", "new\nline"):
+        with pytest.raises(InputError):
+            check_model_id(bad)
+    assert check_system_prompt("Be brief.", 10) == "Be brief."
+    with pytest.raises(InputError, match="11 characters long; the limit is 10"):
+        check_system_prompt("x" * 11, 10)
+    assert check_temperature("0.7") == 0.7
+    for bad_temperature in (float("nan"), float("inf"), -0.1, 2.01, "warm", None):
+        with pytest.raises(InputError, match="between 0 and 2"):
+            check_temperature(bad_temperature)

@@ -355,6 +355,17 @@ async def test_two_visitors_have_separate_limits(
     assert (await limiter.hit("198.51.100.2")).allowed
 
 
+async def test_one_ipv6_subscriber_cannot_dodge_the_limit_by_changing_address(
+    make_limiter: LimiterFactory, clock: FakeClock
+) -> None:
+    limiter = make_limiter(1, clock=clock)
+    assert (await limiter.hit("2001:db8:1:2::1")).allowed
+    assert not (await limiter.hit("2001:db8:1:2:ffff::77")).allowed  # same /64
+    assert (await limiter.hit("2001:db8:1:3::1")).allowed  # another subscriber
+    assert (await limiter.hit("::ffff:198.51.100.7")).allowed  # IPv4-mapped: its own address
+    assert (await limiter.hit("::ffff:198.51.100.8")).allowed
+
+
 async def test_logged_in_users_have_their_own_limit_and_namespace(
     make_limiter: LimiterFactory, clock: FakeClock
 ) -> None:
