@@ -207,6 +207,13 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
         )
         return visitor
 
+    async def count_request(visitor: Visitor, doing: str) -> None:
+        """Imports and exports write files: they share the visitor's chat allowance."""
+        try:
+            await services.limiter.check(visitor.rate_key, logged_in=visitor.logged_in, doing=doing)
+        except ChatError as exc:
+            raise gr.Error(exc.user_message, print_exception=False) from None
+
     def session_of(request: gr.Request | None) -> str | None:
         return request.session_hash if request is not None else None
 
@@ -558,6 +565,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
         profile: gr.OAuthProfile | None,
     ) -> Any:
         visitor = visitor_of(browser_value, profile, request)
+        await count_request(visitor, "exporting")
         now = datetime.now(UTC)
         if what == "all":
             listed = await store.list(visitor.owner_key)
@@ -601,6 +609,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
         if not upload:
             return gr.skip(), gr.skip()
         visitor = visitor_of(browser_value, profile, request)
+        await count_request(visitor, "importing")
         path = Path(upload)
         try:
             size = path.stat().st_size

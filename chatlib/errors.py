@@ -97,13 +97,12 @@ class RateLimited(ChatError):
 
     code = "rate_limited"
 
-    def __init__(self, retry_after: float, limit: int) -> None:
+    def __init__(self, retry_after: float, limit: int, *, doing: str = "sending messages") -> None:
         self.retry_after = retry_after
         self.limit = limit
         wait = max(1, -int(-retry_after // 1))  # whole seconds, rounded up
         super().__init__(
-            f"You're sending messages too fast: the limit is {limit} per minute. "
-            f"Try again in {wait} s."
+            f"You're {doing} too fast: the limit is {limit} per minute. Try again in {wait} s."
         )
 
 

@@ -193,10 +193,10 @@ class RateDecision:
     limit: int
     storage_error: bool = False
 
-    def raise_if_refused(self) -> None:
+    def raise_if_refused(self, *, doing: str = "sending messages") -> None:
         """Raise RateLimited (with the wait and the limit) if this request was refused."""
         if not self.allowed:
-            raise RateLimited(self.retry_after_seconds, self.limit)
+            raise RateLimited(self.retry_after_seconds, self.limit, doing=doing)
 
 
 def _async_storage_uri(storage_uri: str) -> str:
@@ -302,6 +302,11 @@ class RateLimiter:
     def limit_for(self, *, logged_in: bool = False) -> int:
         """Requests per rolling minute for this kind of visitor (0: unlimited)."""
         return self._logged_in_limit if logged_in else self._anonymous_limit
+
+    async def check(self, client_key: str | None, *, logged_in: bool, doing: str) -> None:
+        """Count one request other than a chat turn (same allowance); RateLimited if over."""
+        if client_key is not None:
+            (await self.hit(client_key, logged_in=logged_in)).raise_if_refused(doing=doing)
 
     async def hit(self, client_key: str, *, logged_in: bool = False) -> RateDecision:
         """Count one request for `client_key` (an IP, or a user id when logged in)."""

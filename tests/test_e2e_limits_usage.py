@@ -102,6 +102,11 @@ def test_a_refused_message_stays_in_the_box_with_the_wait_time(
     expect(toast(page, "Try again in")).to_be_visible()
     expect(page.locator(INPUT)).to_have_value("second, too soon")
     assert len(fake.chat_requests()) == 1
+    # Exports write files: they share the allowance, so they cannot fill the disk either.
+    page.locator("#sidebar").get_by_text("Export / import", exact=True).click()
+    page.get_by_role("button", name="Export this chat (JSON)").click()
+    expect(toast(page, "exporting too fast")).to_be_visible()
+    assert not list((app.workdir / ".data" / "exports").glob("*/*"))
 
 
 def test_upstream_rate_limit_is_told_apart_from_ours(page: Page, app_server: AppServer) -> None:
