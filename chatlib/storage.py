@@ -121,7 +121,8 @@ def _shorten(text: str, limit: int) -> str:
 
 def clean_title(title: str, *, max_chars: int = MAX_TITLE_CHARS) -> str:
     """One line without control characters, at most `max_chars`; never empty."""
-    return _shorten(_one_line(title), max_chars) or NEW_CHAT_TITLE
+    # Cut first (with room for what cleaning drops): a huge title costs no more than a long one.
+    return _shorten(_one_line(title[: max_chars * 8]), max_chars) or NEW_CHAT_TITLE
 
 
 def auto_title(first_user_message: str) -> str:
@@ -554,7 +555,7 @@ class ConversationStore:
 
     def search(self, owner_key: str, query: str) -> builtins.list[ConversationSummary]:
         """Conversations whose title or any message contains `query` (case-insensitive)."""
-        needle = query.strip().casefold()
+        needle = query.strip()[:MAX_TITLE_CHARS].casefold()  # a longer query is cut
         listed = self.list(owner_key).conversations
         if not needle:
             return listed

@@ -23,11 +23,13 @@ import structlog
 from chatlib.errors import ConversationCorrupt, ConversationNotFound, StorageError
 from chatlib.messages import AnswerMeta, ChatMessage
 from chatlib.storage import (
+    MAX_TITLE_CHARS,
     NEW_CHAT_TITLE,
     AsyncConversationStore,
     Conversation,
     ConversationStore,
     auto_title,
+    clean_title,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -612,3 +614,8 @@ def test_titles_come_from_the_first_line_of_the_first_message() -> None:
     assert auto_title("\x00\x07 \u202eevil\t title") == "evil title"
     assert auto_title("   \n\t ") == NEW_CHAT_TITLE
     assert auto_title("") == NEW_CHAT_TITLE
+
+
+def test_a_title_pasted_a_million_times_over_is_cut_to_size() -> None:
+    assert len(clean_title("Holiday " * 1_000_000)) <= MAX_TITLE_CHARS
+    assert clean_title("  My   trip\n") == "My trip"
