@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field, replace
 
@@ -37,6 +39,9 @@ from chatlib.ratelimit import RateLimiter
 from chatlib.usage import UsageLog, UsageRecord
 
 log = structlog.get_logger(__name__)
+
+REFUSALS_RECORDED_EVERY_S = 10.0
+_MAX_REFUSING_CLIENTS = 20_000
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,8 @@ class ChatService:
         self._budget = budget
         self._clock = clock
         self._running: dict[str, TurnControl] = {}
+        # Per client: when its last refusal was recorded, and how many since were not.
+        self._refusals: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
     @property
     def active_streams(self) -> int:
@@ -293,11 +300,24 @@ class ChatService:
         decision = await self._limiter.hit(request.rate_key, logged_in=request.logged_in)
         if decision.allowed:
             return
+        # A client hammering past its limit must not fill the disk with rows and log lines:
+        # one of each per client per REFUSALS_RECORDED_EVERY_S, with the count left out.
+        key = request.rate_key
+        now = self._clock()
+        recorded_at, unrecorded = self._refusals.get(key, (-math.inf, 0))
+        if now - recorded_at < REFUSALS_RECORDED_EVERY_S:
+            self._refusals[key] = (recorded_at, unrecorded + 1)
+            decision.raise_if_refused()
+        self._refusals[key] = (now, 0)
+        self._refusals.move_to_end(key)
+        while len(self._refusals) > _MAX_REFUSING_CLIENTS:
+            self._refusals.popitem(last=False)
         log.info(
             "chat.rate_limited",
             request_id=request_id,
             limit=decision.limit,
             retry_after_s=round(decision.retry_after_seconds, 1),
+            unrecorded_since_last=unrecorded,
         )
         if self._usage is not None:
             await self._usage.record(

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from chatlib.chat import ChatService, TurnRequest
+from chatlib.chat import REFUSALS_RECORDED_EVERY_S, ChatService, TurnRequest
 from chatlib.client import ClientPool
-from chatlib.errors import UpstreamError
+from chatlib.errors import RateLimited, UpstreamError
 from chatlib.frames import FrameBudget
 from chatlib.messages import AnswerMeta
+from chatlib.ratelimit import RateLimiter
 from chatlib.usage import (
     USAGE_COLUMNS,
     USAGE_STATUSES,
@@ -534,3 +535,52 @@ def test_reading_back_gives_the_same_summary_as_the_records(tmp_path: Path) -> N
     assert summarize(read_usage(tmp_path)) == expected
     assert summarize_directory(tmp_path) == expected
     assert summarize_directory(tmp_path, owner="someone else").totals.requests == 0
+
+
+async def test_a_client_hammering_past_its_limit_does_not_fill_the_disk(
+    fake: FakeOpenRouter, tmp_path: Path
+) -> None:
+    settings = settings_for(fake, tmp_path)
+    pool = ClientPool(settings)
+    usage_log = UsageLog(tmp_path / "usage")
+    limiter = RateLimiter("memory://", 1, 0)
+    now = [1_000.0]
+    service = ChatService(
+        settings,
+        pool,
+        FrameBudget(updates_per_second=300, min_interval_s=0.01),
+        limiter=limiter,
+        usage=usage_log,
+        clock=lambda: now[0],
+    )
+
+    async def ask() -> bool:
+        request = TurnRequest(
+            history=(),
+            user_text="hi [[tokens=2]]",
+            model="openai/gpt-4o",
+            system_prompt="",
+            temperature=0.3,
+            rate_key=VISITOR_IP,
+        )
+        try:
+            [frame async for frame in service.run_turn(request)]
+        except RateLimited:
+            return False
+        return True
+
+    try:
+        assert await ask()
+        with capture_logs() as logs:
+            refused = [await ask() for _ in range(200)]
+            now[0] += REFUSALS_RECORDED_EVERY_S  # a while later: recorded again
+            refused.append(await ask())
+    finally:
+        await pool.aclose()
+        await limiter.aclose()
+        usage_log.close()
+    assert not any(refused)  # every one of them was refused
+    statuses = [row.status for row in read_usage(usage_log.path.parent)]
+    assert statuses == ["complete", "rate_limited", "rate_limited"]
+    events = [e for e in logs if e["event"] == "chat.rate_limited"]
+    assert [e["unrecorded_since_last"] for e in events] == [0, 199]
