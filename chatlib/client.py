@@ -303,15 +303,16 @@ class _ChunkBatch:
     finish_reason: str | None = None
     generation_id: str | None = None
     error: _MidStreamError | None = None
-    malformed: ValueError | None = None  # a line that is not a chunk: nothing after it counts
+    # A line that could not be taken (ValueError: not a valid chunk): nothing after it counts.
+    broken: Exception | None = None
     done: bool = False  # `data: [DONE]`: nothing follows
 
 
 def _parse_lines(lines: list[bytes]) -> _ChunkBatch:
     """Parse complete SSE lines; comments (`: OPENROUTER PROCESSING`) and blanks are skipped.
 
-    Parsing stops at `[DONE]`, at an error chunk, or at a line that is not a valid chunk (not
-    JSON, not UTF-8, or the wrong shape: `malformed`); what came before it is kept.
+    Parsing stops at `[DONE]`, at an error chunk, or at a line that cannot be taken (not JSON,
+    not UTF-8, the wrong shape, or any failure: `broken`); what came before it is kept.
     """
     batch = _ChunkBatch([], [])
     for line in lines:
@@ -325,8 +326,8 @@ def _parse_lines(lines: list[bytes]) -> _ChunkBatch:
             continue
         try:
             _add_chunk(batch, orjson.loads(payload))
-        except ValueError as exc:
-            batch.malformed = exc
+        except Exception as exc:  # noqa: BLE001 - raised once the text before it is out
+            batch.broken = exc
             break
         if batch.error is not None:
             break
@@ -502,8 +503,8 @@ async def stream_chat(
                 yield _usage_event(batch.usage)
             if batch.error is not None:
                 raise batch.error
-            if batch.malformed is not None:
-                raise batch.malformed
+            if batch.broken is not None:
+                raise batch.broken
             if batch.done:
                 ended = True
                 await _drain(reads, timeout=min(idle_timeout, _DRAIN_TIMEOUT_S))
@@ -554,7 +555,7 @@ async def stream_chat(
             )
         )
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the text so far is kept
-        log.error("chat.stream_error", error=type(exc).__name__)
+        log.error("chat.stream_error", error=type(exc).__name__)  # no traceback: it may hold text
         yield failed(
             errors.StreamInterrupted(
                 "Something went wrong while reading the answer. The text so far is kept; "

@@ -173,22 +173,23 @@ async def test_broken_streams_keep_the_partial_text(
 
 
 async def test_an_unexpected_failure_keeps_the_partial_text(
-    fake: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     original = client_module._add_chunk
     calls = 0
 
-    def fail_on_the_eighth_chunk(batch: Any, chunk: Any) -> None:
+    def fail_on_the_third_chunk(batch: Any, chunk: Any) -> None:
         nonlocal calls
         calls += 1
-        if calls == 8:
+        if calls == 3:
             raise RuntimeError("a bug")
         original(batch, chunk)
 
-    monkeypatch.setattr(client_module, "_add_chunk", fail_on_the_eighth_chunk)
-    events = await _collect(fake, "bug [[tokens=20]]")
-    # The role chunk comes first, then six tokens: the text before the failure is kept.
-    assert _text(events) == expected_reply("bug", 6)
+    monkeypatch.setattr(client_module, "_add_chunk", fail_on_the_third_chunk)
+    # All three chunks come in one read: the text before the failing one is still kept.
+    read = _chunk("kept ") + _chunk("also kept ") + _chunk("lost") + b"data: [DONE]\n\n"
+    events = await _stream(_scripted([read]), "hi")
+    assert _text(events) == "kept also kept "
     failure = events[-1]
     assert isinstance(failure, StreamFailed)
     assert failure.error.code == "unexpected_error"
