@@ -141,8 +141,10 @@ def refusals_as_warnings(outputs: int) -> Callable[[_Handler], _Handler]:
             @functools.wraps(handler)
             async def stream(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
                 try:
-                    async for frame in handler(*args, **kwargs):
-                        yield frame
+                    # Closed at once with this one when the page goes away (stopping the turn).
+                    async with contextlib.aclosing(handler(*args, **kwargs)) as frames:
+                        async for frame in frames:
+                            yield frame
                 except gr.Error as exc:
                     gr.Warning(exc.message)
                     yield unchanged
@@ -990,6 +992,7 @@ def build_demo(settings: Settings, services: Services) -> gr.Blocks:  # noqa: C9
             **quick,
         )
         stop_btn.click(stop, queue=False, api_visibility="private")
+        demo.unload(stop)  # a closed page stops its answer even before the next token
         gr.on(
             [new_btn.click, chatbot.clear],
             new_chat,

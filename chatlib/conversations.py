@@ -18,9 +18,9 @@ import structlog
 
 from chatlib.chat import ChatService, TurnRequest
 from chatlib.client import Clock
-from chatlib.errors import ChatError, ConversationDeleted, StorageError
+from chatlib.errors import ChatError, ConversationChanged, ConversationDeleted, StorageError
 from chatlib.frames import TurnControl, finish_if_abandoned
-from chatlib.messages import format_cost
+from chatlib.messages import History, format_cost
 from chatlib.storage import (
     AsyncConversationStore,
     Conversation,
@@ -155,6 +155,8 @@ class ConversationService:
         )
         question_only = replace(base, messages=first.history[:-1])
         saved, save_error = await self._save(owner_key, question_only)
+        # What the answer's save expects to find stored (None: the question was not saved).
+        expected = saved.messages if save_error is None else None
         base = replace(base, updated_at=saved.updated_at)
         self.view(turn.session_key, conversation.id)  # a turn starts where the visitor is
         yield ConversationFrame(replace(base, messages=first.history), save_error=save_error)
@@ -163,16 +165,29 @@ class ConversationService:
             if not frame.done:
                 yield ConversationFrame(current)
                 continue
-            saved, final_error = await self._save(owner_key, current)
+            saved, final_error = await self._save(owner_key, current, expected=expected)
             yield ConversationFrame(
                 saved, done=True, error=frame.error, save_error=final_error or save_error
             )
 
     async def _save(
-        self, owner_key: str, conversation: Conversation
+        self,
+        owner_key: str,
+        conversation: Conversation,
+        *,
+        expected: History | None = None,
     ) -> tuple[Conversation, StorageError | None]:
+        """Save; with `expected`, only if the stored messages are still those (no newer turn)."""
         if conversation.id in self._deleted:
             return conversation, ConversationDeleted()
+        if expected is not None:
+            try:
+                stored = await self.store.load(owner_key, conversation.id)
+            except StorageError:
+                stored = None  # unreadable or gone: saving puts the turn back
+            if stored is not None and stored.messages != expected:
+                log.info("conversation.answer_not_saved", reason="changed_meanwhile")
+                return conversation, ConversationChanged()
         title = self._titles.get(conversation.id)
         if title is not None:
             conversation = replace(conversation, title=title)

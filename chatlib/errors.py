@@ -127,6 +127,16 @@ class ConversationDeleted(StorageError):
         )
 
 
+class ConversationChanged(StorageError):
+    """A turn ended in a conversation that got newer messages meanwhile (another tab)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This answer was not saved: the chat got newer messages meanwhile (perhaps in "
+            "another tab), which are kept."
+        )
+
+
 class ConversationCorrupt(StorageError):
     """The conversation's file exists but cannot be read."""
 

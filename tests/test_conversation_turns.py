@@ -133,3 +133,30 @@ async def test_a_chat_deleted_or_renamed_mid_answer_is_not_brought_back(
     kept = await store.load(OWNER, renamed.id)
     assert kept.title == "My own title" and kept.messages[-1].meta is not None
     assert kept.messages[-1].meta.status == "complete"
+
+
+async def test_an_answer_that_ends_late_never_overwrites_a_newer_turn(
+    services: tuple[ChatService, ConversationService, UsageLog],
+) -> None:
+    # Tab 1 asks a slow model; tab 2 opens the same chat, asks and gets its answer first.
+    _, conversations, _ = services
+    store = conversations.store
+    conversation = conversations.new_conversation("openai/gpt-4o", "", 0.3)
+
+    def turn(text: str) -> TurnInput:
+        return TurnInput(user_text=text, model="openai/gpt-4o", system_prompt="", temperature=0.3)
+
+    slow = conversations.run_turn(OWNER, conversation, turn("first [[delay=1]] [[tokens=3]]"))
+    await anext(slow)
+    reopened = await store.load(OWNER, conversation.id)
+    fast = [f async for f in conversations.run_turn(OWNER, reopened, turn("second [[tokens=3]]"))]
+    assert fast[-1].save_error is None
+    late = [frame async for frame in slow][-1]
+
+    stored = (await store.load(OWNER, conversation.id)).messages
+    assert [m.content for m in stored] == [
+        "first [[delay=1]] [[tokens=3]]",
+        "second [[tokens=3]]",
+        expected_reply("second", 3),
+    ]
+    assert late.save_error is not None and "not saved" in late.save_error.user_message
