@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -24,7 +25,14 @@ from chatlib.client import (
     stream_chat,
 )
 from chatlib.config import Settings
-from chatlib.frames import FrameBudget, ReadPacer, TurnControl, coalesce, finish_if_abandoned
+from chatlib.frames import (
+    FrameBudget,
+    ReadPacer,
+    TurnControl,
+    coalesce,
+    finish_if_abandoned,
+    run_detached,
+)
 from chatlib.messages import (
     AnswerMeta,
     ChatMessage,
@@ -251,6 +259,17 @@ class ChatService:
                         ttft_ms=first_token_ms,
                         latency_ms=_ms(self._clock() - started),
                     )
+            except asyncio.CancelledError:
+                # Gradio's /cancel or a shutdown: what was streamed still counts (and costs).
+                answer.meta = replace(
+                    answer.meta,
+                    status="stopped",
+                    ttft_ms=first_token_ms,
+                    latency_ms=_ms(self._clock() - started),
+                )
+                log.info("chat.finished", outcome="cancelled", latency_ms=answer.meta.latency_ms)
+                run_detached(self._record_usage(answer.meta, request, request_id, None))
+                raise
             finally:
                 if (
                     request.session_key is not None
@@ -280,10 +299,20 @@ class ChatService:
                     ttft_ms=meta.ttft_ms,
                     latency_ms=meta.latency_ms,
                 )
+        await self._record_usage(answer.meta, request, request_id, failure)
+        yield TurnFrame(history=(*history, answer.message()), done=True, error=failure)
+
+    async def _record_usage(
+        self,
+        meta: AnswerMeta,
+        request: TurnRequest,
+        request_id: str,
+        failure: errors.ChatError | None,
+    ) -> None:
         if self._usage is not None:
             await self._usage.record(
                 UsageRecord.from_answer(
-                    answer.meta,
+                    meta,
                     request_id=request_id,
                     owner=request.owner_key,
                     conversation_id=request.conversation_id,
@@ -291,7 +320,6 @@ class ChatService:
                     error_code=failure.code if isinstance(failure, errors.UpstreamError) else "",
                 )
             )
-        yield TurnFrame(history=(*history, answer.message()), done=True, error=failure)
 
     async def _check_rate_limit(self, request: TurnRequest, request_id: str) -> None:
         """Raise RateLimited (after recording it) when this visitor is over the limit."""

@@ -7,6 +7,7 @@ failure never costs the visitor their answer.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -19,7 +20,7 @@ import structlog
 from chatlib.chat import ChatService, TurnRequest
 from chatlib.client import Clock
 from chatlib.errors import ChatError, ConversationChanged, ConversationDeleted, StorageError
-from chatlib.frames import TurnControl, finish_if_abandoned
+from chatlib.frames import TurnControl, finish_if_abandoned, run_detached
 from chatlib.messages import History, format_cost
 from chatlib.storage import (
     AsyncConversationStore,
@@ -159,16 +160,22 @@ class ConversationService:
         expected = saved.messages if save_error is None else None
         base = replace(base, updated_at=saved.updated_at)
         self.view(turn.session_key, conversation.id)  # a turn starts where the visitor is
-        yield ConversationFrame(replace(base, messages=first.history), save_error=save_error)
-        async for frame in frames:
-            current = replace(base, messages=frame.history)
-            if not frame.done:
-                yield ConversationFrame(current)
-                continue
-            saved, final_error = await self._save(owner_key, current, expected=expected)
-            yield ConversationFrame(
-                saved, done=True, error=frame.error, save_error=final_error or save_error
-            )
+        current = replace(base, messages=first.history)
+        yield ConversationFrame(current, save_error=save_error)
+        try:
+            async for frame in frames:
+                current = replace(base, messages=frame.history)
+                if not frame.done:
+                    yield ConversationFrame(current)
+                    continue
+                saved, final_error = await self._save(owner_key, current, expected=expected)
+                yield ConversationFrame(
+                    saved, done=True, error=frame.error, save_error=final_error or save_error
+                )
+        except asyncio.CancelledError:
+            # Gradio's /cancel or a shutdown: keep what was on screen, marked stopped.
+            run_detached(self._save(owner_key, _stopped(current), expected=expected))
+            raise
 
     async def _save(
         self,
@@ -196,6 +203,15 @@ class ConversationService:
         except StorageError as exc:
             log.warning("conversation.save_failed", error=type(exc).__name__)
             return conversation, exc
+
+
+def _stopped(conversation: Conversation) -> Conversation:
+    """The conversation with its streaming answer marked stopped."""
+    *earlier, last = conversation.messages
+    if last.meta is None or last.meta.status != "streaming":
+        return conversation
+    last = replace(last, meta=replace(last.meta, status="stopped"))
+    return replace(conversation, messages=(*earlier, last))
 
 
 def _remember(cache: OrderedDict[str, _V], key: str, value: _V, limit: int) -> None:

@@ -11,9 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+)
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -93,8 +100,21 @@ class TurnControl:
 
 
 _T = TypeVar("_T")
-# Turns whose page went away, ending in the background (a reference keeps each task alive).
-_ABANDONED: set[asyncio.Task[None]] = set()
+# Turns ending in the background (a reference keeps each task alive until it is done).
+_DETACHED: set[asyncio.Task[object]] = set()
+
+
+def run_detached(work: Coroutine[Any, Any, object]) -> None:
+    """Run `work` in a task of its own: what a turn must finish once nobody is waiting."""
+    task = asyncio.get_running_loop().create_task(work)
+    _DETACHED.add(task)
+    task.add_done_callback(_detached_done)
+
+
+def _detached_done(task: asyncio.Task[object]) -> None:
+    _DETACHED.discard(task)
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.warning("chat.detached_work_failed", error=type(error).__name__)
 
 
 async def finish_if_abandoned(
@@ -111,18 +131,13 @@ async def finish_if_abandoned(
             yield frame
     except GeneratorExit:
         control.stop()
-        task = asyncio.get_running_loop().create_task(_run_out(frames))
-        _ABANDONED.add(task)
-        task.add_done_callback(_ABANDONED.discard)
+        run_detached(_run_out(frames))
         raise
 
 
 async def _run_out(frames: AsyncIterator[object]) -> None:
-    try:
-        async for _ in frames:
-            pass
-    except Exception as exc:  # noqa: BLE001 - nobody is left to show it to
-        log.warning("chat.abandoned_turn_failed", error=type(exc).__name__)
+    async for _ in frames:
+        pass
 
 
 def _is_content(event: StreamEvent) -> bool:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from chatlib.usage import read_usage
 from tests.conftest import AppServer
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 
@@ -132,3 +135,25 @@ def test_uploads_much_bigger_than_an_import_are_refused(app_server: AppServer) -
         f"{app_server.url}gradio_api/upload", files={"files": ("ok.json", b"{}")}, timeout=60
     )
     assert small.status_code == 200
+
+
+def test_a_caller_cancelling_mid_answer_still_leaves_a_usage_row(
+    client: Client, app_server: AppServer
+) -> None:
+    usage_dir = app_server.workdir / ".data" / "usage"
+
+    def stopped_rows() -> int:
+        if not usage_dir.exists():
+            return 0
+        return sum(r.status == "stopped" for r in read_usage(usage_dir))
+
+    before = stopped_rows()
+    job = client.submit("Cancel me [[tokens=400]] [[rate=20]]", api_name="/chat")
+    deadline = time.monotonic() + 30
+    while not job.outputs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.outputs(), "no text arrived"
+    job.cancel()
+    while stopped_rows() == before and time.monotonic() < deadline + 30:
+        time.sleep(0.1)
+    assert stopped_rows() == before + 1

@@ -160,3 +160,35 @@ async def test_an_answer_that_ends_late_never_overwrites_a_newer_turn(
         expected_reply("second", 3),
     ]
     assert late.save_error is not None and "not saved" in late.save_error.user_message
+
+
+async def test_a_cancelled_turn_keeps_what_arrived_and_its_usage_row(
+    fake: FakeOpenRouter, services: tuple[ChatService, ConversationService, UsageLog]
+) -> None:
+    # Gradio cancels the task (its /cancel route, or a shutdown) instead of closing the
+    # generator: the chat as last shown is saved, marked stopped, and the usage row written.
+    _, conversations, usage = services
+    store = conversations.store
+    conversation = conversations.new_conversation("openai/gpt-4o", "", 0.3)
+    turn = TurnInput(user_text=SLOW, model="openai/gpt-4o", system_prompt="", temperature=0.3)
+    shown: list[str] = []
+
+    async def watch() -> None:
+        async for frame in conversations.run_turn(OWNER, conversation, turn):
+            shown.append(frame.conversation.messages[-1].content)
+
+    task = asyncio.get_running_loop().create_task(watch())
+    await _eventually(lambda: len(shown[-1] if shown else "") > 40)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async def answer_saved() -> bool:
+        return (await store.load(OWNER, conversation.id)).messages[-1].role == "assistant"
+
+    await _eventually(answer_saved)
+    answer = (await store.load(OWNER, conversation.id)).messages[-1]
+    assert answer.meta is not None and answer.meta.status == "stopped"
+    assert answer.content == shown[-1]
+    await _eventually(lambda: [r.status for r in _rows(usage)] == ["stopped"])
+    await _eventually(lambda: fake.active_streams == 0)
