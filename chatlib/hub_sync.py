@@ -347,22 +347,21 @@ class HubSync:
                         exist_ok=True,
                         token=self._token,
                     )
-                    # An existing repo keeps its visibility: never push chats into a public one.
-                    info = self._api.repo_info(
-                        self.repo_id, repo_type=_REPO_TYPE, token=self._token
-                    )
-                    if not getattr(info, "private", False):
-                        return self._failed(
-                            _Problem(
-                                f"The dataset repo {self.repo_id} is public, so conversations "
-                                "are not pushed to it: make it private on the Hub or set "
-                                "HF_DATASET_REPO to another repo",
-                                None,
-                                "PublicRepo",
-                            )
-                        )
                     self._repo_ready = True
                     log.info("hub.repo_ready", repo=self.repo_id)
+                # An existing repo keeps its visibility, and an owner can change it at any
+                # time: before every push, make sure chats never go into a public repo.
+                info = self._api.repo_info(self.repo_id, repo_type=_REPO_TYPE, token=self._token)
+                if not getattr(info, "private", False):
+                    return self._failed(
+                        _Problem(
+                            f"The dataset repo {self.repo_id} is public, so conversations are "
+                            "not pushed to it: make it private on the Hub or set "
+                            "HF_DATASET_REPO to another repo",
+                            None,
+                            "PublicRepo",
+                        )
+                    )
                 files, commits = self._push_changes()
                 deleted = self._push_deletions()
             except Exception as exc:  # a failed push must never take the app down

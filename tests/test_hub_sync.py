@@ -532,6 +532,10 @@ def test_a_public_repo_is_never_pushed_to(
     hub.repo(DATASET).private = True  # the operator fixes it: the next push goes through
     assert sync.flush(timeout=20)
     assert hub.commits and sync.status.last_error is None
+    pushed = len(hub.commits)
+    hub.repo(DATASET).private = False  # made public again later: pushing stops at once
+    assert not sync.flush(timeout=20)
+    assert len(hub.commits) == pushed and "is public" in (sync.status.last_error or "")
 
 
 @pytest.mark.parametrize(
