@@ -13,6 +13,7 @@ from chatlib.chat import ChatService, TurnRequest
 from chatlib.client import ClientPool
 from chatlib.conversations import ConversationService, TurnInput
 from chatlib.frames import FrameBudget
+from chatlib.messages import History
 from chatlib.storage import AsyncConversationStore, ConversationStore
 from chatlib.usage import UsageLog, UsageRecord, read_usage
 from tests.conftest import settings_for
@@ -50,6 +51,23 @@ async def _eventually(check: Callable[[], bool | Awaitable[bool]]) -> None:
     raise AssertionError("never happened")
 
 
+def _turn(text: str = SLOW) -> TurnInput:
+    return TurnInput(user_text=text, model="openai/gpt-4o", system_prompt="", temperature=0.3)
+
+
+async def _messages_once_answered(
+    conversations: ConversationService, conversation_id: str
+) -> History:
+    """The stored messages once the answer a left turn finishes in the background is saved."""
+
+    async def answered() -> bool:
+        stored = await conversations.store.load(OWNER, conversation_id)
+        return stored.messages[-1].role == "assistant"
+
+    await _eventually(answered)
+    return (await conversations.store.load(OWNER, conversation_id)).messages
+
+
 def _rows(usage: UsageLog) -> list[UsageRecord]:
     return list(read_usage(usage.path.parent)) if usage.path.exists() else []
 
@@ -58,10 +76,8 @@ async def test_closing_the_page_mid_answer_saves_what_arrived_as_stopped(
     fake: FakeOpenRouter, services: tuple[ChatService, ConversationService, UsageLog]
 ) -> None:
     _, conversations, usage = services
-    store = conversations.store
     conversation = conversations.new_conversation("openai/gpt-4o", "", 0.3)
-    turn = TurnInput(user_text=SLOW, model="openai/gpt-4o", system_prompt="", temperature=0.3)
-    frames = conversations.run_turn(OWNER, conversation, turn)
+    frames = conversations.run_turn(OWNER, conversation, _turn())
     shown = ""
     async for frame in frames:
         shown = frame.conversation.messages[-1].content
@@ -69,11 +85,7 @@ async def test_closing_the_page_mid_answer_saves_what_arrived_as_stopped(
             break
     await frames.aclose()  # what Gradio does when the page is closed or reloaded
 
-    async def answer_saved() -> bool:
-        return (await store.load(OWNER, conversation.id)).messages[-1].role == "assistant"
-
-    await _eventually(answer_saved)
-    saved = (await store.load(OWNER, conversation.id)).messages
+    saved = await _messages_once_answered(conversations, conversation.id)
     assert [m.role for m in saved] == ["user", "assistant"]
     answer = saved[-1]
     assert answer.meta is not None and answer.meta.status == "stopped"
@@ -107,12 +119,7 @@ async def test_a_chat_deleted_or_renamed_mid_answer_is_not_brought_back(
 ) -> None:
     _, conversations, _ = services
     store = conversations.store
-    turn = TurnInput(
-        user_text="short [[tokens=30]] [[rate=100]]",
-        model="openai/gpt-4o",
-        system_prompt="",
-        temperature=0.3,
-    )
+    turn = _turn("short [[tokens=30]] [[rate=100]]")
     doomed = conversations.new_conversation("openai/gpt-4o", "", 0.3)
     renamed = conversations.new_conversation("openai/gpt-4o", "", 0.3)
     frames = [
@@ -143,13 +150,10 @@ async def test_an_answer_that_ends_late_never_overwrites_a_newer_turn(
     store = conversations.store
     conversation = conversations.new_conversation("openai/gpt-4o", "", 0.3)
 
-    def turn(text: str) -> TurnInput:
-        return TurnInput(user_text=text, model="openai/gpt-4o", system_prompt="", temperature=0.3)
-
-    slow = conversations.run_turn(OWNER, conversation, turn("first [[delay=1]] [[tokens=3]]"))
+    slow = conversations.run_turn(OWNER, conversation, _turn("first [[delay=1]] [[tokens=3]]"))
     await anext(slow)
     reopened = await store.load(OWNER, conversation.id)
-    fast = [f async for f in conversations.run_turn(OWNER, reopened, turn("second [[tokens=3]]"))]
+    fast = [f async for f in conversations.run_turn(OWNER, reopened, _turn("second [[tokens=3]]"))]
     assert fast[-1].save_error is None
     late = [frame async for frame in slow][-1]
 
@@ -168,13 +172,11 @@ async def test_a_cancelled_turn_keeps_what_arrived_and_its_usage_row(
     # Gradio cancels the task (its /cancel route, or a shutdown) instead of closing the
     # generator: the chat as last shown is saved, marked stopped, and the usage row written.
     _, conversations, usage = services
-    store = conversations.store
     conversation = conversations.new_conversation("openai/gpt-4o", "", 0.3)
-    turn = TurnInput(user_text=SLOW, model="openai/gpt-4o", system_prompt="", temperature=0.3)
     shown: list[str] = []
 
     async def watch() -> None:
-        async for frame in conversations.run_turn(OWNER, conversation, turn):
+        async for frame in conversations.run_turn(OWNER, conversation, _turn()):
             shown.append(frame.conversation.messages[-1].content)
 
     task = asyncio.get_running_loop().create_task(watch())
@@ -183,11 +185,7 @@ async def test_a_cancelled_turn_keeps_what_arrived_and_its_usage_row(
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    async def answer_saved() -> bool:
-        return (await store.load(OWNER, conversation.id)).messages[-1].role == "assistant"
-
-    await _eventually(answer_saved)
-    answer = (await store.load(OWNER, conversation.id)).messages[-1]
+    answer = (await _messages_once_answered(conversations, conversation.id))[-1]
     assert answer.meta is not None and answer.meta.status == "stopped"
     assert answer.content == shown[-1]
     await _eventually(lambda: [r.status for r in _rows(usage)] == ["stopped"])
