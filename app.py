@@ -134,8 +134,10 @@ def refusals_as_warnings(outputs: int) -> Callable[[_Handler], _Handler]:
     key, rate limited, nothing to retry) must leave the chat on screen.
     """
 
+    def unchanged() -> Outputs:
+        return tuple(gr.skip() for _ in range(outputs))  # fresh: Gradio may alter them
+
     def decorate(handler: _Handler) -> _Handler:
-        unchanged = (gr.skip(),) * outputs
         if inspect.isasyncgenfunction(handler):
 
             @functools.wraps(handler)
@@ -147,7 +149,7 @@ def refusals_as_warnings(outputs: int) -> Callable[[_Handler], _Handler]:
                             yield frame
                 except gr.Error as exc:
                     gr.Warning(exc.message)
-                    yield unchanged
+                    yield unchanged()
 
             return cast("_Handler", stream)
 
@@ -158,7 +160,7 @@ def refusals_as_warnings(outputs: int) -> Callable[[_Handler], _Handler]:
                 return await result if inspect.isawaitable(result) else result
             except gr.Error as exc:
                 gr.Warning(exc.message)
-                return unchanged
+                return unchanged()
 
         return cast("_Handler", call)
 
