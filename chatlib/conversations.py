@@ -19,7 +19,7 @@ import structlog
 
 from chatlib.chat import ChatService, TurnRequest
 from chatlib.client import Clock
-from chatlib.errors import ChatError, ConversationChanged, ConversationDeleted, StorageError
+from chatlib.errors import ChatError, ConversationDeleted, StorageError
 from chatlib.frames import TurnControl, finish_if_abandoned, run_detached
 from chatlib.messages import History, format_cost
 from chatlib.storage import (
@@ -187,19 +187,11 @@ class ConversationService:
         """Save; with `expected`, only if the stored messages are still those (no newer turn)."""
         if conversation.id in self._deleted:
             return conversation, ConversationDeleted()
-        if expected is not None:
-            try:
-                stored = await self.store.load(owner_key, conversation.id)
-            except StorageError:
-                stored = None  # unreadable or gone: saving puts the turn back
-            if stored is not None and stored.messages != expected:
-                log.info("conversation.answer_not_saved", reason="changed_meanwhile")
-                return conversation, ConversationChanged()
         title = self._titles.get(conversation.id)
         if title is not None:
             conversation = replace(conversation, title=title)
         try:
-            return await self.store.save(owner_key, conversation), None
+            return await self.store.save(owner_key, conversation, expected_messages=expected), None
         except StorageError as exc:
             log.warning("conversation.save_failed", error=type(exc).__name__)
             return conversation, exc

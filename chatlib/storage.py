@@ -33,7 +33,7 @@ import threading
 import time
 import unicodedata
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,7 +41,12 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
-from chatlib.errors import ConversationCorrupt, ConversationNotFound, StorageError
+from chatlib.errors import (
+    ConversationChanged,
+    ConversationCorrupt,
+    ConversationNotFound,
+    StorageError,
+)
 from chatlib.messages import ChatMessage
 
 SCHEMA_VERSION = 1
@@ -469,13 +474,20 @@ class ConversationStore:
         )
 
     def save(
-        self, owner_key: str, conversation: Conversation, *, touch: bool = True
+        self,
+        owner_key: str,
+        conversation: Conversation,
+        *,
+        touch: bool = True,
+        expected_messages: Sequence[ChatMessage] | None = None,
     ) -> Conversation:
         """Store `conversation` for `owner_key` and return it as stored.
 
         `updated_at` is set to now (unless `touch=False`, used by imports); a conversation
         still titled "New chat" is titled from its first user message. Raises StorageError
         when the disk refuses the write; the previously stored version is then intact.
+        With `expected_messages`, the stored conversation is replaced only if it still holds
+        exactly those (or cannot be read); otherwise ConversationChanged, nothing written.
         """
         _require_owner_key(owner_key)
         if not is_valid_conversation_id(conversation.id):
@@ -494,6 +506,13 @@ class ConversationStore:
         )
         state = self._state(owner_key)
         with state.lock:
+            if expected_messages is not None:
+                try:
+                    stored = self._read(owner_key, saved.id)
+                except StorageError:
+                    stored = None  # unreadable or gone: saving puts the conversation back
+                if stored is not None and stored.messages != tuple(expected_messages):
+                    raise ConversationChanged()
             self._write(owner_key, state, saved)
         return saved
 
@@ -897,10 +916,21 @@ class AsyncConversationStore:
         return self._store.new_conversation(model, system_prompt, temperature)
 
     async def save(
-        self, owner_key: str, conversation: Conversation, *, touch: bool = True
+        self,
+        owner_key: str,
+        conversation: Conversation,
+        *,
+        touch: bool = True,
+        expected_messages: Sequence[ChatMessage] | None = None,
     ) -> Conversation:
         """See `ConversationStore.save`."""
-        return await asyncio.to_thread(self._store.save, owner_key, conversation, touch=touch)
+        return await asyncio.to_thread(
+            self._store.save,
+            owner_key,
+            conversation,
+            touch=touch,
+            expected_messages=expected_messages,
+        )
 
     async def load(self, owner_key: str, conversation_id: str) -> Conversation:
         """See `ConversationStore.load`."""
