@@ -223,6 +223,15 @@ class ChatService:
         started = self._clock()
         first_token_ms: float | None = None
         failure: errors.ChatError | None = None
+
+        def mark_stopped() -> None:
+            answer.meta = replace(
+                answer.meta,
+                status="stopped",
+                ttft_ms=first_token_ms,
+                latency_ms=_ms(self._clock() - started),
+            )
+
         with (
             structlog.contextvars.bound_contextvars(
                 request_id=request_id,
@@ -253,20 +262,10 @@ class ChatService:
                     if answer.meta.status == "streaming":
                         yield TurnFrame(history=(*history, answer.message()))
                 if control.stop_requested and answer.meta.status == "streaming":
-                    answer.meta = replace(
-                        answer.meta,
-                        status="stopped",
-                        ttft_ms=first_token_ms,
-                        latency_ms=_ms(self._clock() - started),
-                    )
+                    mark_stopped()
             except asyncio.CancelledError:
                 # Gradio's /cancel or a shutdown: what was streamed still counts (and costs).
-                answer.meta = replace(
-                    answer.meta,
-                    status="stopped",
-                    ttft_ms=first_token_ms,
-                    latency_ms=_ms(self._clock() - started),
-                )
+                mark_stopped()
                 log.info("chat.finished", outcome="cancelled", latency_ms=answer.meta.latency_ms)
                 run_detached(self._record_usage(answer.meta, request, request_id, None))
                 raise
