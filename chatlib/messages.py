@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -155,7 +156,12 @@ def check_system_prompt(text: str, max_chars: int) -> str:
     return cleaned
 
 
-MAX_MODEL_ID_CHARS = 200
+MAX_IDENTIFIER_CHARS = 200  # model and generation ids
+
+
+def has_space_or_control(text: str) -> bool:
+    """Whether `text` holds white space or control characters (an id must not)."""
+    return any(c.isspace() or unicodedata.category(c).startswith("C") for c in text)
 
 
 def check_model_id(model: str) -> str:
@@ -163,10 +169,10 @@ def check_model_id(model: str) -> str:
     model = clean_text(model).strip()
     if not model:
         raise InputError("Pick a model first.")
-    if len(model) > MAX_MODEL_ID_CHARS or any(c.isspace() or not c.isprintable() for c in model):
+    if len(model) > MAX_IDENTIFIER_CHARS or has_space_or_control(model):
         raise InputError(
             "That is not a model id: ids look like openai/gpt-4o (no spaces, at most "
-            f"{MAX_MODEL_ID_CHARS} characters)."
+            f"{MAX_IDENTIFIER_CHARS} characters)."
         )
     return model
 

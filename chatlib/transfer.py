@@ -32,7 +32,6 @@ import math
 import secrets
 import shutil
 import time
-import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,7 +42,15 @@ from typing import Any, NoReturn
 import orjson
 
 from chatlib.errors import ImportRejected, StorageError
-from chatlib.messages import AnswerMeta, AnswerStatus, ChatMessage, Role, format_cost
+from chatlib.messages import (
+    MAX_IDENTIFIER_CHARS,
+    AnswerMeta,
+    AnswerStatus,
+    ChatMessage,
+    Role,
+    format_cost,
+    has_space_or_control,
+)
 from chatlib.storage import (
     NEW_CHAT_TITLE,
     Conversation,
@@ -56,7 +63,6 @@ from chatlib.storage import (
 
 EXPORT_FORMAT = "openrouter-chat"
 EXPORT_SCHEMA_VERSION = 1
-MAX_IDENTIFIER_CHARS = 200
 MAX_ERROR_CHARS = 2000
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
@@ -377,7 +383,7 @@ def _identifier(value: object, where: str, name: str) -> str:
     text = _text(value, where, name, MAX_IDENTIFIER_CHARS)
     if not text:
         _reject(f"{where}, field '{name}' is empty")
-    if any(c.isspace() or unicodedata.category(c).startswith("C") for c in text):
+    if has_space_or_control(text):
         _reject(f"{where}, field '{name}' contains spaces or control characters")
     return text
 
