@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,10 +9,9 @@ import httpx
 import orjson
 
 from chatlib import errors
+from chatlib.logging import OPENROUTER_KEY_SHAPE
 
 MAX_KEY_LENGTH = 200
-# What OpenRouter keys look like; the log redactor scrubs this shape wherever it appears.
-_KEY_SHAPE = re.compile(r"sk-or-[A-Za-z0-9_\-]{6,}")
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,8 @@ def looks_like_key(value: object) -> bool:
     """Whether `value` has the shape of an OpenRouter key (and is not too long)."""
     if not isinstance(value, str) or len(value) > MAX_KEY_LENGTH:
         return False
-    return _KEY_SHAPE.fullmatch(value) is not None
+    # The same shape the log redactor scrubs wherever it appears.
+    return OPENROUTER_KEY_SHAPE.fullmatch(value) is not None
 
 
 def clean_key(raw: str) -> str:

@@ -14,9 +14,11 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from chatlib.config import Settings
 
+# What an OpenRouter key looks like (a visitor's pasted key must match it: see keys.py).
+OPENROUTER_KEY_SHAPE = re.compile(r"sk-or-[A-Za-z0-9_\-]{6,}")
 # Shapes of credentials that must never reach a log line, whatever logged them.
 _SECRET_PATTERNS = (
-    re.compile(r"sk-or-[A-Za-z0-9_\-]{6,}"),
+    OPENROUTER_KEY_SHAPE,
     re.compile(r"sk-[A-Za-z0-9_\-]{16,}"),
     re.compile(r"hf_[A-Za-z0-9]{8,}"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9_\-\.=]{6,}"),
