@@ -40,7 +40,6 @@ from chatlib.messages import (
     check_temperature,
     history_from_dicts,
     strip_last_turn,
-    to_display,
     user_message_index,
 )
 from chatlib.ratelimit import client_ip
@@ -56,6 +55,7 @@ from chatlib.transfer import (
 )
 from chatlib.usage import UsageSummary, summarize, summarize_usage
 from chatlib.visitors import BrowserIdentity, Visitor, identify, is_operator
+from ui.display import to_display
 
 CATALOG_WAIT_ON_LOAD_S = 2.0
 API_MAX_HISTORY_MESSAGES = 1_000  # prior messages the chat API takes in one call

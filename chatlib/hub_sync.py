@@ -52,6 +52,7 @@ from huggingface_hub.utils.tqdm import tqdm as hf_tqdm
 
 from chatlib.config import Settings
 from chatlib.errors import ConfigError
+from chatlib.files import atomic_write
 
 __all__ = [
     "ALLOW_PATTERNS",
@@ -563,7 +564,7 @@ class HubSync:
             return "skipped"
         local = _read_or_none(local_path)
         if local is None:
-            _write_atomic(local_path, remote)
+            atomic_write(local_path, remote)
             return "added"
         if local == remote:
             return "unchanged"
@@ -573,10 +574,10 @@ class HubSync:
             aside = local_path.with_name(f"{local_path.name}.unreadable-{int(self._clock())}")
             os.replace(local_path, aside)
             log.warning("hub.restore_unreadable_local", path=relative, kept_as=aside.name)
-            _write_atomic(local_path, remote)
+            atomic_write(local_path, remote)
             return "replaced"
         if _updated_at(remote_doc) > _updated_at(local_doc):
-            _write_atomic(local_path, remote)
+            atomic_write(local_path, remote)
             return "replaced"
         return "kept_local"
 
@@ -584,12 +585,12 @@ class HubSync:
     def _merge_usage(local_path: Path, remote: bytes) -> str:
         local = _read_or_none(local_path)
         if local is None:
-            _write_atomic(local_path, remote)
+            atomic_write(local_path, remote)
             return "added"
         if local == remote:
             return "unchanged"
         if len(remote) > len(local):
-            _write_atomic(local_path, remote)
+            atomic_write(local_path, remote)
             return "replaced"
         return "kept_local"
 
@@ -817,18 +818,3 @@ def _updated_at(document: dict[str, Any]) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return -math.inf
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory and os.replace: readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise

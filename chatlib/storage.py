@@ -28,7 +28,6 @@ import errno
 import math
 import os
 import re
-import tempfile
 import threading
 import time
 import unicodedata
@@ -47,6 +46,17 @@ from chatlib.errors import (
     ConversationNotFound,
     StorageError,
 )
+from chatlib.files import (
+    TEMP_SUFFIX as _TEMP_SUFFIX,
+)
+from chatlib.files import (
+    Stamp,
+    atomic_write,
+    fsync_directory,
+    json_bytes,
+    stamp_of,
+    write_all,
+)
 from chatlib.messages import ChatMessage
 
 SCHEMA_VERSION = 1
@@ -57,7 +67,6 @@ AUTO_TITLE_CHARS = 60
 _ID_RE = re.compile(r"[0-9a-f]{32}")
 _CONVERSATION_FILE_RE = re.compile(r"([0-9a-f]{32})\.json")
 _INDEX_NAME = "index.jsonl"
-_TEMP_SUFFIX = ".tmp"
 # Bidirectional overrides and the BOM can make a title display as something else.
 _INVISIBLE_CONTROLS = frozenset(
     "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
@@ -76,8 +85,6 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "generation_id": (str,),
 }
 _ANSWER_STATUSES = ("streaming", "complete", "stopped", "interrupted")
-
-Stamp = tuple[int, int, int]  # (inode, size, mtime_ns) of a conversation file
 
 
 class _Log(Protocol):
@@ -340,73 +347,6 @@ def _index_entry(conversation_id: str, record: dict[str, Any]) -> _IndexEntry | 
     return _IndexEntry(conversation_id, file_stamp, summary)
 
 
-def _scrub_surrogates(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
-    if isinstance(value, dict):
-        return {k: _scrub_surrogates(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub_surrogates(v) for v in value]
-    return value
-
-
-def json_bytes(data: Any, option: int = 0) -> bytes:
-    """orjson.dumps that never fails on text: lone surrogates (not UTF-8) become '?'."""
-    try:
-        return orjson.dumps(data, option=option)
-    except orjson.JSONEncodeError:
-        # Lone surrogates (possible in text that came through a browser) are not UTF-8.
-        return orjson.dumps(_scrub_surrogates(data), option=option)
-
-
-def _stamp(st: os.stat_result) -> Stamp:
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename durable; a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> Stamp:
-    """Replace `path` with `data` so readers see the old or the new bytes, never a mix.
-
-    The temporary file lives next to the target (same filesystem) and is removed on any
-    failure, leaving the previous file untouched. Files are created with mode 0600.
-    """
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=_TEMP_SUFFIX, dir=path.parent)
-    try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-            stamp = _stamp(os.fstat(fd))
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(path.parent)
-    return stamp
-
-
 def _save_failed(exc: OSError) -> StorageError:
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         problem = "the disk is full"
@@ -557,7 +497,7 @@ class ConversationStore:
                     "Could not delete the conversation: the server's storage refused it. "
                     "Try again later."
                 ) from exc
-            _fsync_directory(directory)
+            fsync_directory(directory)
             self._append_index(owner_key, state, [_tombstone_line(conversation_id)], live_delta=-1)
         return True
 
@@ -627,8 +567,8 @@ class ConversationStore:
                     summary = replace(entry.summary, id=new_id)
                     carried.append(_IndexEntry(new_id, stamp, summary).to_line())
                 # Otherwise the target's next listing reads the file and indexes it.
-            _fsync_directory(target)
-            _fsync_directory(source)
+            fsync_directory(target)
+            fsync_directory(source)
             # Counts are unknown now; the next listing of either owner recomputes them.
             self._state(to_owner_key).forget()
             self._state(from_owner_key).forget()
@@ -728,7 +668,7 @@ class ConversationStore:
                 match = _CONVERSATION_FILE_RE.fullmatch(entry.name)
                 if match is not None:
                     try:
-                        found[match[1]] = _stamp(entry.stat(follow_symlinks=False))
+                        found[match[1]] = stamp_of(entry.stat(follow_symlinks=False))
                     except FileNotFoundError:
                         continue
                 elif entry.name.startswith(".") and entry.name.endswith(_TEMP_SUFFIX):
@@ -742,7 +682,7 @@ class ConversationStore:
         path = self._owner_dir(owner_key) / f"{conversation_id}.json"
         try:
             with path.open("rb") as file:
-                stamp = _stamp(os.fstat(file.fileno()))
+                stamp = stamp_of(os.fstat(file.fileno()))
                 data = file.read()
         except OSError as exc:
             self._warn_corrupt(owner_key, conversation_id, exc)
@@ -835,7 +775,7 @@ class ConversationStore:
                     if os.read(fd, 1) != b"\n":
                         # A crash tore the last line; never glue a good line onto it.
                         payload = b"\n" + payload
-                _write_all(fd, payload)
+                write_all(fd, payload)
             finally:
                 os.close(fd)
         except OSError as exc:

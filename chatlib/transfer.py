@@ -42,6 +42,7 @@ from typing import Any, NoReturn
 import orjson
 
 from chatlib.errors import ImportRejected, StorageError
+from chatlib.files import atomic_write, json_bytes
 from chatlib.messages import (
     MAX_IDENTIFIER_CHARS,
     AnswerMeta,
@@ -55,10 +56,8 @@ from chatlib.storage import (
     NEW_CHAT_TITLE,
     Conversation,
     ConversationStore,
-    atomic_write,
     auto_title,
     clean_title,
-    json_bytes,
 )
 
 EXPORT_FORMAT = "openrouter-chat"

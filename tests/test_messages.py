@@ -17,9 +17,9 @@ from chatlib.messages import (
     history_from_dicts,
     history_to_dicts,
     strip_last_turn,
-    to_display,
     user_message_index,
 )
+from ui.display import to_display
 
 
 def _turns(n: int) -> tuple[ChatMessage, ...]:

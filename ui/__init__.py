@@ -1,0 +1,1 @@
+"""Gradio wiring: one module per panel. Only this package imports gradio."""
