@@ -6,7 +6,14 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -41,6 +48,13 @@ class ReasoningDelta:
 
 
 @dataclass(frozen=True)
+class FirstToken:
+    """The first text or reasoning arrived; sent once, right before it."""
+
+    ttft_ms: float
+
+
+@dataclass(frozen=True)
 class Usage:
     """Token counts and cost from the final chunk."""
 
@@ -70,7 +84,7 @@ class StreamFailed:
     latency_ms: float
 
 
-StreamEvent = TextDelta | ReasoningDelta | Usage | Finished | StreamFailed
+StreamEvent = TextDelta | ReasoningDelta | FirstToken | Usage | Finished | StreamFailed
 
 
 def _error_body(exc: openai.APIError) -> Mapping[str, Any]:
@@ -99,6 +113,85 @@ def _upstream_message(body: Mapping[str, Any], fallback: str) -> str:
     return redact_secret_shapes(text.strip()[:500])
 
 
+_ErrorRow = tuple[type[errors.UpstreamError], str, str]
+# HTTP status before streaming -> (error class, message template, code). Templates may use
+# {status}, {detail} (the upstream's words), {model}, {why} (moderation reasons) and {hint}
+# (when to retry).
+_STATUS_ERRORS: dict[int, _ErrorRow] = {
+    400: (
+        errors.BadRequest,
+        "OpenRouter rejected the request (400): {detail}. Check the model id '{model}'.",
+        "bad_request",
+    ),
+    401: (
+        errors.AuthenticationFailed,
+        "OpenRouter rejected the API key (401). If you pasted your own key, check it under "
+        "“Your OpenRouter key”; otherwise the operator must fix OPENROUTER_API_KEY.",
+        "invalid_key",
+    ),
+    402: (
+        errors.InsufficientCredits,
+        "The OpenRouter account is out of credits (402). Add credits at "
+        "https://openrouter.ai/settings/credits or choose a free model.",
+        "insufficient_credits",
+    ),
+    403: (
+        errors.ModerationFlagged,
+        "The provider's moderation flagged this message (403){why}. Rephrase it or choose "
+        "another model.",
+        "moderation",
+    ),
+    408: (
+        errors.UpstreamTimeout,
+        "The model took too long to answer (408). Try again or pick another model.",
+        "timeout",
+    ),
+    429: (
+        errors.UpstreamRateLimited,
+        "OpenRouter is rate-limiting this model (429): {detail}.{hint} "
+        "Free (:free) models have tight limits; a paid model avoids them.",
+        "upstream_rate_limited",
+    ),
+}
+_SERVER_ERROR: _ErrorRow = (
+    errors.ProviderUnavailable,
+    "The model's provider is unavailable ({status}): {detail}. Try again shortly or pick "
+    "another model.",
+    "provider_unavailable",
+)
+_OTHER_ERROR: _ErrorRow = (
+    errors.UpstreamError,
+    "OpenRouter returned an error ({status}): {detail}.",
+    "upstream_error",
+)
+
+
+def _moderation_reasons(body: Mapping[str, Any]) -> str:
+    """ ": reason, reason" from a 403's metadata, or "" without any."""
+    metadata = body.get("metadata")
+    reasons = metadata.get("reasons") if isinstance(metadata, Mapping) else None
+    why = ", ".join(str(r) for r in reasons) if isinstance(reasons, list) and reasons else ""
+    why = redact_secret_shapes(why[:500])
+    return f": {why}" if why else ""
+
+
+def _status_error(exc: openai.APIStatusError, *, model: str) -> errors.UpstreamError:
+    """An HTTP error status (before any token) through the table above."""
+    status = exc.status_code
+    body = _error_body(exc)
+    default = _SERVER_ERROR if status >= 500 else _OTHER_ERROR
+    cls, template, code = _STATUS_ERRORS.get(status, default)
+    retry = _retry_after(exc) if status == 429 else None
+    message = template.format(
+        status=status,
+        detail=_upstream_message(body, exc.message),
+        model=model,
+        why=_moderation_reasons(body) if status == 403 else "",
+        hint=f" Retry in {retry:.0f} s." if retry is not None else " Wait a moment and retry.",
+    )
+    return cls(message, status=status, code=code, retry_after=retry)
+
+
 def map_api_error(exc: openai.APIError, *, model: str, started: bool) -> errors.UpstreamError:
     """Turn an SDK exception into our error hierarchy with an actionable message."""
     if isinstance(exc, openai.APITimeoutError):
@@ -116,75 +209,16 @@ def map_api_error(exc: openai.APIError, *, model: str, started: bool) -> errors.
             + (" mid-answer; the text so far is kept." if started else ". Try again."),
             code="connection_error",
         )
+    if isinstance(exc, openai.APIStatusError):
+        return _status_error(exc, model=model)
+    # An error chunk inside a 200 stream: the provider failed after starting.
     body = _error_body(exc)
-    if not isinstance(exc, openai.APIStatusError):
-        # An error chunk inside a 200 stream: the provider failed after starting.
-        detail = _upstream_message(body, "the provider reported an error")
-        code = body.get("code")
-        return errors.StreamInterrupted(
-            f"The answer was interrupted: {detail}. The text so far is kept; retry to try again.",
-            status=code if isinstance(code, int) else None,
-            code="midstream_error",
-        )
-    status = exc.status_code
-    detail = _upstream_message(body, exc.message)
-    metadata = body.get("metadata") if isinstance(body.get("metadata"), Mapping) else {}
-    if status == 400:
-        return errors.BadRequest(
-            f"OpenRouter rejected the request (400): {detail}. Check the model id '{model}'.",
-            status=400,
-            code="bad_request",
-        )
-    if status == 401:
-        return errors.AuthenticationFailed(
-            "OpenRouter rejected the API key (401). If you pasted your own key, check it under "
-            "“Your OpenRouter key”; otherwise the operator must fix OPENROUTER_API_KEY.",
-            status=401,
-            code="invalid_key",
-        )
-    if status == 402:
-        return errors.InsufficientCredits(
-            "The OpenRouter account is out of credits (402). Add credits at "
-            "https://openrouter.ai/settings/credits or choose a free model.",
-            status=402,
-            code="insufficient_credits",
-        )
-    if status == 403:
-        reasons = metadata.get("reasons") if isinstance(metadata, Mapping) else None
-        why = ", ".join(str(r) for r in reasons) if isinstance(reasons, list) and reasons else ""
-        why = redact_secret_shapes(why[:500])
-        return errors.ModerationFlagged(
-            "The provider's moderation flagged this message (403)"
-            + (f": {why}" if why else "")
-            + ". Rephrase it or choose another model.",
-            status=403,
-            code="moderation",
-        )
-    if status == 408:
-        return errors.UpstreamTimeout(
-            "The model took too long to answer (408). Try again or pick another model.",
-            status=408,
-            code="timeout",
-        )
-    if status == 429:
-        retry = _retry_after(exc)
-        hint = f" Retry in {retry:.0f} s." if retry is not None else " Wait a moment and retry."
-        return errors.UpstreamRateLimited(
-            f"OpenRouter is rate-limiting this model (429): {detail}.{hint} "
-            "Free (:free) models have tight limits; a paid model avoids them.",
-            status=429,
-            code="upstream_rate_limited",
-            retry_after=retry,
-        )
-    if status in (502, 503) or status >= 500:
-        return errors.ProviderUnavailable(
-            f"The model's provider is unavailable ({status}): {detail}. Try again shortly or "
-            "pick another model.",
-            status=status,
-            code="provider_unavailable",
-        )
-    return errors.UpstreamError(
-        f"OpenRouter returned an error ({status}): {detail}.", status=status, code="upstream_error"
+    detail = _upstream_message(body, "the provider reported an error")
+    code = body.get("code")
+    return errors.StreamInterrupted(
+        f"The answer was interrupted: {detail}. The text so far is kept; retry to try again.",
+        status=code if isinstance(code, int) else None,
+        code="midstream_error",
     )
 
 
@@ -407,6 +441,164 @@ def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+class _SseLines:
+    """Body reads in, complete SSE lines out (without their line ends).
+
+    A line spread over many reads is joined once, when its end arrives (a huge token costs
+    one copy, not one per read); `finish` returns a last line the body did not end.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[bytes] = []  # the bytes of a line not complete yet
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The lines `data` completes (none while a long line is still arriving)."""
+        self._pending.append(data)
+        if b"\n" not in data:
+            return []
+        *lines, rest = b"".join(self._pending).split(b"\n")
+        self._pending = [rest] if rest else []
+        return lines
+
+    def finish(self) -> list[bytes]:
+        """The body's last line if it had no line end, else nothing."""
+        return self.feed(b"\n") if self._pending else []
+
+
+class _Events:
+    """Builds the typed events of one answer from parsed batches, and keeps its timings."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._started_at = clock()
+        self._first_token_at: float | None = None
+        self.generation_id: str | None = None
+        self.finish_reason: str | None = None
+        self.ended = False  # `[DONE]` came
+
+    @property
+    def has_content(self) -> bool:
+        """True once text or reasoning has arrived."""
+        return self._first_token_at is not None
+
+    def _ms_since_start(self, at: float) -> float:
+        return (at - self._started_at) * 1000
+
+    def _ttft_ms(self) -> float | None:
+        at = self._first_token_at
+        return None if at is None else self._ms_since_start(at)
+
+    def from_batch(self, batch: _ChunkBatch) -> Iterator[StreamEvent]:
+        """The events one read carried; then raises the error that ended it, if any."""
+        self.generation_id = self.generation_id or batch.generation_id
+        self.finish_reason = batch.finish_reason or self.finish_reason
+        if (batch.text or batch.reasoning) and self._first_token_at is None:
+            self._first_token_at = self._clock()
+            yield FirstToken(self._ms_since_start(self._first_token_at))
+        if batch.reasoning:
+            yield ReasoningDelta("".join(batch.reasoning))
+        if batch.text:
+            yield TextDelta("".join(batch.text))
+        if batch.usage is not None:
+            yield _usage_event(batch.usage)
+        if batch.error is not None:
+            raise batch.error
+        if batch.broken is not None:
+            raise batch.broken
+        if batch.done:
+            self.ended = True
+
+    def finished(self) -> Finished:
+        """The closing event of a complete answer; _Truncated if it may be cut short."""
+        if not self.ended and self.finish_reason is None:
+            # The body ended cleanly but the answer did not: neither `[DONE]` nor a finish
+            # reason came, so the text may be cut short.
+            raise _Truncated
+        return Finished(
+            finish_reason=self.finish_reason,
+            generation_id=self.generation_id,
+            ttft_ms=self._ttft_ms(),
+            latency_ms=self._ms_since_start(self._clock()),
+        )
+
+    def failed(self, error: errors.UpstreamError) -> StreamFailed:
+        """The closing event of an answer that failed (its text so far stays valid)."""
+        return StreamFailed(
+            error=error,
+            generation_id=self.generation_id,
+            ttft_ms=self._ttft_ms(),
+            latency_ms=self._ms_since_start(self._clock()),
+        )
+
+
+async def _body_events(
+    reads: AsyncIterator[bytes],
+    events: _Events,
+    *,
+    idle_timeout: float,
+    pace: Callable[[], Awaitable[None]] | None,
+) -> AsyncGenerator[StreamEvent]:
+    """Read the SSE body to its end: its events, then Finished; raises what broke it."""
+    lines = _SseLines()
+    drained = just_paced = False
+    while True:
+        if pace is not None and events.has_content and drained and not just_paced:
+            await pace()
+            just_paced = True
+        else:
+            just_paced = False
+        try:
+            async with asyncio.timeout(idle_timeout):
+                data, drained = await _read(reads)
+        except StopAsyncIteration:
+            complete, at_end = lines.finish(), True
+        else:
+            complete, at_end = lines.feed(data), False
+        if complete:
+            for event in events.from_batch(_parse_lines(complete)):
+                yield event
+            if events.ended:
+                await _drain(reads, timeout=min(idle_timeout, _DRAIN_TIMEOUT_S))
+                break
+        if at_end:
+            break
+    yield events.finished()
+
+
+def _stream_error(exc: Exception, *, idle_timeout: float) -> errors.UpstreamError:
+    """What broke a stream after it started, as the error shown with the text so far."""
+    if isinstance(exc, TimeoutError):
+        return errors.StreamStalled(
+            f"The answer stalled: nothing arrived for {idle_timeout:g} s. The text so far "
+            "is kept; retry to try again.",
+            code="stalled",
+        )
+    if isinstance(exc, _MidStreamError):
+        return errors.StreamInterrupted(
+            f"The answer was interrupted: {exc.detail}. The text so far is kept; retry to "
+            "try again.",
+            status=exc.status,
+            code="midstream_error",
+        )
+    if isinstance(exc, (_Truncated, *_CONNECTION_ERRORS)):
+        return errors.StreamInterrupted(
+            "The connection to OpenRouter was lost mid-answer; the text so far is kept.",
+            code="connection_error",
+        )
+    if isinstance(exc, ValueError):  # invalid SSE or non-UTF-8 bytes from upstream
+        return errors.StreamInterrupted(
+            f"OpenRouter sent a malformed stream ({type(exc).__name__}). The text so far is "
+            "kept; retry to try again.",
+            code="malformed_stream",
+        )
+    log.error("chat.stream_error", error=type(exc).__name__)  # no traceback: it may hold text
+    return errors.StreamInterrupted(
+        "Something went wrong while reading the answer. The text so far is kept; "
+        "retry to try again.",
+        code="unexpected_error",
+    )
+
+
 async def stream_chat(
     client: AsyncOpenAI,
     *,
@@ -420,29 +612,15 @@ async def stream_chat(
 ) -> AsyncIterator[StreamEvent]:
     """Stream one answer as typed events; always ends with Finished or StreamFailed.
 
-    The SDK sends the request (auth, headers, timeouts, retries, HTTP error mapping); the SSE
-    body is parsed here with orjson, one batch per network read. Building an SDK model per
-    token cost ~200 us each, 40 % of the app's CPU while streaming. Once text has arrived,
-    `pace` (if given) is awaited whenever everything buffered has been read, so a slow stream
-    is read in bursts (about one per frame) instead of one wake-up per token. Closing this generator
+    FirstToken comes once, right before the first text or reasoning. The SDK sends the
+    request (auth, headers, timeouts, retries, HTTP error mapping); the SSE body is parsed
+    here with orjson, one batch per network read. Building an SDK model per token cost
+    ~200 us each, 40 % of the app's CPU while streaming. Once text has arrived, `pace` (if
+    given) is awaited whenever everything buffered has been read, so a slow stream is read in
+    bursts (about one per frame) instead of one wake-up per token. Closing this generator
     (e.g. the user pressed Stop) closes the upstream connection.
     """
-    started_at = clock()
-    first_token_at: float | None = None
-    generation_id: str | None = None
-    finish_reason: str | None = None
-
-    def elapsed_ms(at: float | None) -> float | None:
-        return None if at is None else (at - started_at) * 1000
-
-    def failed(error: errors.UpstreamError) -> StreamFailed:
-        return StreamFailed(
-            error=error,
-            generation_id=generation_id,
-            ttft_ms=elapsed_ms(first_token_at),
-            latency_ms=(clock() - started_at) * 1000,
-        )
-
+    events = _Events(clock)
     request = client.chat.completions.with_streaming_response.create(
         model=model,
         messages=cast("list[ChatCompletionMessageParam]", messages),
@@ -454,10 +632,10 @@ async def stream_chat(
         async with asyncio.timeout(idle_timeout):
             response = await request.__aenter__()
     except openai.APIError as exc:
-        yield failed(map_api_error(exc, model=model, started=False))
+        yield events.failed(map_api_error(exc, model=model, started=False))
         return
     except TimeoutError:
-        yield failed(
+        yield events.failed(
             errors.UpstreamTimeout(
                 f"OpenRouter sent nothing for {idle_timeout:g} s. Try again or pick another model.",
                 status=408,
@@ -465,103 +643,15 @@ async def stream_chat(
             )
         )
         return
-
-    generation_id = response.headers.get("x-generation-id") or None
-    reads = response.iter_bytes().__aiter__()
-    pending: list[bytes] = []  # bytes of a line not complete yet
-    drained = just_paced = ended = at_end = False
+    events.generation_id = response.headers.get("x-generation-id") or None
+    body = _body_events(
+        response.iter_bytes().__aiter__(), events, idle_timeout=idle_timeout, pace=pace
+    )
     try:
-        while True:
-            if pace is not None and first_token_at is not None and drained and not just_paced:
-                await pace()
-                just_paced = True
-            else:
-                just_paced = False
-            try:
-                async with asyncio.timeout(idle_timeout):
-                    data, drained = await _read(reads)
-            except StopAsyncIteration:
-                if not pending:
-                    break
-                data, at_end = b"\n", True  # the body's last line had no line end
-            if b"\n" not in data:  # a long line in many reads: join it once, at its end
-                pending.append(data)
-                continue
-            pending.append(data)
-            *lines, rest = b"".join(pending).split(b"\n")
-            pending = [rest] if rest else []
-            batch = _parse_lines(lines)
-            generation_id = generation_id or batch.generation_id
-            finish_reason = batch.finish_reason or finish_reason
-            if (batch.text or batch.reasoning) and first_token_at is None:
-                first_token_at = clock()
-            if batch.reasoning:
-                yield ReasoningDelta("".join(batch.reasoning))
-            if batch.text:
-                yield TextDelta("".join(batch.text))
-            if batch.usage is not None:
-                yield _usage_event(batch.usage)
-            if batch.error is not None:
-                raise batch.error
-            if batch.broken is not None:
-                raise batch.broken
-            if batch.done:
-                ended = True
-                await _drain(reads, timeout=min(idle_timeout, _DRAIN_TIMEOUT_S))
-                break
-            if at_end:
-                break
-        if not ended and finish_reason is None:
-            # The body ended cleanly but the answer did not: neither `[DONE]` nor a finish
-            # reason came, so the text may be cut short.
-            raise _Truncated
-        yield Finished(
-            finish_reason=finish_reason,
-            generation_id=generation_id,
-            ttft_ms=elapsed_ms(first_token_at),
-            latency_ms=(clock() - started_at) * 1000,
-        )
-    except TimeoutError:
-        yield failed(
-            errors.StreamStalled(
-                f"The answer stalled: nothing arrived for {idle_timeout:g} s. The text so far "
-                "is kept; retry to try again.",
-                code="stalled",
-            )
-        )
-    except _MidStreamError as exc:
-        yield failed(
-            errors.StreamInterrupted(
-                f"The answer was interrupted: {exc.detail}. The text so far is kept; retry to "
-                "try again.",
-                status=exc.status,
-                code="midstream_error",
-            )
-        )
-    except (_Truncated, *_CONNECTION_ERRORS):
-        yield failed(
-            errors.StreamInterrupted(
-                "The connection to OpenRouter was lost mid-answer; the text so far is kept.",
-                code="connection_error",
-            )
-        )
-    except ValueError as exc:
-        # Invalid SSE or non-UTF-8 bytes from upstream.
-        yield failed(
-            errors.StreamInterrupted(
-                f"OpenRouter sent a malformed stream ({type(exc).__name__}). The text so far is "
-                "kept; retry to try again.",
-                code="malformed_stream",
-            )
-        )
+        async with contextlib.aclosing(body):
+            async for event in body:
+                yield event
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the text so far is kept
-        log.error("chat.stream_error", error=type(exc).__name__)  # no traceback: it may hold text
-        yield failed(
-            errors.StreamInterrupted(
-                "Something went wrong while reading the answer. The text so far is kept; "
-                "retry to try again.",
-                code="unexpected_error",
-            )
-        )
+        yield events.failed(_stream_error(exc, idle_timeout=idle_timeout))
     finally:
         await request.__aexit__(None, None, None)

@@ -16,6 +16,7 @@ from chatlib import client as client_module
 from chatlib import errors
 from chatlib.client import (
     Finished,
+    FirstToken,
     ReasoningDelta,
     StreamEvent,
     StreamFailed,
@@ -81,6 +82,23 @@ async def test_stream_yields_text_usage_and_finish(fake: FakeOpenRouter) -> None
     assert finished.finish_reason == "stop"
     assert finished.generation_id and finished.generation_id.startswith("gen-")
     assert finished.ttft_ms is not None and finished.ttft_ms >= 500  # keep-alives were skipped
+
+
+async def test_the_first_token_is_announced_once_with_its_wait(fake: FakeOpenRouter) -> None:
+    events = await _collect(fake, "think first [[reasoning=2]] [[tokens=4]] [[delay=0.3]]")
+    firsts = [i for i, e in enumerate(events) if isinstance(e, FirstToken)]
+    assert len(firsts) == 1
+    first = events[firsts[0]]
+    assert isinstance(first, FirstToken) and first.ttft_ms >= 300
+    assert isinstance(events[firsts[0] + 1], ReasoningDelta | TextDelta)
+    assert not any(isinstance(e, TextDelta | ReasoningDelta) for e in events[: firsts[0]])
+    finished = events[-1]
+    assert isinstance(finished, Finished) and finished.ttft_ms == first.ttft_ms
+
+
+async def test_a_refusal_before_any_token_announces_no_first_token(fake: FakeOpenRouter) -> None:
+    events = await _collect(fake, "hi [[error=402]]")
+    assert not any(isinstance(e, FirstToken) for e in events)
 
 
 async def test_reasoning_arrives_as_its_own_events(fake: FakeOpenRouter) -> None:
