@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,13 +129,20 @@ def parse_catalog(payload: bytes) -> tuple[ModelInfo, ...]:
 
 
 def http_catalog_fetcher(
-    base_url: str, timeout: float, *, max_bytes: int = MAX_CATALOG_BYTES
+    base_url: str,
+    timeout: float,
+    *,
+    max_bytes: int = MAX_CATALOG_BYTES,
+    headers: Mapping[str, str] | None = None,
 ) -> Callable[[], Awaitable[bytes]]:
-    """A fetch function for ModelCatalog that GETs `{base_url}/models` with a size cap."""
+    """A fetch function for ModelCatalog that GETs `{base_url}/models` with a size cap.
+
+    `headers` go with every fetch (the app's attribution: `client.attribution_headers`).
+    """
 
     async def fetch() -> bytes:
         async with (
-            httpx.AsyncClient(timeout=timeout) as http,
+            httpx.AsyncClient(timeout=timeout, headers=headers) as http,
             http.stream("GET", f"{base_url}/models") as response,
         ):
             response.raise_for_status()

@@ -222,6 +222,18 @@ def map_api_error(exc: openai.APIError, *, model: str, started: bool) -> errors.
     )
 
 
+def attribution_headers(settings: Settings) -> dict[str, str]:
+    """Headers that attribute this app's requests to it on OpenRouter (its rankings and logs).
+
+    The title goes under both names OpenRouter reads (`X-Title` is the older one); the
+    Referer only when the app has a public URL (PUBLIC_URL, or the Space's own).
+    """
+    headers = {"X-OpenRouter-Title": settings.app_title, "X-Title": settings.app_title}
+    if settings.public_url:
+        headers["HTTP-Referer"] = settings.public_url
+    return headers
+
+
 class _OpenRouterClient(AsyncOpenAI):
     """The SDK client, minus silent retries of 429.
 
@@ -262,9 +274,6 @@ class ClientPool:
 
     def _new_client(self, api_key: str) -> AsyncOpenAI:
         s = self._settings
-        headers = {"X-OpenRouter-Title": s.app_title, "X-Title": s.app_title}
-        if s.app_url:
-            headers["HTTP-Referer"] = s.app_url
         return _OpenRouterClient(
             base_url=s.openrouter_base_url,
             api_key=api_key,
@@ -274,7 +283,7 @@ class ClientPool:
                 pool=s.connect_timeout_seconds,
             ),
             max_retries=s.openrouter_max_retries,
-            default_headers=headers,
+            default_headers=attribution_headers(s),
             http_client=self._http_client(),
         )
 

@@ -15,7 +15,6 @@ from chatlib.errors import ConfigError
 
 TEMPERATURE_SLIDER_MAX = 1.2
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_ROTATION_WHEN = ("S", "M", "H", "D", "MIDNIGHT", "W0", "W1", "W2", "W3", "W4", "W5", "W6")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -54,8 +53,8 @@ def _http_url(raw: str) -> str:
     return value
 
 
-def _optional_url(raw: str) -> str | None:
-    return _http_url(raw) if raw.strip() else None
+def _optional_url(raw: str) -> str:
+    return _http_url(raw) if raw.strip() else ""
 
 
 def _bool(raw: str) -> bool:
@@ -108,6 +107,10 @@ def _host(raw: str) -> str:
     if not value or any(c.isspace() or c in "/?#" for c in value):
         raise ValueError("must be a host name or IP address")
     return value
+
+
+def _optional_host(raw: str) -> str:
+    return _host(raw) if raw.strip() else ""
 
 
 def _proxies(raw: str) -> str:
@@ -166,14 +169,6 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("LOG_JSON", "true", _bool, "true: one JSON object per log line; false: console."),
     EnvVar("LOG_PATH", "logs/app.log", _path, "Log file (rotated); its directory is created."),
     EnvVar(
-        "LOG_ROTATION_WHEN",
-        "midnight",
-        _choice(_ROTATION_WHEN),
-        "When the log file rotates (S, M, H, D, midnight, W0-W6).",
-    ),
-    EnvVar("LOG_ROTATION_INTERVAL", "1", _integer(1, 1440), "Rotation interval, 1-1440 units."),
-    EnvVar("LOG_BACKUP_COUNT", "7", _integer(0, 1000), "Rotated log files kept."),
-    EnvVar(
         "REQUEST_TIMEOUT_SECONDS",
         "60",
         _number(1, 3600),
@@ -208,19 +203,6 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "10",
         _number(0.1, 600),
         "Timeout for fetching the model catalog; on failure a built-in list is used.",
-    ),
-    EnvVar(
-        "UI_FRAME_INTERVAL_MS",
-        "30",
-        _integer(5, 5000),
-        "Shortest time between two screen updates of one streaming answer.",
-    ),
-    EnvVar(
-        "UI_UPDATES_PER_SECOND",
-        "100",
-        _integer(10, 100_000),
-        "Budget of screen updates per second for all streams together; the frame "
-        "interval stretches as more people stream at once.",
     ),
     EnvVar(
         "MAX_CONCURRENT_STREAMS",
@@ -317,7 +299,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar("SHARE", "false", _bool, "Also open a public gradio.live share link."),
     EnvVar("SPACE_ID", "", _text, "Set by Hugging Face Spaces (owner/name); do not set it."),
-    EnvVar("SPACE_HOST", "", _text, "Set by Hugging Face Spaces; do not set it."),
+    EnvVar(
+        "SPACE_HOST",
+        "",
+        _optional_host,
+        "Set by Hugging Face Spaces (the Space's own host name); do not set it.",
+    ),
     EnvVar(
         "OAUTH_CLIENT_ID",
         "",
@@ -330,7 +317,13 @@ ENV_VARS: tuple[EnvVar, ...] = (
         _text,
         "Page title; also sent to OpenRouter as X-OpenRouter-Title.",
     ),
-    EnvVar("APP_URL", "", _optional_url, "Public URL of this app, sent as HTTP-Referer."),
+    EnvVar(
+        "PUBLIC_URL",
+        "",
+        _optional_url,
+        "Public URL of this app, sent to OpenRouter as HTTP-Referer (app attribution). "
+        "On a Space it defaults to https://$SPACE_HOST; APP_URL, its older name, is still read.",
+    ),
 )
 
 
@@ -349,17 +342,12 @@ class Settings:
     log_level: str = "INFO"
     log_json: bool = True
     log_path: Path = Path("logs/app.log")
-    log_rotation_when: str = "MIDNIGHT"
-    log_rotation_interval: int = 1
-    log_backup_count: int = 7
     request_timeout_seconds: float = 60.0
     connect_timeout_seconds: float = 10.0
     stream_idle_timeout_seconds: float = 60.0
     openrouter_max_retries: int = 1
     catalog_refresh_seconds: float = 3600.0
     catalog_timeout_seconds: float = 10.0
-    ui_frame_interval_ms: int = 30
-    ui_updates_per_second: int = 100
     max_concurrent_streams: int = 600
     data_dir: Path = Path(".data")
     browser_state_secret: str | None = dataclasses.field(default=None, repr=False)
@@ -380,7 +368,7 @@ class Settings:
     space_host: str = ""
     oauth_client_id: str = ""
     app_title: str = "OpenRouter Chat"
-    app_url: str | None = None
+    public_url: str = ""
 
     @property
     def slider_temperature(self) -> float:
@@ -426,6 +414,8 @@ class Settings:
         if env_file is not None and env_file.is_file():
             merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
         merged.update(environ)
+        if "PUBLIC_URL" not in merged and "APP_URL" in merged:
+            merged["PUBLIC_URL"] = merged["APP_URL"]  # the older name of the same setting
         values: dict[str, Any] = {}
         problems: list[str] = []
         for var in ENV_VARS:
@@ -437,4 +427,6 @@ class Settings:
                 problems.append(f"{var.name} {exc}, got {shown}")
         if problems:
             raise ConfigError(problems)
+        if not values["public_url"] and values["space_id"] and values["space_host"]:
+            values["public_url"] = f"https://{values['space_host']}"
         return cls(**values)

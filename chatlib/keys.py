@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,11 +67,17 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-async def check_key(base_url: str, key: str, *, timeout: float) -> KeyStatus:
-    """Ask OpenRouter about `key`; raise AuthenticationFailed or UpstreamError on failure."""
+async def check_key(
+    base_url: str, key: str, *, timeout: float, headers: Mapping[str, str] | None = None
+) -> KeyStatus:
+    """Ask OpenRouter about `key`; raise AuthenticationFailed or UpstreamError on failure.
+
+    `headers` are sent too (the app's attribution: `client.attribution_headers`).
+    """
+    sent = {**(headers or {}), "Authorization": f"Bearer {key}"}
     try:
         async with httpx.AsyncClient(timeout=timeout) as http:
-            response = await http.get(f"{base_url}/key", headers={"Authorization": f"Bearer {key}"})
+            response = await http.get(f"{base_url}/key", headers=sent)
     except httpx.HTTPError:
         raise errors.ProviderUnavailable(
             "Could not reach OpenRouter to check the key. Try again in a moment.",

@@ -24,6 +24,11 @@ _SECRET_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9_\-\.=]{6,}"),
 )
 REDACTED = "[REDACTED]"
+# The log file rotates at UTC midnight and a week of days is kept. A Space's disk is wiped on
+# restart anyway, so this only bounds the disk a long-running server uses.
+LOG_ROTATION_WHEN = "MIDNIGHT"
+LOG_ROTATION_INTERVAL = 1
+LOG_BACKUP_COUNT = 7
 _NOISY_LOGGERS = (
     "httpx",
     "httpx2",
@@ -113,9 +118,9 @@ def configure_logging(
     settings.log_path.parent.mkdir(parents=True, exist_ok=True)
     file_handler = logging.handlers.TimedRotatingFileHandler(
         settings.log_path,
-        when=settings.log_rotation_when,
-        interval=settings.log_rotation_interval,
-        backupCount=settings.log_backup_count,
+        when=LOG_ROTATION_WHEN,
+        interval=LOG_ROTATION_INTERVAL,
+        backupCount=LOG_BACKUP_COUNT,
         encoding="utf-8",
         utc=True,
     )

@@ -14,7 +14,9 @@ from openai import AsyncOpenAI
 
 from chatlib import client as client_module
 from chatlib import errors
+from chatlib.catalog import http_catalog_fetcher
 from chatlib.client import (
+    ClientPool,
     Finished,
     FirstToken,
     ReasoningDelta,
@@ -22,9 +24,11 @@ from chatlib.client import (
     StreamFailed,
     TextDelta,
     Usage,
+    attribution_headers,
     map_api_error,
     stream_chat,
 )
+from chatlib.config import Settings
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 
 
@@ -99,6 +103,45 @@ async def test_the_first_token_is_announced_once_with_its_wait(fake: FakeOpenRou
 async def test_a_refusal_before_any_token_announces_no_first_token(fake: FakeOpenRouter) -> None:
     events = await _collect(fake, "hi [[error=402]]")
     assert not any(isinstance(e, FirstToken) for e in events)
+
+
+def _space_settings(fake: FakeOpenRouter, **extra: str) -> Settings:
+    space = {"SPACE_ID": "alice/chat", "SPACE_HOST": "alice-chat.hf.space"}
+    return Settings.from_env(
+        {**space, "OPENROUTER_BASE_URL": fake.base_url, **extra}, env_file=None
+    )
+
+
+async def test_on_a_space_openrouter_sees_which_app_is_asking(fake: FakeOpenRouter) -> None:
+    settings = _space_settings(fake, APP_TITLE="Alice's Chat")
+    pool = ClientPool(settings)
+    try:
+        events = await _stream(pool.get("sk-or-v1-unit"), "hello [[tokens=3]]")
+    finally:
+        await pool.aclose()
+    assert isinstance(events[-1], Finished)
+    sent = fake.chat_requests()[-1].headers
+    assert sent["http-referer"] == "https://alice-chat.hf.space"
+    assert sent["x-title"] == sent["x-openrouter-title"] == "Alice's Chat"
+
+
+async def test_the_catalog_fetch_names_the_app_too(fake: FakeOpenRouter) -> None:
+    settings = _space_settings(fake, PUBLIC_URL="https://chat.example.org")
+    fetch = http_catalog_fetcher(fake.base_url, 5, headers=attribution_headers(settings))
+    assert await fetch()
+    sent = fake.catalog_requests[-1].headers
+    assert sent["http-referer"] == "https://chat.example.org"
+    assert sent["x-title"] == "OpenRouter Chat"
+
+
+async def test_without_a_public_url_no_referer_is_sent(fake: FakeOpenRouter) -> None:
+    pool = ClientPool(Settings(openrouter_base_url=fake.base_url))
+    try:
+        await _stream(pool.get("sk-or-v1-unit"), "hello [[tokens=2]]")
+    finally:
+        await pool.aclose()
+    sent = fake.chat_requests()[-1].headers
+    assert "http-referer" not in sent and sent["x-title"] == "OpenRouter Chat"
 
 
 async def test_reasoning_arrives_as_its_own_events(fake: FakeOpenRouter) -> None:

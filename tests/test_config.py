@@ -37,9 +37,29 @@ def test_every_invalid_variable_is_named_in_one_error() -> None:
     assert len(caught.value.problems) == 4
 
 
-def test_rotation_interval_is_bounded() -> None:
-    with pytest.raises(ConfigError, match="LOG_ROTATION_INTERVAL"):
-        Settings.from_env({"LOG_ROTATION_INTERVAL": "1441"}, env_file=None)
+def test_limits_are_bounded() -> None:
+    with pytest.raises(ConfigError, match="MAX_HISTORY_MESSAGES"):
+        Settings.from_env({"MAX_HISTORY_MESSAGES": "10001"}, env_file=None)
+
+
+def test_the_defaults_in_code_are_the_defaults_of_an_empty_environment() -> None:
+    assert Settings() == Settings.from_env({}, env_file=None)
+
+
+def test_on_a_space_the_public_url_is_the_space_s_own() -> None:
+    space = {"SPACE_ID": "alice/chat", "SPACE_HOST": "alice-chat.hf.space"}
+    assert Settings.from_env(space, env_file=None).public_url == "https://alice-chat.hf.space"
+    chosen = Settings.from_env({**space, "PUBLIC_URL": "https://chat.example.org/"}, env_file=None)
+    assert chosen.public_url == "https://chat.example.org"
+
+
+def test_off_a_space_there_is_no_public_url_unless_one_is_set() -> None:
+    assert Settings.from_env({"SPACE_HOST": "stray.hf.space"}, env_file=None).public_url == ""
+    assert Settings.from_env({}, env_file=None).public_url == ""
+    older_name = Settings.from_env({"APP_URL": "https://chat.example.org"}, env_file=None)
+    assert older_name.public_url == "https://chat.example.org"
+    with pytest.raises(ConfigError, match="PUBLIC_URL must be an http"):
+        Settings.from_env({"PUBLIC_URL": "chat.example.org"}, env_file=None)
 
 
 def test_secret_values_are_never_echoed_in_errors() -> None:

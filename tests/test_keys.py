@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from chatlib import errors
+from chatlib.client import attribution_headers
+from chatlib.config import Settings
 from chatlib.keys import check_key, clean_key, mask_key
 from tests.fakes.openrouter import FakeOpenRouter
 
@@ -13,6 +15,16 @@ async def test_a_good_key_shows_remaining_credit(fake: FakeOpenRouter) -> None:
     status = await check_key(fake.base_url, "sk-or-v1-visitor-123456789", timeout=5)
     assert status.describe() == "Key accepted: $7.50 of $10.00 credit left."
     assert fake.requests[-1].headers["authorization"] == "Bearer sk-or-v1-visitor-123456789"
+
+
+async def test_checking_a_key_on_a_space_names_the_app(fake: FakeOpenRouter) -> None:
+    space = {"SPACE_ID": "alice/chat", "SPACE_HOST": "alice-chat.hf.space"}
+    headers = attribution_headers(Settings.from_env(space, env_file=None))
+    await check_key(fake.base_url, "sk-or-v1-visitor-123456789", timeout=5, headers=headers)
+    sent = fake.requests[-1].headers
+    assert sent["http-referer"] == "https://alice-chat.hf.space"
+    assert sent["x-title"] == "OpenRouter Chat"
+    assert sent["authorization"] == "Bearer sk-or-v1-visitor-123456789"
 
 
 async def test_a_free_tier_key_says_so(fake: FakeOpenRouter) -> None:
