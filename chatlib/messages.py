@@ -6,12 +6,22 @@ import math
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal, NoReturn, get_args
 
 from chatlib.errors import InputError
 
 Role = Literal["user", "assistant", "system"]
 AnswerStatus = Literal["streaming", "complete", "stopped", "interrupted"]
+# The one list of each: stored files, imports and the API history are checked against these.
+ROLES: Final[tuple[Role, ...]] = get_args(Role)
+ANSWER_STATUSES: Final[tuple[AnswerStatus, ...]] = get_args(AnswerStatus)
+MAX_IDENTIFIER_CHARS = 200  # model and generation ids
+MAX_ERROR_CHARS = 2000  # an answer's error text, in imported files
+LATEST_TIME = 32_503_680_000.0  # year 3000: later timestamps are mistakes, not dates
+_TIME_RULE = "Unix seconds between 1970 and 3000"
+_MAX_TOKENS = 10**12
+_MAX_COST_USD = 1_000_000.0
+_MAX_MS = 1e9
 
 
 @dataclass(frozen=True)
@@ -43,12 +53,6 @@ class AnswerMeta:
         """A JSON-ready dict (used by the UI state and, later, storage)."""
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AnswerMeta:
-        """Inverse of `to_dict`; unknown keys are ignored."""
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
 
 @dataclass(frozen=True)
 class ChatMessage:
@@ -72,23 +76,9 @@ class ChatMessage:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ChatMessage:
-        """Inverse of `to_dict`."""
-        role = data.get("role")
-        if role not in ("user", "assistant", "system"):
-            raise ValueError(f"role must be user, assistant or system, got {role!r}")
-        content = data.get("content", "")
-        if not isinstance(content, str):
-            raise ValueError("content must be a string")
-        meta = data.get("meta")
-        created_at = data.get("created_at")
-        return cls(
-            role=role,
-            content=content,
-            reasoning=str(data.get("reasoning") or ""),
-            meta=AnswerMeta.from_dict(meta) if isinstance(meta, dict) else None,
-            created_at=float(created_at) if isinstance(created_at, int | float) else None,
-        )
+    def from_dict(cls, data: object) -> ChatMessage:
+        """Inverse of `to_dict`; SchemaError (a ValueError) names what is wrong."""
+        return parse_message(data)
 
 
 History = tuple[ChatMessage, ...]
@@ -112,12 +102,7 @@ def history_from_dicts(
         total = sum(len(item.get("content") or "") for item in items if isinstance(item, dict))
         if total > max_chars:
             raise ValueError(f"at most {max_chars:,} characters in all, got {total:,}")
-    return tuple(ChatMessage.from_dict(item) for item in items)
-
-
-def history_to_dicts(history: Sequence[ChatMessage]) -> list[dict[str, Any]]:
-    """Serialize a history for the UI state."""
-    return [message.to_dict() for message in history]
+    return tuple(parse_message(item) for item in items)
 
 
 def clean_text(text: str) -> str:
@@ -153,9 +138,6 @@ def check_system_prompt(text: str, max_chars: int) -> str:
             f"{max_chars:,}. Shorten it and send again."
         )
     return cleaned
-
-
-MAX_IDENTIFIER_CHARS = 200  # model and generation ids
 
 
 def has_space_or_control(text: str) -> bool:
@@ -269,3 +251,188 @@ def format_answer_footer(meta: AnswerMeta) -> str:
     elif meta.status == "interrupted":
         parts.append("interrupted")
     return " · ".join(parts)
+
+
+# -- the one reader of messages: stored files and imports (strict) and the API's history ------
+
+
+class SchemaError(ValueError):
+    """A document breaks the conversation schema; `reason` names the element, field and rule."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImportLimits:
+    """The parser's strict mode, for files from outside: sizes and ranges are checked too."""
+
+    max_messages: int = 10_000
+    max_message_chars: int = 1_000_000
+
+
+def reject(reason: str) -> NoReturn:
+    """Refuse a document: `reason` names the element, the field and the rule."""
+    raise SchemaError(reason)
+
+
+def describe(value: object) -> str:
+    """The JSON type of `value`, as a phrase."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def show(value: object) -> str:
+    """A short, safe rendering of a value from a document for a rejection message."""
+    if isinstance(value, str):
+        text = value if len(value) <= 40 else value[:39] + "…"
+        return repr(text)
+    return describe(value)
+
+
+def required(obj: dict[str, Any], name: str, where: str) -> Any:
+    """The field `name` of `obj`; refused when it is missing."""
+    if name not in obj:
+        reject(f"{where} is missing the field '{name}'")
+    return obj[name]
+
+
+def text_field(value: object, where: str, name: str, max_chars: int | None = None) -> str:
+    """A string, at most `max_chars` long when given."""
+    if not isinstance(value, str):
+        reject(f"{where}, field '{name}' is {describe(value)}, expected a string")
+    if max_chars is not None and len(value) > max_chars:
+        reject(f"{where}, field '{name}' is {len(value):,} characters; the limit is {max_chars:,}")
+    return value
+
+
+def identifier_field(value: object, where: str, name: str, *, strict: bool) -> str:
+    """A model or generation id; strictly: short, no whitespace, no control characters."""
+    if not strict:
+        return text_field(value, where, name)
+    text = text_field(value, where, name, MAX_IDENTIFIER_CHARS)
+    if not text:
+        reject(f"{where}, field '{name}' is empty")
+    if has_space_or_control(text):
+        reject(f"{where}, field '{name}' contains spaces or control characters")
+    return text
+
+
+def number_field(
+    value: object,
+    where: str,
+    name: str,
+    low: float = -math.inf,
+    high: float = math.inf,
+    expected: str = "",
+) -> float:
+    """A finite number (not a boolean) from `low` to `high`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        reject(f"{where}, field '{name}' is {describe(value)}, expected a number")
+    if not math.isfinite(value) or not low <= value <= high:
+        bounded = math.isfinite(low) and math.isfinite(high)
+        expected = expected or (f"a number from {low:g} to {high:g}" if bounded else "finite")
+        reject(f"{where}, field '{name}' is {value!r}, expected {expected}")
+    return float(value)
+
+
+def timestamp_field(value: object, where: str, name: str, *, strict: bool) -> float:
+    """Unix seconds; strictly, between 1970 and 3000."""
+    if not strict:
+        return number_field(value, where, name)
+    return number_field(value, where, name, 0, LATEST_TIME, _TIME_RULE)
+
+
+def _count_field(value: object, where: str, name: str, *, strict: bool) -> int:
+    high = _MAX_TOKENS if strict else math.inf
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        reject(f"{where}, field '{name}' is {show(value)}, expected a whole number ≥ 0")
+    return value
+
+
+def parse_message(
+    raw: object,
+    *,
+    where: str = "message",
+    limits: ImportLimits | None = None,
+    model: str | None = None,
+) -> ChatMessage:
+    """One message; with `limits` (strict, for imports) sizes and ranges are checked too.
+
+    `model` is the conversation's: strictly, an answer without its own model gets it.
+    Raises SchemaError naming the element, the field and the rule.
+    """
+    if not isinstance(raw, dict):
+        reject(f"{where} is {describe(raw)}, expected an object")
+    strict = limits is not None
+    role = required(raw, "role", where)
+    if role not in ROLES:
+        reject(f"{where} has role {show(role)}, expected user/assistant/system")
+    content = required(raw, "content", where) if strict else raw.get("content", "")
+    if not isinstance(content, str):
+        reject(f"{where} has content that is {describe(content)}, expected a string")
+    max_chars = None if limits is None else limits.max_message_chars
+    if max_chars is not None and len(content) > max_chars:
+        reject(f"{where} content is {len(content):,} characters; the limit is {max_chars:,}")
+    reasoning = raw.get("reasoning")
+    created_at = raw.get("created_at")
+    meta = raw.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        reject(f"{where}, field 'meta' is {describe(meta)}, expected an object")
+    return ChatMessage(
+        role=role,
+        content=content,
+        reasoning="" if reasoning is None else text_field(reasoning, where, "reasoning", max_chars),
+        meta=None if meta is None else _parse_meta(meta, f"{where}, meta", strict, model),
+        created_at=None
+        if created_at is None
+        else timestamp_field(created_at, where, "created_at", strict=strict),
+    )
+
+
+def _parse_meta(raw: dict[str, Any], where: str, strict: bool, model: str | None) -> AnswerMeta:
+    status = raw.get("status", "complete")
+    if status not in ANSWER_STATUSES:
+        reject(f"{where} has status {show(status)}, expected complete/stopped/interrupted")
+    own_model = raw.get("model")
+    if own_model is None and model is not None:
+        own_model = model
+    error = raw.get("error")
+    generation_id = raw.get("generation_id")
+
+    def count(name: str) -> int | None:
+        value = raw.get(name)
+        return None if value is None else _count_field(value, where, name, strict=strict)
+
+    def amount(name: str, high: float) -> float | None:
+        value = raw.get(name)
+        if value is None:
+            return None
+        return number_field(value, where, name, *((0, high) if strict else ()))
+
+    return AnswerMeta(
+        model=identifier_field(own_model, where, "model", strict=strict),
+        status=status,
+        error=None
+        if error is None
+        else text_field(error, where, "error", MAX_ERROR_CHARS if strict else None),
+        prompt_tokens=count("prompt_tokens"),
+        completion_tokens=count("completion_tokens"),
+        reasoning_tokens=count("reasoning_tokens"),
+        cost_usd=amount("cost_usd", _MAX_COST_USD),
+        ttft_ms=amount("ttft_ms", _MAX_MS),
+        latency_ms=amount("latency_ms", _MAX_MS),
+        generation_id=None
+        if generation_id is None
+        else identifier_field(generation_id, where, "generation_id", strict=strict),
+    )

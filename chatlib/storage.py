@@ -4,6 +4,7 @@ Layout under the data directory::
 
     conversations/<owner_key>/<conversation_id>.json   the conversation (source of truth)
     conversations/<owner_key>/index.jsonl              append-only summaries, for listing
+    conversations/<owner_key>/.lock                    flock()ed by every write of this owner
 
 Every file is written atomically (temporary file in the same directory, fsync, `os.replace`,
 fsync of the directory), so a crash leaves either the old or the new file, never half of one.
@@ -16,7 +17,11 @@ from the dataset repo, a hand-copied file) are read and re-indexed, entries with
 dropped. Saving appends one line, so it costs the size of one conversation, however many the
 owner has. The index is rewritten compactly once it has grown past twice the live entries.
 
-One process owns a data directory; threads within it are serialized per owner.
+Each conversation carries a revision, bumped by every write. A save that says what it
+expects to find (the end of a turn) is checked under the owner's lock, so an answer that
+ends after a delete, a rename or a newer turn elsewhere is handled the same after a restart
+and with several processes on one data directory: writes of one owner are serialized by a
+thread lock within a process and by `flock` on the owner's lock file between processes.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import asyncio
 import builtins
 import contextlib
 import errno
+import fcntl
 import math
 import os
 import re
@@ -32,7 +38,7 @@ import threading
 import time
 import unicodedata
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +49,7 @@ import structlog
 from chatlib.errors import (
     ConversationChanged,
     ConversationCorrupt,
+    ConversationDeleted,
     ConversationNotFound,
     StorageError,
 )
@@ -57,34 +64,35 @@ from chatlib.files import (
     stamp_of,
     write_all,
 )
-from chatlib.messages import ChatMessage
+from chatlib.messages import (
+    ChatMessage,
+    ImportLimits,
+    describe,
+    identifier_field,
+    number_field,
+    parse_message,
+    reject,
+    required,
+    text_field,
+    timestamp_field,
+)
 
+# The layout and schema of stored conversations (exports share the conversation schema).
 SCHEMA_VERSION = 1
+CONVERSATIONS_DIR = "conversations"
+INDEX_NAME = "index.jsonl"
+LOCK_NAME = ".lock"
 NEW_CHAT_TITLE = "New chat"
 MAX_TITLE_CHARS = 200
 AUTO_TITLE_CHARS = 60
 
 _ID_RE = re.compile(r"[0-9a-f]{32}")
 _CONVERSATION_FILE_RE = re.compile(r"([0-9a-f]{32})\.json")
-_INDEX_NAME = "index.jsonl"
 # Bidirectional overrides and the BOM can make a title display as something else.
 _INVISIBLE_CONTROLS = frozenset(
     "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
 )
 _TRAILING_PUNCTUATION = " ,.;:!?-–—"
-_META_TYPES: dict[str, tuple[type, ...]] = {
-    "model": (str,),
-    "status": (str,),
-    "error": (str,),
-    "prompt_tokens": (int,),
-    "completion_tokens": (int,),
-    "reasoning_tokens": (int,),
-    "cost_usd": (int, float),
-    "ttft_ms": (int, float),
-    "latency_ms": (int, float),
-    "generation_id": (str,),
-}
-_ANSWER_STATUSES = ("streaming", "complete", "stopped", "interrupted")
 
 
 class _Log(Protocol):
@@ -146,6 +154,17 @@ def auto_title(first_user_message: str) -> str:
     return NEW_CHAT_TITLE
 
 
+def conversation_title(title: str, messages: Sequence[ChatMessage]) -> str:
+    """The title a conversation is stored under (the one rule, for saves and imports).
+
+    `title` cleaned; while that is still "New chat", the first line of the first question.
+    """
+    cleaned = clean_title(title)
+    if cleaned != NEW_CHAT_TITLE:
+        return cleaned
+    return auto_title(next((m.content for m in messages if m.role == "user"), ""))
+
+
 @dataclass(frozen=True)
 class ConversationSummary:
     """What the conversation list shows, without the messages."""
@@ -170,6 +189,7 @@ class Conversation:
     system_prompt: str
     temperature: float
     messages: tuple[ChatMessage, ...] = ()
+    revision: int = 0  # bumped by every save; stored in the file, never exported
 
     @property
     def total_cost_usd(self) -> float:
@@ -205,58 +225,118 @@ class Conversation:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Conversation:
-        """Inverse of `to_dict`; raises ValueError when a field is missing or mistyped.
+    def from_dict(cls, data: object) -> Conversation:
+        """Inverse of `to_dict` (plus the stored revision); SchemaError says what is wrong.
 
-        This trusts sizes (it reads our own files); imports go through `chatlib.transfer`.
+        This trusts sizes (it reads our own files); imports use `parse_conversation`'s
+        strict mode through `chatlib.transfer`.
         """
-        messages = data.get("messages")
-        if not isinstance(messages, list):
-            raise ValueError("messages must be a list")
-        return cls(
-            id=_str_field(data, "id"),
-            title=_str_field(data, "title"),
-            created_at=_number_field(data, "created_at"),
-            updated_at=_number_field(data, "updated_at"),
-            model=_str_field(data, "model"),
-            system_prompt=_str_field(data, "system_prompt"),
-            temperature=_number_field(data, "temperature"),
-            messages=tuple(_message_from_dict(item) for item in messages),
+        return parse_conversation(data)
+
+
+def check_schema_version(obj: dict[str, Any], where: str) -> None:
+    """Refuse a `schema_version` other than ours; a missing one is taken to be ours."""
+    if "schema_version" not in obj:
+        return
+    version = obj["schema_version"]
+    if isinstance(version, bool) or not isinstance(version, int | float):
+        reject(f"{where}, field 'schema_version' is {describe(version)}, expected 1")
+    if version > SCHEMA_VERSION:
+        reject(
+            f"{where} has schema_version {version:g}, newer than this app reads "
+            f"({SCHEMA_VERSION}); update the app to import it"
         )
+    if version != SCHEMA_VERSION:
+        reject(f"{where}, field 'schema_version' is {version:g}, expected 1")
 
 
-def _str_field(data: Mapping[str, Any], name: str) -> str:
-    value = data.get(name)
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string")
+def parse_conversation(
+    item: object,
+    *,
+    where: str = "conversation",
+    limits: ImportLimits | None = None,
+    now: float = 0.0,
+) -> Conversation:
+    """The one reader of a conversation object: stored files, and imports in strict mode.
+
+    Without `limits` (our own files) every field must be there and well typed. With
+    `limits` (a file from outside) sizes and ranges are checked as well, optional fields
+    get defaults (dates: `now`), the title is cleaned and the conversation gets a new id.
+    Either way an answer read back is no longer streaming. Raises SchemaError naming the
+    element, the field and the rule.
+    """
+    if not isinstance(item, dict):
+        reject(f"{where} is {describe(item)}, expected an object")
+    strict = limits is not None
+    if strict:
+        check_schema_version(item, where)
+    raw_messages = required(item, "messages", where)
+    if not isinstance(raw_messages, list):
+        reject(f"{where}, field 'messages' is {describe(raw_messages)}, expected a list")
+    if limits is not None and len(raw_messages) > limits.max_messages:
+        reject(f"{where} has {len(raw_messages):,} messages; the limit is {limits.max_messages:,}")
+    model = identifier_field(required(item, "model", where), where, "model", strict=strict)
+    temperature = number_field(
+        required(item, "temperature", where), where, "temperature", *((0, 2) if strict else ())
+    )
+    system_prompt = item.get("system_prompt") if strict else required(item, "system_prompt", where)
+    max_chars = None if limits is None else limits.max_message_chars
+    if system_prompt is not None or not strict:
+        system_prompt = text_field(system_prompt, where, "system_prompt", max_chars)
+    created_at, updated_at = _dates(item, where, strict, now)
+    messages = tuple(
+        _not_streaming(
+            parse_message(raw, where=f"{where}, message {n}", limits=limits, model=model)
+        )
+        for n, raw in enumerate(raw_messages, 1)
+    )
+    title = item.get("title") if strict else required(item, "title", where)
+    if title is not None or not strict:
+        title = text_field(title, where, "title")
+    return Conversation(
+        id=uuid.uuid4().hex if strict else text_field(required(item, "id", where), where, "id"),
+        title=conversation_title(title or "", messages) if strict else str(title),
+        created_at=created_at,
+        updated_at=updated_at,
+        model=model,
+        system_prompt=system_prompt or "",
+        temperature=temperature,
+        messages=messages,
+        revision=0 if strict else _revision(item.get("revision", 0), where),
+    )
+
+
+def _dates(item: dict[str, Any], where: str, strict: bool, now: float) -> tuple[float, float]:
+    if not strict:
+        return (
+            number_field(required(item, "created_at", where), where, "created_at"),
+            number_field(required(item, "updated_at", where), where, "updated_at"),
+        )
+    raw_created, raw_updated = item.get("created_at"), item.get("updated_at")
+    created_at = (
+        now
+        if raw_created is None
+        else timestamp_field(raw_created, where, "created_at", strict=True)
+    )
+    updated_at = (
+        created_at
+        if raw_updated is None
+        else timestamp_field(raw_updated, where, "updated_at", strict=True)
+    )
+    return created_at, max(created_at, updated_at)
+
+
+def _revision(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        reject(f"{where}, field 'revision' is {describe(value)}, expected a whole number ≥ 0")
     return value
 
 
-def _number_field(data: Mapping[str, Any], name: str) -> float:
-    value = data.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number")
-    return float(value)
-
-
-def _message_from_dict(item: object) -> ChatMessage:
-    if not isinstance(item, dict):
-        raise ValueError("a message must be an object")
-    meta = item.get("meta")
-    if meta is not None:
-        if not isinstance(meta, dict):
-            raise ValueError("meta must be an object")
-        for key, expected in _META_TYPES.items():
-            value = meta.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, expected)):
-                raise ValueError(f"meta.{key} has the wrong type")
-        if meta.get("status", "complete") not in _ANSWER_STATUSES:
-            raise ValueError("meta.status is unknown")
-    message = ChatMessage.from_dict(item)
-    if message.meta is not None and message.meta.status == "streaming":
-        # A stored answer is not streaming any more: whatever wrote it is gone.
-        message = replace(message, meta=replace(message.meta, status="interrupted"))
-    return message
+def _not_streaming(message: ChatMessage) -> ChatMessage:
+    """A stored or imported answer is not streaming any more: whatever wrote it is gone."""
+    if message.meta is None or message.meta.status != "streaming":
+        return message
+    return replace(message, meta=replace(message.meta, status="interrupted"))
 
 
 @dataclass(frozen=True)
@@ -391,7 +471,7 @@ class ConversationStore:
         clock: Callable[[], float] = time.time,
         log: _Log | None = None,
     ) -> None:
-        self._conversations_dir = Path(root) / "conversations"
+        self._conversations_dir = Path(root) / CONVERSATIONS_DIR
         self._clock = clock
         self._log: _Log = log if log is not None else structlog.get_logger(__name__)
         self._owners: dict[str, _OwnerState] = {}
@@ -419,15 +499,19 @@ class ConversationStore:
         conversation: Conversation,
         *,
         touch: bool = True,
-        expected_messages: Sequence[ChatMessage] | None = None,
+        expected: Conversation | None = None,
     ) -> Conversation:
-        """Store `conversation` for `owner_key` and return it as stored.
+        """Store `conversation` for `owner_key` and return it as stored, its revision bumped.
 
-        `updated_at` is set to now (unless `touch=False`, used by imports); a conversation
-        still titled "New chat" is titled from its first user message. Raises StorageError
-        when the disk refuses the write; the previously stored version is then intact.
-        With `expected_messages`, the stored conversation is replaced only if it still holds
-        exactly those (or cannot be read); otherwise ConversationChanged, nothing written.
+        `updated_at` is set to now (unless `touch=False`, used by imports); the title follows
+        `conversation_title`. Raises StorageError when the disk refuses the write; the
+        previously stored version is then intact.
+
+        With `expected` (the conversation as this caller last loaded or saved it), what is
+        stored now is checked first, under the owner's lock: gone -> ConversationDeleted;
+        other messages (a newer turn or an undo elsewhere) -> ConversationChanged, and nothing
+        is written; the same messages under another revision (a rename) -> saved with the
+        stored title. An unreadable file is replaced.
         """
         _require_owner_key(owner_key)
         if not is_valid_conversation_id(conversation.id):
@@ -435,25 +519,50 @@ class ConversationStore:
         for name in ("created_at", "updated_at", "temperature"):
             if not math.isfinite(getattr(conversation, name)):
                 raise ValueError(f"conversation {name} must be finite")
-        title = conversation.title
-        if title.strip() in ("", NEW_CHAT_TITLE):
-            first_user = next((m.content for m in conversation.messages if m.role == "user"), "")
-            title = auto_title(first_user)
         saved = replace(
             conversation,
-            title=clean_title(title),
+            title=conversation_title(conversation.title, conversation.messages),
             updated_at=self._clock() if touch else conversation.updated_at,
         )
-        state = self._state(owner_key)
-        with state.lock:
-            if expected_messages is not None:
-                try:
-                    stored = self._read(owner_key, saved.id)
-                except StorageError:
-                    stored = None  # unreadable or gone: saving puts the conversation back
-                if stored is not None and stored.messages != tuple(expected_messages):
-                    raise ConversationChanged()
+        with self._locked(owner_key, create=True) as state:
+            if expected is not None:
+                saved = self._merge_with_stored(owner_key, saved, expected)
+            saved = replace(saved, revision=saved.revision + 1)
             self._write(owner_key, state, saved)
+        return saved
+
+    def _merge_with_stored(
+        self, owner_key: str, conversation: Conversation, expected: Conversation
+    ) -> Conversation:
+        """`conversation` on top of what is stored now; the caller holds the owner's lock."""
+        try:
+            stored = self._read(owner_key, conversation.id)
+        except ConversationNotFound:
+            raise ConversationDeleted() from None
+        except ConversationCorrupt:
+            return conversation  # saving puts a readable conversation back
+        if stored.revision == expected.revision:
+            return replace(conversation, revision=stored.revision)
+        if stored.messages != expected.messages:
+            raise ConversationChanged()
+        return replace(conversation, title=stored.title, revision=stored.revision)
+
+    def save_all(
+        self, owner_key: str, conversations: Sequence[Conversation]
+    ) -> builtins.list[Conversation]:
+        """Store new conversations with their own dates (an import): all or nothing.
+
+        Raises StorageError when the disk refuses one; those saved before it are removed.
+        """
+        saved: builtins.list[Conversation] = []
+        try:
+            for conversation in conversations:
+                saved.append(self.save(owner_key, conversation, touch=False))
+        except StorageError:
+            for conversation in saved:
+                with contextlib.suppress(StorageError):
+                    self.delete(owner_key, conversation.id)
+            raise
         return saved
 
     def load(self, owner_key: str, conversation_id: str) -> Conversation:
@@ -466,8 +575,7 @@ class ConversationStore:
     def list(self, owner_key: str) -> ListResult:
         """The owner's conversations, most recently updated first; unreadable ids apart."""
         _require_owner_key(owner_key)
-        state = self._state(owner_key)
-        with state.lock:
+        with self._locked(owner_key) as state:
             entries = self._refresh_index(owner_key, state)
         summaries = [e.summary for e in entries.values() if e.summary is not None]
         summaries.sort(key=lambda s: (s.updated_at, s.created_at, s.id), reverse=True)
@@ -480,8 +588,7 @@ class ConversationStore:
         if not is_valid_conversation_id(conversation_id):
             return False
         directory = self._owner_dir(owner_key)
-        state = self._state(owner_key)
-        with state.lock:
+        with self._locked(owner_key) as state:
             try:
                 os.unlink(directory / f"{conversation_id}.json")
             except (FileNotFoundError, NotADirectoryError):
@@ -506,9 +613,9 @@ class ConversationStore:
         _require_owner_key(owner_key)
         if not is_valid_conversation_id(conversation_id):
             raise ConversationNotFound()
-        state = self._state(owner_key)
-        with state.lock:
-            renamed = replace(self._read(owner_key, conversation_id), title=clean_title(title))
+        with self._locked(owner_key) as state:
+            stored = self._read(owner_key, conversation_id)
+            renamed = replace(stored, title=clean_title(title), revision=stored.revision + 1)
             self._write(owner_key, state, renamed)
         return renamed
 
@@ -543,14 +650,14 @@ class ConversationStore:
             return 0
         source = self._owner_dir(from_owner_key)
         target = self._owner_dir(to_owner_key)
+        # Always in the same order, so two moves in opposite directions cannot deadlock.
         first, second = sorted((from_owner_key, to_owner_key))
-        with self._state(first).lock, self._state(second).lock:
+        with (
+            self._locked(first, create=first == to_owner_key),
+            self._locked(second, create=second == to_owner_key),
+        ):
             if not source.is_dir():
                 return 0
-            try:
-                self._ensure_dir(target)
-            except OSError as exc:
-                raise _save_failed(exc) from exc
             known = self._fold_index(source)[0]
             carried: builtins.list[bytes] = []
             tombstones: builtins.list[bytes] = []
@@ -608,6 +715,50 @@ class ConversationStore:
     def _owner_dir(self, owner_key: str) -> Path:
         return self._conversations_dir / owner_key
 
+    @contextlib.contextmanager
+    def _locked(self, owner_key: str, *, create: bool = False) -> Iterator[_OwnerState]:
+        """Hold the owner's lock: a thread lock here, `flock` on its lock file for processes.
+
+        With `create`, the owner's directory is made first (StorageError if it cannot be);
+        otherwise an owner without a directory has nothing to protect.
+        """
+        state = self._state(owner_key)
+        with state.lock:
+            try:
+                fd = self._lock_file(self._owner_dir(owner_key), create=create)
+            except OSError as exc:
+                raise _save_failed(exc) from exc
+            try:
+                yield state
+            finally:
+                if fd is not None:
+                    os.close(fd)  # releases the flock
+
+    def _lock_file(self, directory: Path, *, create: bool) -> int | None:
+        """An open, flock()ed descriptor of the directory's lock file (None: no directory)."""
+        path = directory / LOCK_NAME
+        while True:
+            if create:
+                self._ensure_dir(directory)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                if create:
+                    raise
+                return None  # no directory (nothing stored), or one we cannot write to
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                # A move may have removed the file (and its directory) while we waited: a
+                # lock on a removed file protects nothing, so start again.
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
     def _ensure_dir(self, directory: Path) -> None:
         if not directory.is_dir():
             self._conversations_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -617,7 +768,11 @@ class ConversationStore:
         """Write the file, then index it; the caller holds the owner's lock."""
         directory = self._owner_dir(owner_key)
         path = directory / f"{conversation.id}.json"
-        document = {"schema_version": SCHEMA_VERSION, **conversation.to_dict()}
+        document = {
+            "schema_version": SCHEMA_VERSION,
+            **conversation.to_dict(),
+            "revision": conversation.revision,
+        }
         try:
             self._ensure_dir(directory)
             is_new = not path.exists()
@@ -699,7 +854,7 @@ class ConversationStore:
     def _fold_index(self, directory: Path) -> tuple[dict[str, _IndexEntry], int]:
         """The last entry per id, and how many lines the index has (garbage included)."""
         try:
-            raw = (directory / _INDEX_NAME).read_bytes()
+            raw = (directory / INDEX_NAME).read_bytes()
         except FileNotFoundError:
             return {}, 0
         except OSError as exc:
@@ -767,7 +922,7 @@ class ConversationStore:
         directory = self._owner_dir(owner_key)
         payload = b"".join(lines)
         try:
-            fd = os.open(directory / _INDEX_NAME, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(directory / INDEX_NAME, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 size = os.fstat(fd).st_size
                 if size:
@@ -795,7 +950,7 @@ class ConversationStore:
         """Rewrite the index with one line per live entry; the caller holds the lock."""
         directory = self._owner_dir(owner_key)
         try:
-            atomic_write(directory / _INDEX_NAME, b"".join(e.to_line() for e in entries.values()))
+            atomic_write(directory / INDEX_NAME, b"".join(e.to_line() for e in entries.values()))
         except OSError as exc:
             self._log.warning("storage.index_write_failed", owner_key=owner_key, errno=exc.errno)
             state.forget()
@@ -804,8 +959,9 @@ class ConversationStore:
 
     def _remove_owner_dir(self, directory: Path) -> None:
         """Remove an owner's directory once it holds no conversation (after a move)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(directory / _INDEX_NAME)
+        for name in (INDEX_NAME, LOCK_NAME):  # waiters on the lock notice it is gone
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(directory / name)
         # If something else lives there (a file that arrived meanwhile), it stays; the next
         # listing indexes it.
         with contextlib.suppress(OSError):
@@ -830,7 +986,7 @@ def _move_without_overwrite(source: Path, target: Path, conversation_id: str) ->
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
                 raise
-            # Filesystems without hard links: check, then rename (one process owns the dir).
+            # Filesystems without hard links: check, then rename (we hold both owners' locks).
             if destination.exists():
                 new_id = uuid.uuid4().hex
                 continue
@@ -846,11 +1002,6 @@ class AsyncConversationStore:
     def __init__(self, store: ConversationStore) -> None:
         self._store = store
 
-    @property
-    def sync(self) -> ConversationStore:
-        """The blocking store underneath."""
-        return self._store
-
     def new_conversation(self, model: str, system_prompt: str, temperature: float) -> Conversation:
         """A fresh unsaved conversation (no I/O, so not a coroutine)."""
         return self._store.new_conversation(model, system_prompt, temperature)
@@ -861,16 +1012,18 @@ class AsyncConversationStore:
         conversation: Conversation,
         *,
         touch: bool = True,
-        expected_messages: Sequence[ChatMessage] | None = None,
+        expected: Conversation | None = None,
     ) -> Conversation:
         """See `ConversationStore.save`."""
         return await asyncio.to_thread(
-            self._store.save,
-            owner_key,
-            conversation,
-            touch=touch,
-            expected_messages=expected_messages,
+            self._store.save, owner_key, conversation, touch=touch, expected=expected
         )
+
+    async def save_all(
+        self, owner_key: str, conversations: Sequence[Conversation]
+    ) -> builtins.list[Conversation]:
+        """See `ConversationStore.save_all`."""
+        return await asyncio.to_thread(self._store.save_all, owner_key, conversations)
 
     async def load(self, owner_key: str, conversation_id: str) -> Conversation:
         """See `ConversationStore.load`."""

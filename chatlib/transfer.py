@@ -28,50 +28,41 @@ from the file ever becomes part of a path.
 from __future__ import annotations
 
 import contextlib
-import math
 import secrets
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal
 
 import orjson
 
-from chatlib.errors import ImportRejected, StorageError
+from chatlib.errors import ImportRejected
 from chatlib.files import atomic_write, json_bytes
 from chatlib.messages import (
-    MAX_IDENTIFIER_CHARS,
-    AnswerMeta,
-    AnswerStatus,
     ChatMessage,
-    Role,
+    ImportLimits,
+    SchemaError,
+    describe,
     format_cost,
-    has_space_or_control,
+    reject,
+    show,
 )
 from chatlib.storage import (
-    NEW_CHAT_TITLE,
+    SCHEMA_VERSION,
     Conversation,
     ConversationStore,
-    auto_title,
-    clean_title,
+    check_schema_version,
+    parse_conversation,
 )
 
 EXPORT_FORMAT = "openrouter-chat"
-EXPORT_SCHEMA_VERSION = 1
-MAX_ERROR_CHARS = 2000
+EXPORT_SCHEMA_VERSION = SCHEMA_VERSION  # an export holds conversations in the stored schema
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-_ROLES: tuple[Role, ...] = ("user", "assistant", "system")
-_STATUSES: tuple[AnswerStatus, ...] = ("streaming", "complete", "stopped", "interrupted")
-_LATEST_TIME = 32_503_680_000.0  # year 3000: later timestamps are mistakes, not dates
-_TIME_RULE = "Unix seconds between 1970 and 3000"
-_MAX_TOKENS = 10**12
-_MAX_COST_USD = 1_000_000.0
-_MAX_MS = 1e9
+ExportFormat = Literal["json", "markdown"]
 
 
 # -- export ----------------------------------------------------------------------------------
@@ -100,6 +91,24 @@ def export_json(conversations: Sequence[Conversation], *, now: datetime | None =
         "conversations": [c.to_dict() for c in conversations],
     }
     return json_bytes(document, orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    """A download: its file name and its bytes."""
+
+    name: str
+    data: bytes
+
+
+def build_export(
+    conversations: Sequence[Conversation], fmt: ExportFormat, now: datetime
+) -> ExportFile:
+    """The download for `conversations`: JSON (any number) or Markdown (the first one)."""
+    if fmt == "markdown":
+        name = export_filename(now).removesuffix(".json") + ".md"
+        return ExportFile(name, export_markdown(conversations[0]).encode("utf-8"))
+    return ExportFile(export_filename(now), export_json(conversations, now=now))
 
 
 # Exports hold private text: each is removed this long after it was made.
@@ -192,39 +201,6 @@ def _markdown_heading(message: ChatMessage) -> str:
 # -- import ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Limits:
-    max_messages: int
-    max_message_chars: int
-
-
-def _reject(reason: str) -> NoReturn:
-    raise ImportRejected(reason)
-
-
-def _describe(value: object) -> str:
-    """The JSON type of `value`, as a phrase."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"
-
-
-def _show(value: object) -> str:
-    """A short, safe rendering of a value from the file for a rejection message."""
-    if isinstance(value, str):
-        text = value if len(value) <= 40 else value[:39] + "…"
-        return repr(text)
-    return _describe(value)
-
-
 def _size(n: int) -> str:
     if n >= 1_000_000:
         return f"{n / 1_000_000:.1f} MB"
@@ -249,34 +225,23 @@ def parse_import(
     max_message_chars: int = 1_000_000,
     clock: Callable[[], float] = time.time,
 ) -> list[Conversation]:
-    """Check an uploaded file and return its conversations with new ids.
+    """Check an uploaded file and return its conversations with new ids (the one validator).
 
     Raises ImportRejected naming the element and the rule at the first problem; nothing is
     partially accepted. HTML in messages is kept as text (escaping is the display's job).
     """
-    if len(data) > max_bytes:
-        _reject(_size_problem(len(data), max_bytes))
-    if data.startswith(_UTF8_BOM):
-        data = data[len(_UTF8_BOM) :]  # Allowed by RFC 8259 §8.1; Windows editors add it.
-    if data.startswith(_UTF16_BOMS):
-        _reject("file is UTF-16 encoded; it must be UTF-8 (re-save it as UTF-8)")
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        _reject(f"file is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start:,})")
-    if not text.strip():
-        _reject("file is empty")
-    try:
-        document = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        message = str(exc)
-        _reject(f"file is not JSON: {message if len(message) <= 120 else message[:119] + '…'}")
-    items = _conversation_items(document)
-    if len(items) > max_conversations:
-        _reject(f"file has {len(items):,} conversations; the limit is {max_conversations:,}")
-    limits = _Limits(max_messages=max_messages, max_message_chars=max_message_chars)
-    now = clock()
-    return [_conversation(number, item, limits, now) for number, item in enumerate(items, 1)]
+        items = _conversation_items(_document(data, max_bytes))
+        if len(items) > max_conversations:
+            reject(f"file has {len(items):,} conversations; the limit is {max_conversations:,}")
+        limits = ImportLimits(max_messages=max_messages, max_message_chars=max_message_chars)
+        now = clock()
+        return [
+            parse_conversation(item, where=f"conversation {number}", limits=limits, now=now)
+            for number, item in enumerate(items, 1)
+        ]
+    except SchemaError as exc:
+        raise ImportRejected(exc.reason) from None
 
 
 def import_conversations(
@@ -304,16 +269,28 @@ def import_conversations(
         max_message_chars=max_message_chars,
         clock=clock,
     )
-    saved: list[Conversation] = []
+    return store.save_all(owner_key, parsed)
+
+
+def _document(data: bytes, max_bytes: int) -> object:
+    """The file's JSON value; refused when it is too big, not UTF-8, empty or not JSON."""
+    if len(data) > max_bytes:
+        reject(_size_problem(len(data), max_bytes))
+    if data.startswith(_UTF8_BOM):
+        data = data[len(_UTF8_BOM) :]  # Allowed by RFC 8259 §8.1; Windows editors add it.
+    if data.startswith(_UTF16_BOMS):
+        reject("file is UTF-16 encoded; it must be UTF-8 (re-save it as UTF-8)")
     try:
-        for conversation in parsed:
-            saved.append(store.save(owner_key, conversation, touch=False))
-    except StorageError:
-        for conversation in saved:
-            with contextlib.suppress(StorageError):
-                store.delete(owner_key, conversation.id)
-        raise
-    return saved
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        reject(f"file is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start:,})")
+    if not text.strip():
+        reject("file is empty")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        message = str(exc)
+        reject(f"file is not JSON: {message if len(message) <= 120 else message[:119] + '…'}")
 
 
 def _conversation_items(document: object) -> list[Any]:
@@ -322,198 +299,25 @@ def _conversation_items(document: object) -> list[Any]:
     elif isinstance(document, dict):
         if "conversations" in document or "format" in document:
             if "format" in document and document["format"] != EXPORT_FORMAT:
-                _reject(
-                    f"field 'format' is {_show(document['format'])}, expected '{EXPORT_FORMAT}'"
-                )
-            _check_schema_version(document, "file")
+                reject(f"field 'format' is {show(document['format'])}, expected '{EXPORT_FORMAT}'")
+            check_schema_version(document, "file")
             if "conversations" not in document:
-                _reject("file has no 'conversations' list")
+                reject("file has no 'conversations' list")
             items = document["conversations"]
             if not isinstance(items, list):
-                _reject(f"field 'conversations' is {_describe(items)}, expected a list")
+                reject(f"field 'conversations' is {describe(items)}, expected a list")
         elif "messages" in document:
             items = [document]
         else:
-            _reject(
+            reject(
                 "the top-level object has neither 'conversations' nor 'messages'; "
                 "this is not an OpenRouter Chat export"
             )
     else:
-        _reject(
-            f"the top level is {_describe(document)}; expected an OpenRouter Chat export "
+        reject(
+            f"the top level is {describe(document)}; expected an OpenRouter Chat export "
             "(an object, or a list of conversations)"
         )
     if not items:
-        _reject("file contains no conversations")
+        reject("file contains no conversations")
     return items
-
-
-def _check_schema_version(obj: dict[str, Any], where: str) -> None:
-    if "schema_version" not in obj:
-        return
-    version = obj["schema_version"]
-    if isinstance(version, bool) or not isinstance(version, int | float):
-        _reject(f"{where}, field 'schema_version' is {_describe(version)}, expected 1")
-    if version > EXPORT_SCHEMA_VERSION:
-        _reject(
-            f"{where} has schema_version {version:g}, newer than this app reads "
-            f"({EXPORT_SCHEMA_VERSION}); update the app to import it"
-        )
-    if version != EXPORT_SCHEMA_VERSION:
-        _reject(f"{where}, field 'schema_version' is {version:g}, expected 1")
-
-
-def _required(obj: dict[str, Any], name: str, where: str) -> Any:
-    if name not in obj:
-        _reject(f"{where} is missing the field '{name}'")
-    return obj[name]
-
-
-def _text(value: object, where: str, name: str, max_chars: int) -> str:
-    if not isinstance(value, str):
-        _reject(f"{where}, field '{name}' is {_describe(value)}, expected a string")
-    if len(value) > max_chars:
-        _reject(f"{where}, field '{name}' is {len(value):,} characters; the limit is {max_chars:,}")
-    return value
-
-
-def _identifier(value: object, where: str, name: str) -> str:
-    """A model or generation id: short, no whitespace, no control characters."""
-    text = _text(value, where, name, MAX_IDENTIFIER_CHARS)
-    if not text:
-        _reject(f"{where}, field '{name}' is empty")
-    if has_space_or_control(text):
-        _reject(f"{where}, field '{name}' contains spaces or control characters")
-    return text
-
-
-def _number(
-    value: object, where: str, name: str, low: float, high: float, expected: str = ""
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        _reject(f"{where}, field '{name}' is {_describe(value)}, expected a number")
-    if not math.isfinite(value) or not low <= value <= high:
-        expected = expected or f"a number from {low:g} to {high:g}"
-        _reject(f"{where}, field '{name}' is {value!r}, expected {expected}")
-    return float(value)
-
-
-def _count(value: object, where: str, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_TOKENS:
-        _reject(f"{where}, field '{name}' is {_show(value)}, expected a whole number ≥ 0")
-    return value
-
-
-def _conversation(number: int, item: object, limits: _Limits, now: float) -> Conversation:
-    where = f"conversation {number}"
-    if not isinstance(item, dict):
-        _reject(f"{where} is {_describe(item)}, expected an object")
-    _check_schema_version(item, where)
-    raw_messages = _required(item, "messages", where)
-    if not isinstance(raw_messages, list):
-        _reject(f"{where}, field 'messages' is {_describe(raw_messages)}, expected a list")
-    if len(raw_messages) > limits.max_messages:
-        _reject(f"{where} has {len(raw_messages):,} messages; the limit is {limits.max_messages:,}")
-    model = _identifier(_required(item, "model", where), where, "model")
-    temperature = _number(_required(item, "temperature", where), where, "temperature", 0, 2)
-    system_prompt = item.get("system_prompt")
-    system_prompt = (
-        ""
-        if system_prompt is None
-        else _text(system_prompt, where, "system_prompt", limits.max_message_chars)
-    )
-    created_at = _timestamp(item, where, "created_at", default=now)
-    updated_at = max(created_at, _timestamp(item, where, "updated_at", default=created_at))
-    messages = tuple(
-        _message(f"{where}, message {index}", raw, limits, model)
-        for index, raw in enumerate(raw_messages, 1)
-    )
-    title = item.get("title")
-    if title is not None and not isinstance(title, str):
-        _reject(f"{where}, field 'title' is {_describe(title)}, expected a string")
-    title = clean_title(title or "")
-    if title == NEW_CHAT_TITLE:
-        title = auto_title(next((m.content for m in messages if m.role == "user"), ""))
-    return Conversation(
-        id=uuid.uuid4().hex,
-        title=title,
-        created_at=created_at,
-        updated_at=updated_at,
-        model=model,
-        system_prompt=system_prompt,
-        temperature=temperature,
-        messages=messages,
-    )
-
-
-def _timestamp(obj: dict[str, Any], where: str, name: str, *, default: float) -> float:
-    value = obj.get(name)
-    if value is None:
-        return default
-    return _number(value, where, name, 0, _LATEST_TIME, _TIME_RULE)
-
-
-def _message(where: str, raw: object, limits: _Limits, conversation_model: str) -> ChatMessage:
-    if not isinstance(raw, dict):
-        _reject(f"{where} is {_describe(raw)}, expected an object")
-    role = _required(raw, "role", where)
-    if role not in _ROLES:
-        _reject(f"{where} has role {_show(role)}, expected user/assistant/system")
-    content = _required(raw, "content", where)
-    if not isinstance(content, str):
-        _reject(f"{where} has content that is {_describe(content)}, expected a string")
-    if len(content) > limits.max_message_chars:
-        _reject(
-            f"{where} content is {len(content):,} characters; "
-            f"the limit is {limits.max_message_chars:,}"
-        )
-    reasoning = raw.get("reasoning")
-    reasoning = (
-        "" if reasoning is None else _text(reasoning, where, "reasoning", limits.max_message_chars)
-    )
-    created_at = raw.get("created_at")
-    meta = raw.get("meta")
-    if meta is not None and not isinstance(meta, dict):
-        _reject(f"{where}, field 'meta' is {_describe(meta)}, expected an object")
-    return ChatMessage(
-        role=role,
-        content=content,
-        reasoning=reasoning,
-        meta=None if meta is None else _meta(f"{where}, meta", meta, conversation_model),
-        created_at=None
-        if created_at is None
-        else _number(created_at, where, "created_at", 0, _LATEST_TIME, _TIME_RULE),
-    )
-
-
-def _meta(where: str, raw: dict[str, Any], conversation_model: str) -> AnswerMeta:
-    model = raw.get("model")
-    status = raw.get("status", "complete")
-    if status not in _STATUSES:
-        _reject(f"{where} has status {_show(status)}, expected complete/stopped/interrupted")
-    error = raw.get("error")
-    generation_id = raw.get("generation_id")
-
-    def count(name: str) -> int | None:
-        value = raw.get(name)
-        return None if value is None else _count(value, where, name)
-
-    def amount(name: str, high: float) -> float | None:
-        value = raw.get(name)
-        return None if value is None else _number(value, where, name, 0, high)
-
-    return AnswerMeta(
-        model=conversation_model if model is None else _identifier(model, where, "model"),
-        # An answer in a file is not streaming any more.
-        status="interrupted" if status == "streaming" else status,
-        error=None if error is None else _text(error, where, "error", MAX_ERROR_CHARS),
-        prompt_tokens=count("prompt_tokens"),
-        completion_tokens=count("completion_tokens"),
-        reasoning_tokens=count("reasoning_tokens"),
-        cost_usd=amount("cost_usd", _MAX_COST_USD),
-        ttft_ms=amount("ttft_ms", _MAX_MS),
-        latency_ms=amount("latency_ms", _MAX_MS),
-        generation_id=None
-        if generation_id is None
-        else _identifier(generation_id, where, "generation_id"),
-    )

@@ -15,11 +15,14 @@ from chatlib.messages import (
     check_user_input,
     format_answer_footer,
     history_from_dicts,
-    history_to_dicts,
     strip_last_turn,
     user_message_index,
 )
 from ui.display import to_display
+
+
+def _dicts(history: tuple[ChatMessage, ...]) -> list[dict[str, object]]:
+    return [message.to_dict() for message in history]
 
 
 def _turns(n: int) -> tuple[ChatMessage, ...]:
@@ -55,10 +58,10 @@ def test_failed_empty_answers_are_not_sent_upstream() -> None:
 
 def test_input_history_is_never_mutated() -> None:
     history = _turns(2)
-    before = history_to_dicts(history)
+    before = _dicts(history)
     build_upstream_messages(history, "s", 1)
     to_display(history)
-    assert history_to_dicts(history) == before
+    assert _dicts(history) == before
 
 
 def test_oversize_input_is_refused_with_limit_and_length() -> None:
@@ -127,7 +130,7 @@ def test_user_message_index_counts_only_user_messages() -> None:
 
 def test_history_round_trips_through_dicts() -> None:
     history = _turns(2)
-    assert history_from_dicts(history_to_dicts(history)) == history
+    assert history_from_dicts(_dicts(history)) == history
 
 
 def test_history_from_untrusted_dicts_rejects_bad_roles() -> None:

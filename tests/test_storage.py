@@ -247,6 +247,7 @@ def test_files_on_disk_are_named_by_keys_and_ids_only(tmp_path: Path) -> None:
     assert names == {
         "conversations",
         f"conversations/{ALICE}",
+        f"conversations/{ALICE}/.lock",  # shared by processes writing this owner's files
         f"conversations/{ALICE}/index.jsonl",
         f"conversations/{ALICE}/{saved.id}.json",
     }

@@ -236,6 +236,7 @@ def test_html_stays_text_and_path_like_titles_stay_titles(
     assert is_valid_conversation_id(imported.id)
     names = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert names == [
+        f"conversations/{BOB}/.lock",
         f"conversations/{BOB}/{imported.id}.json",
         f"conversations/{BOB}/index.jsonl",
     ]
