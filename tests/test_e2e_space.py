@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, expect
 
-import app as app_module
 from chatlib.config import Settings
 from tests.conftest import REPO, TEST_API_KEY, AppServer, start_app
 from tests.fakes.hf_hub import DEFAULT_TOKEN, DEFAULT_USER, FakeHfHub
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.ui import last_answer, open_app, send, wait_until_idle
+from ui import page as app_module
 
 SECRET = "space-secret-for-tests-0000000000000000"
 
@@ -43,9 +43,9 @@ HAS_LOGIN_SCRIPT = """
 import gradio as gr, os
 from chatlib.config import Settings
 from chatlib.services import create_services
-import app
+from ui import page
 settings = Settings.from_env(os.environ, env_file=None)
-demo = app.build_demo(settings, create_services(settings))
+demo = page.build(settings, create_services(settings))
 print(any(isinstance(b, gr.LoginButton) for b in demo.blocks.values()))
 """
 

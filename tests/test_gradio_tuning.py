@@ -1,4 +1,4 @@
-"""The Gradio tuning in app.py: sessions render block configs on demand; a slower queue poll."""
+"""The Gradio tuning (ui/tuning.py), checked on the app's real page: lazy sessions, slower poll."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 import pytest
 
-import app
+from ui import tuning
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,31 +21,34 @@ REPO = Path(__file__).resolve().parent.parent
 CHECK = textwrap.dedent(
     """
     import json
-    import gradio as gr
+    import tempfile
+
     from gradio import state_holder
-    import app
 
-    with gr.Blocks() as demo:
-        box = gr.Textbox(label="Message", value="hello")
-        out = gr.Markdown("answer")
-        gr.Button("Send").click(lambda t: t, box, out)
+    from chatlib.config import Settings
+    from chatlib.services import create_services
+    from ui import page, tuning
 
+    settings = Settings.from_env(
+        {"DATA_DIR": tempfile.mkdtemp(), "OPENROUTER_BASE_URL": "http://127.0.0.1:9/api/v1"},
+        env_file=None,
+    )
+    demo = page.build(settings, create_services(settings))
     demo.queue()
-    tuned = app.tune_queue(demo)
+    eager = state_holder.SessionState(demo)
+    applied = tuning.after_queue(demo, tuning.before_build())
     poll = demo._queue.sleep_when_free
     analytics_every = demo._queue.ANAYLTICS_CACHE_FREQUENCY
-    eager = state_holder.SessionState(demo)
-    applied = app.lazy_session_config()
     holder = state_holder.StateHolder()
     holder.set_blocks(demo)
     lazy = holder["visitor"]
     built_at_start = len(lazy.config_values)
     print(json.dumps({
-        "applied": applied,
+        "applied": applied["lazy_session_config"],
         "built_at_start": built_at_start,
         "same_components": list(lazy.components) == list(eager.components),
         "count": len(list(eager.components)),
-        "tuned": tuned,
+        "tuned": applied["tune_queue"],
         "poll": poll,
         "analytics_every": analytics_every,
     }))
@@ -55,7 +58,7 @@ CHECK = textwrap.dedent(
 
 def test_the_patch_targets_the_installed_gradio() -> None:
     # Upgrading Gradio turns the patch off; this fails so that someone re-checks it.
-    assert gr.__version__ == app.TUNED_FOR_GRADIO
+    assert gr.__version__ == tuning.TUNED_FOR_GRADIO
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +72,7 @@ def report() -> dict[str, Any]:
         check=True,
     )
     checked: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    checked["startup_log"] = result.stdout + result.stderr
     return checked
 
 
@@ -77,14 +81,19 @@ def test_a_new_session_renders_nothing_until_asked_and_then_the_same_configs(
 ) -> None:
     assert report["applied"] is True
     assert report["built_at_start"] == 0
-    assert report["count"] >= 3
+    assert report["count"] >= 50  # the real page, not a toy
     assert report["same_components"] is True
+
+
+def test_startup_says_which_patches_were_applied(report: dict[str, Any]) -> None:
+    assert "gradio.tuning" in report["startup_log"]
+    assert "lazy_session_config" in report["startup_log"]
 
 
 def test_the_queue_polls_and_summarizes_less_often(report: dict[str, Any]) -> None:
     assert report["tuned"] is True
-    assert report["poll"] == app.QUEUE_POLL_S
-    assert report["analytics_every"] == app.QUEUE_ANALYTICS_EVERY
+    assert report["poll"] == tuning.QUEUE_POLL_S
+    assert report["analytics_every"] == tuning.QUEUE_ANALYTICS_EVERY
 
 
 def test_the_server_gets_uvicorn_c_speedups() -> None:

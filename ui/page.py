@@ -1,0 +1,141 @@
+"""The whole page: panels assembled in their places, page-load events, launch arguments."""
+
+from __future__ import annotations
+
+import html
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from chatlib.config import Settings
+from chatlib.services import Services
+from chatlib.transfer import EXPORT_MAX_AGE_SECONDS
+from chatlib.visitors import BrowserIdentity
+from ui import api
+from ui.assets import CLOSE_SIDEBAR_ON_PHONES_JS, CSS
+from ui.chat import ChatPanel
+from ui.context import QUICK, PageContext, session_of
+from ui.own_key import KeyNotice, OwnKeyPanel
+from ui.sidebar import SidebarPanel
+from ui.transfer import TransferPanel
+from ui.usage import UsagePanel
+
+Updates = dict[Any, Any]
+
+
+def header(settings: Settings) -> str:
+    """The title and one line about what the app does."""
+    return (
+        f"<div id='app-header'><h1>{html.escape(settings.app_title)}</h1>"
+        "<p>Chat with any model on OpenRouter. Answers stream live; cost is shown per "
+        "message.</p></div>"
+    )
+
+
+class Page:
+    """Every panel of the app, laid out and wired."""
+
+    def __init__(self, settings: Settings, services: Services) -> None:
+        with gr.Blocks(
+            title=settings.app_title,
+            fill_height=True,
+            delete_cache=(600, int(EXPORT_MAX_AGE_SECONDS)),
+        ) as self.demo:
+            self.ctx = PageContext(
+                settings=settings,
+                services=services,
+                browser_state=gr.BrowserState(
+                    None,
+                    storage_key=services.browser_storage_key,
+                    secret=services.browser_secret,
+                ),
+                conversation_id=gr.State(None),
+            )
+            # Filled once the visitor's identity is known (tests and scripts wait for it).
+            self.session_ready = gr.HTML("", elem_id="session-ready", container=False)
+            self._layout()
+            self._wire()
+
+    def _layout(self) -> None:
+        ctx = self.ctx
+        with gr.Sidebar(label="Conversations", open=True, width=300, elem_id="sidebar"):
+            self.sidebar = SidebarPanel(ctx)
+            self.transfer = TransferPanel(
+                ctx, Path(tempfile.mkdtemp(prefix="openrouter-chat-downloads-"))
+            )
+        gr.HTML(header(ctx.settings))
+        self.key_notice = KeyNotice(ctx)
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat-tab"), gr.Row(equal_height=False):
+                with gr.Column(scale=3, min_width=320):
+                    self.chat = ChatPanel(ctx)
+                with gr.Column(scale=1, min_width=280):
+                    self.chat.render_settings()
+                    self.own_key = OwnKeyPanel(ctx, self.key_notice)
+            with gr.Tab("Usage", id="usage-tab") as self.usage_tab:
+                self.usage = UsagePanel(ctx)
+
+    def _wire(self) -> None:
+        self.chat.wire(self.demo, self.sidebar)
+        self.sidebar.wire(self.chat.chatbot)
+        self.transfer.wire(self.sidebar)
+        self.own_key.wire()
+        self.usage.wire(self.usage_tab)
+        self.demo.load(
+            self.on_load,
+            inputs=[self.ctx.browser_state],
+            outputs=[
+                self.ctx.browser_state,
+                *self.sidebar.list_outputs,
+                self.sidebar.migrate_row,
+                self.own_key.status,
+                self.key_notice.markdown,
+                self.session_ready,
+            ],
+            concurrency_limit=None,
+            **QUICK,
+        )
+        api.wire(self.ctx)
+
+    async def on_load(
+        self, browser_value: Any, request: gr.Request, profile: gr.OAuthProfile | None
+    ) -> Updates:
+        """A page opens: who is this, their chats, their key status, the migration offer."""
+        identity = BrowserIdentity.ensure(browser_value)
+        visitor = self.ctx.visitor(identity.to_value(), profile, request)
+        self.ctx.services.conversations.view(session_of(request), None)
+        return {
+            self.ctx.browser_state: identity.to_value(),
+            **await self.sidebar.refreshed(visitor.owner_key, None),
+            self.sidebar.migrate_row: await self.sidebar.migration_offer(
+                visitor.logged_in, visitor.anon_owner_key, identity.migration_declined
+            ),
+            **self.own_key.shown(identity),
+            self.session_ready: "<span data-ready='1'></span>",
+        }
+
+
+def build(settings: Settings, services: Services) -> gr.Blocks:
+    """The app's Blocks for these settings and services."""
+    demo: gr.Blocks = Page(settings, services).demo
+    return demo
+
+
+def launch_kwargs(settings: Settings) -> dict[str, Any]:
+    """Arguments for `demo.launch()` derived from settings."""
+    return {
+        "server_name": settings.host,
+        "server_port": settings.port,
+        "max_threads": settings.max_concurrent_streams,
+        "theme": gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"),
+        "css": CSS,
+        "js": CLOSE_SIDEBAR_ON_PHONES_JS,
+        "ssr_mode": False,
+        "footer_links": ["api"],
+        "share": settings.share,
+        "show_error": False,
+        # Uploads are only ever imports: anything much bigger is refused before it is stored.
+        "max_file_size": 2 * settings.max_import_bytes,
+    }
