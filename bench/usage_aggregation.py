@@ -54,6 +54,7 @@ def _record(rng: random.Random, at: float) -> UsageRecord:
             conversation_id=f"{rng.getrandbits(64):016x}",
             model=rng.choice(MODELS),
             at=at,
+            count=rng.randint(1, 20),  # a throttled row stands for the refusals not written
         )
     completion = rng.randint(1, 2000)
     ttft = rng.lognormvariate(6.5, 0.6)
@@ -76,19 +77,23 @@ def _record(rng: random.Random, at: float) -> UsageRecord:
     )
 
 
-def generate(directory: Path, rows: int, seed: int = 7) -> None:
-    """Write `rows` realistic rows over 90 days into FILES usage files."""
+def generate(directory: Path, rows: int, seed: int = 7) -> int:
+    """Write `rows` realistic rows over 90 days into FILES usage files; returns the requests
+    they stand for."""
     rng = random.Random(seed)
     start = time.time() - 90 * 86400
     per_file = -(-rows // FILES)
-    written = 0
+    written = requests = 0
     for index in range(FILES):
         lines = [HEADER_LINE]
         for _ in range(min(per_file, rows - written)):
             at = start + rng.uniform(0, 90 * 86400)
-            lines.append(format_usage_row(_record(rng, at)))
+            record = _record(rng, at)
+            lines.append(format_usage_row(record))
             written += 1
+            requests += record.count
         (directory / f"usage-bench{index}.csv").write_text("".join(lines), encoding="utf-8")
+    return requests
 
 
 def _median_seconds(action: Callable[[], object], runs: int) -> float:
@@ -132,10 +137,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        generate(directory, args.rows)
+        requests = generate(directory, args.rows)
         size_mb = sum(p.stat().st_size for p in directory.glob("*.csv")) / 1e6
         summary = summarize_directory(directory)
-        assert summary.totals.requests == args.rows, summary.totals.requests
+        assert summary.totals.requests == requests, (summary.totals.requests, requests)
         assert summary == summarize(read_usage(directory))
         baseline = _median_seconds(lambda: _baseline(directory), args.runs)
         fused = _median_seconds(lambda: summarize_directory(directory), args.runs)

@@ -81,7 +81,7 @@ def test_the_record_fields_are_the_csv_columns_in_order() -> None:
     assert [f.name for f in dataclasses.fields(UsageRecord)] == list(USAGE_COLUMNS)
     assert HEADER == (
         "timestamp,request_id,owner,conversation_id,model,status,error_code,prompt_tokens,"
-        "completion_tokens,reasoning_tokens,cost_usd,ttft_ms,latency_ms,tokens_per_second"
+        "completion_tokens,reasoning_tokens,cost_usd,ttft_ms,latency_ms,tokens_per_second,count"
     )
     assert USAGE_STATUSES == ("complete", "stopped", "interrupted", "failed", "rate_limited")
     assert utc_timestamp(AT) == "2026-01-01T00:00:00.000+00:00"
@@ -135,6 +135,7 @@ def test_each_status_gets_a_row_that_reads_back_unchanged(tmp_path: Path) -> Non
             conversation_id="c2",
             model="openai/gpt-4o",
             at=AT + 4,
+            count=3,
         ),
     ]
     for record in written:
@@ -147,7 +148,7 @@ def test_each_status_gets_a_row_that_reads_back_unchanged(tmp_path: Path) -> Non
     assert lines[0] == HEADER and len(lines) == 6
     assert lines[5] == (
         f"2026-01-01T00:00:04.000+00:00,r-limited,{_owner()},c2,openai/gpt-4o,rate_limited,"
-        "rate_limited,,,,,,,"
+        "rate_limited,,,,,,,,3"
     )
     assert list(read_usage(tmp_path)) == written
 
@@ -190,15 +191,15 @@ async def test_rows_hold_metadata_only_never_keys_text_or_ips(
     try:
         for text in (f"{SECRET_TEXT} [[tokens=8]]", f"{SECRET_TEXT} [[error=402]]"):
             request = TurnRequest(
-                history=(),
+                owner_key=owner,
+                conversation_id="conv-9",
                 user_text=text,
                 model="openai/gpt-4o",
                 system_prompt=f"system {SECRET_TEXT}",
                 temperature=0.3,
                 api_key=TEST_API_KEY,
-                conversation_id="conv-9",
             )
-            frames = [frame async for frame in service.run_turn(request)]
+            frames = [frame async for frame in service.run_turn(request, ())]
             final = frames[-1]
             assert final.answer.meta is not None
             error = final.error
@@ -474,13 +475,6 @@ def test_summaries_of_a_small_known_dataset() -> None:
         "rate_limited": 1,
         "failed": 1,
     }
-    assert {r["status"]: r["requests"] for r in summary.as_rows_status()} == {
-        "complete": 2,
-        "stopped": 1,
-        "interrupted": 0,
-        "failed": 1,
-        "rate_limited": 1,
-    }
     latency = summary.latency_ms
     assert latency.count == 4
     assert latency.p50 == pytest.approx(250.0)  # linear between 200 and 300
@@ -495,17 +489,14 @@ def test_summaries_of_a_small_known_dataset() -> None:
     assert (
         sum(r["requests"] for r in summary.as_rows_histogram() if r["metric"] == "latency_ms") == 4
     )
-    assert summary.as_rows_totals() == [
-        {
-            "requests": 5,
-            "cost_usd": pytest.approx(0.56),
-            "prompt_tokens": 1000,
-            "completion_tokens": 100,
-            "reasoning_tokens": 0,
-            "tokens": 1100,
-        },
-    ]
-    assert summary.as_rows_percentiles()[0]["metric"] == "latency_ms"
+    assert totals.as_row() == {
+        "requests": 5,
+        "cost_usd": pytest.approx(0.56),
+        "prompt_tokens": 1000,
+        "completion_tokens": 100,
+        "reasoning_tokens": 0,
+        "tokens": 1100,
+    }
 
 
 def test_an_empty_log_summarises_to_zeros() -> None:
@@ -537,6 +528,60 @@ def test_reading_back_gives_the_same_summary_as_the_records(tmp_path: Path) -> N
     assert summarize_directory(tmp_path, owner="someone else").totals.requests == 0
 
 
+def test_a_refusal_row_counts_every_refusal_it_stands_for(tmp_path: Path) -> None:
+    usage_log = UsageLog(tmp_path, process_id="p1")
+    usage_log.record_sync(_record(request_id="answered"))
+    usage_log.record_sync(
+        UsageRecord.rate_limited(
+            request_id="hammered",
+            owner=_owner(),
+            conversation_id=None,
+            model="openai/gpt-4o",
+            at=AT + 5,
+            count=7,
+        )
+    )
+    usage_log.close()
+    summary = summarize_directory(tmp_path)
+    assert summary.status_counts == {"complete": 1, "rate_limited": 7}
+    assert summary.totals.requests == 8
+    assert summary.as_rows_by_day()[0]["requests"] == 8
+    assert summary.as_rows_by_model()[0]["requests"] == 8
+    assert summary.latency_ms.count == 1  # refusals have no timings
+
+
+def test_old_files_without_a_count_column_read_as_one_request_a_row(tmp_path: Path) -> None:
+    old_columns = [c for c in USAGE_COLUMNS if c != "count"]
+    rows = []
+    for request_id in ("old-1", "old-2"):
+        cells = next(csv.reader([format_usage_row(_record(request_id=request_id))]))
+        rows.append(",".join(cells[: len(old_columns)]))
+    (tmp_path / "usage-old.csv").write_text(
+        ",".join(old_columns) + "\n" + "\n".join(rows) + "\n", encoding="utf-8"
+    )
+    assert [(r.request_id, r.count) for r in read_usage(tmp_path)] == [("old-1", 1), ("old-2", 1)]
+    assert summarize_directory(tmp_path).totals.requests == 2
+
+
+@pytest.mark.parametrize("count", ["0", "-3", "many", "2.5"])
+def test_a_row_with_an_impossible_count_is_skipped(tmp_path: Path, count: str) -> None:
+    good = format_usage_row(_record(request_id="good"))
+    bad = good.rstrip("\n").removesuffix(",1") + f",{count}\n"
+    (tmp_path / "usage-x.csv").write_text(HEADER + "\n" + good + bad, encoding="utf-8")
+    assert [r.request_id for r in read_usage(tmp_path)] == ["good"]
+
+
+def test_a_row_counts_in_timings_as_if_it_were_repeated() -> None:
+    others = [_record(latency_ms=float(ms), ttft_ms=ms / 10) for ms in (100, 700, 3000, 65_000)]
+    heavy = {"latency_ms": 1500.0, "ttft_ms": 150.0}
+    weighted = summarize([*others, _record(**heavy, count=3)])
+    repeated = summarize([*others, *(_record(**heavy) for _ in range(3))])
+    assert (weighted.latency_ms, weighted.ttft_ms) == (repeated.latency_ms, repeated.ttft_ms)
+    assert weighted.latency_ms.count == weighted.totals.requests == 7
+    histogram = {(r["metric"], r["bucket"]): r["requests"] for r in weighted.as_rows_histogram()}
+    assert histogram[("latency_ms", "1-2 s")] == 3
+
+
 async def test_a_client_hammering_past_its_limit_does_not_fill_the_disk(
     fake: FakeOpenRouter, tmp_path: Path
 ) -> None:
@@ -556,7 +601,8 @@ async def test_a_client_hammering_past_its_limit_does_not_fill_the_disk(
 
     async def ask() -> bool:
         request = TurnRequest(
-            history=(),
+            owner_key=_owner(VISITOR_IP),
+            conversation_id=None,
             user_text="hi [[tokens=2]]",
             model="openai/gpt-4o",
             system_prompt="",
@@ -564,7 +610,7 @@ async def test_a_client_hammering_past_its_limit_does_not_fill_the_disk(
             rate_key=VISITOR_IP,
         )
         try:
-            [frame async for frame in service.run_turn(request)]
+            [frame async for frame in service.run_turn(request, ())]
         except RateLimited:
             return False
         return True
@@ -584,3 +630,5 @@ async def test_a_client_hammering_past_its_limit_does_not_fill_the_disk(
     assert statuses == ["complete", "rate_limited", "rate_limited"]
     events = [e for e in logs if e["event"] == "chat.rate_limited"]
     assert [e["unrecorded_since_last"] for e in events] == [0, 199]
+    # ...and the operator's dashboard still counts every one of the 201 refusals.
+    assert summarize_directory(usage_log.path.parent).status_counts["rate_limited"] == 201
