@@ -17,8 +17,10 @@ Why not `huggingface_hub.CommitScheduler`: its constructor calls `create_repo` s
 (an unreachable Hub would crash startup), its timer thread sleeps uninterruptibly (no prompt
 stop, no bounded flush), it reads files after releasing its lock with a size cap taken from an
 earlier `stat` (an atomic replace in between uploads a truncated JSON), and it has no status
-hook. The thread below keeps its model (changed files only, `lock` for writers) without those
-problems.
+hook. The thread below keeps its model (changed files only) without those problems. Writers
+need no lock: conversations are replaced atomically (chatlib/files.py) and read through one
+open descriptor, so a push sees either the old or the new file; usage files only grow, and a
+push takes them up to their last complete line.
 """
 
 from __future__ import annotations
@@ -221,15 +223,6 @@ class HubSync:
         )
 
     # ------------------------------------------------------------------ public
-
-    @property
-    def lock(self) -> threading.Lock:
-        """Hold this (`with sync.lock:`) while writing a file the sync must not read half-done.
-
-        Writers that replace files atomically (temp file + os.replace) do not need it: a file
-        is read through one open descriptor, so a push sees either the old or the new file.
-        """
-        return self._files_lock
 
     @property
     def status(self) -> SyncStatus:

@@ -583,20 +583,6 @@ def test_an_unreachable_hub_does_not_break_start(
     assert sync.status.last_error.startswith("Cannot reach the Hub")
 
 
-def test_a_writer_holding_the_lock_delays_the_push(
-    tmp_path: Path, hub: FakeHfHub, make_sync: Callable[..., HubSync]
-) -> None:
-    data_dir = tmp_path / "data"
-    seed_data_dir(data_dir)
-    sync = make_sync(data_dir)
-
-    with sync.lock:
-        assert not sync.flush(timeout=0.3)
-        assert not hub.commits
-    assert sync.flush(timeout=20)
-    assert hub.commits
-
-
 # ----------------------------------------------------------------- shutdown
 
 _SHUTDOWN_SCRIPT = r"""
