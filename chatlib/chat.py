@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import structlog
 
@@ -17,6 +18,7 @@ from chatlib.client import (
     ClientPool,
     Clock,
     Finished,
+    FirstToken,
     ReasoningDelta,
     StreamEvent,
     StreamFailed,
@@ -25,14 +27,7 @@ from chatlib.client import (
     stream_chat,
 )
 from chatlib.config import Settings
-from chatlib.frames import (
-    FrameBudget,
-    ReadPacer,
-    TurnControl,
-    coalesce,
-    finish_if_abandoned,
-    run_detached,
-)
+from chatlib.frames import FrameBudget, ReadPacer, TurnControl, coalesce, run_to_end
 from chatlib.messages import (
     AnswerMeta,
     ChatMessage,
@@ -54,21 +49,20 @@ _MAX_REFUSING_CLIENTS = 20_000
 
 @dataclass(frozen=True)
 class TurnRequest:
-    """Everything one turn needs; built by the UI or the API handler."""
+    """What the visitor asked for, and who they are: the one request object of a turn."""
 
-    history: History
-    user_text: str
+    owner_key: str
+    conversation_id: str | None  # None: start a new conversation (the service creates it)
+    user_text: str  # ignored when action == "retry"
     model: str
     system_prompt: str
     temperature: float
     api_key: str | None = None
-    session_key: str | None = None
-    conversation_id: str | None = None
-    owner_key: str = ""
+    session_key: str | None = None  # Gradio session hash: Stop, and what the page is viewing
     rate_key: str | None = None  # client IP, or HF user id when logged in; None: no limit
     logged_in: bool = False
-    # Stops the turn (the Stop button, or the page going away).
-    control: TurnControl = field(default_factory=TurnControl, compare=False)
+    action: Literal["send", "retry", "edit"] = "send"
+    edit_index: int | None = None  # for "edit": the nth user message (0 = first question)
 
 
 @dataclass(frozen=True)
@@ -86,18 +80,27 @@ class TurnFrame:
 
 
 @dataclass
-class _Answer:
-    model: str
-    text: list[str]
-    reasoning: list[str]
+class _Turn:
+    """One checked turn and its answer as it grows."""
+
+    request: TurnRequest  # checked and cleaned
+    api_key: str
+    request_id: str
+    history: History  # the earlier messages and the question
     meta: AnswerMeta
     created_at: float
+    text: list[str]
+    reasoning: list[str]
+    failure: errors.UpstreamError | None = None
 
     def apply(self, event: StreamEvent) -> None:
         if isinstance(event, TextDelta):
             self.text.append(event.text)
         elif isinstance(event, ReasoningDelta):
             self.reasoning.append(event.text)
+        elif isinstance(event, FirstToken):
+            self.meta = replace(self.meta, ttft_ms=event.ttft_ms)
+            log.info("chat.first_token", ttft_ms=event.ttft_ms)
         elif isinstance(event, Usage):
             self.meta = replace(
                 self.meta,
@@ -106,32 +109,26 @@ class _Answer:
                 reasoning_tokens=event.reasoning_tokens,
                 cost_usd=event.cost_usd,
             )
-        elif isinstance(event, Finished):
+        elif isinstance(event, Finished | StreamFailed):
+            self.failure = event.error if isinstance(event, StreamFailed) else None
             self.meta = replace(
                 self.meta,
-                status="complete",
-                ttft_ms=event.ttft_ms,
-                latency_ms=event.latency_ms,
-                generation_id=event.generation_id,
-            )
-        elif isinstance(event, StreamFailed):
-            self.meta = replace(
-                self.meta,
-                status="interrupted",
-                error=event.error.user_message,
+                status="complete" if self.failure is None else "interrupted",
+                error=None if self.failure is None else self.failure.user_message,
                 ttft_ms=event.ttft_ms,
                 latency_ms=event.latency_ms,
                 generation_id=event.generation_id,
             )
 
-    def message(self) -> ChatMessage:
-        return ChatMessage(
+    def frame(self, *, done: bool = False) -> TurnFrame:
+        answer = ChatMessage(
             role="assistant",
             content="".join(self.text),
             reasoning="".join(self.reasoning),
             meta=self.meta,
             created_at=self.created_at,
         )
+        return TurnFrame((*self.history, answer), done=done, error=self.failure if done else None)
 
 
 class ChatService:
@@ -179,18 +176,46 @@ class ChatService:
         control.stop()
         return True
 
-    def run_turn(self, request: TurnRequest) -> AsyncGenerator[TurnFrame]:
-        """Stream one answer as frames. Raises ChatError before the first frame if refused.
+    def run_turn(self, request: TurnRequest, history: History) -> AsyncGenerator[TurnFrame]:
+        """Answer `request.user_text` after `history`, as frames; nothing is stored.
 
-        Closing the iterator mid-answer (the page went away) stops the turn; it still ends,
-        with its usage recorded, in the background.
+        Raises ChatError before the first frame if refused. If the consumer leaves
+        mid-answer (closes the iterator, or its task is cancelled) the turn is stopped and
+        still ends, with its usage recorded, in the background.
         """
-        return finish_if_abandoned(self._turn(request), request.control)
+        control = TurnControl()
+        return run_to_end(self.frames(request, history, control), control)
 
-    async def _turn(self, request: TurnRequest) -> AsyncIterator[TurnFrame]:
+    async def frames(
+        self, request: TurnRequest, history: History, control: TurnControl
+    ) -> AsyncIterator[TurnFrame]:
+        """The turn's frames, for a caller that handles a consumer leaving (see `run_turn`).
+
+        The request is checked here, the one place: the input, the key and the rate limit.
+        The first frame shows the question and an empty answer; the last one is `done`.
+        """
+        turn = await self._start(request, history)
+        yield turn.frame()
+        with (
+            structlog.contextvars.bound_contextvars(
+                request_id=turn.request_id,
+                model=turn.request.model,
+                conversation_id=request.conversation_id,
+            ),
+            self._budget.streaming(),
+            self._running_as(request.session_key, control),
+        ):
+            async for frame in self._stream(turn, control):
+                yield frame
+        await self._record_usage(turn)
+        yield turn.frame(done=True)
+
+    async def _start(self, request: TurnRequest, history: History) -> _Turn:
+        """Check the request; raise ChatError (nothing sent upstream) when it is refused."""
         text = check_user_input(request.user_text, self._settings.max_input_chars)
         request = replace(
             request,
+            user_text=text,
             model=check_model_id(request.model),
             system_prompt=check_system_prompt(
                 request.system_prompt, self._settings.max_input_chars
@@ -201,124 +226,83 @@ class ChatService:
         request_id = uuid.uuid4().hex[:16]
         await self._check_rate_limit(request, request_id)
         now = self._wall_clock()
-        history: History = (
-            *request.history,
-            ChatMessage(role="user", content=text, created_at=now),
+        return _Turn(
+            request=request,
+            api_key=key,
+            request_id=request_id,
+            history=(*history, ChatMessage(role="user", content=text, created_at=now)),
+            meta=AnswerMeta(model=request.model),
+            created_at=now,
+            text=[],
+            reasoning=[],
         )
+
+    @contextlib.contextmanager
+    def _running_as(self, session_key: str | None, control: TurnControl) -> Iterator[None]:
+        """Let Stop reach this turn; a newer turn of the same page stops an older one."""
+        if session_key is None:
+            yield
+            return
+        previous = self._running.get(session_key)
+        if previous is not None:
+            previous.stop()
+        self._running[session_key] = control
+        try:
+            yield
+        finally:
+            if self._running.get(session_key) is control:
+                del self._running[session_key]
+
+    async def _stream(self, turn: _Turn, control: TurnControl) -> AsyncIterator[TurnFrame]:
+        """Frames while the answer streams; the turn's meta is final afterwards."""
+        request = turn.request
         upstream = build_upstream_messages(
-            history,
+            turn.history,
             request.system_prompt,
             self._settings.max_history_messages,
             self._settings.max_upstream_chars,
         )
-        answer = _Answer(request.model, [], [], AnswerMeta(model=request.model), now)
-        yield TurnFrame(history=(*history, answer.message()))
-
-        control = request.control
-        if request.session_key is not None:
-            previous = self._running.get(request.session_key)
-            if previous is not None:
-                previous.stop()
-            self._running[request.session_key] = control
+        log.info("chat.started", messages=len(upstream), temperature=request.temperature)
         started = self._clock()
-        first_token_ms: float | None = None
-        failure: errors.ChatError | None = None
-
-        def mark_stopped() -> None:
-            answer.meta = replace(
-                answer.meta,
-                status="stopped",
-                ttft_ms=first_token_ms,
-                latency_ms=_ms(self._clock() - started),
-            )
-
-        with (
-            structlog.contextvars.bound_contextvars(
-                request_id=request_id,
+        if not control.stop_requested:  # the page may have left before the stream began
+            events = stream_chat(
+                self._clients.get(turn.api_key),
                 model=request.model,
-                conversation_id=request.conversation_id,
-            ),
-            self._budget.streaming(),
-        ):
-            log.info("chat.started", messages=len(upstream), temperature=request.temperature)
-            try:
-                events = stream_chat(
-                    self._clients.get(key),
-                    model=request.model,
-                    messages=upstream,
-                    temperature=request.temperature,
-                    idle_timeout=self._settings.stream_idle_timeout_seconds,
-                    clock=self._clock,
-                    pace=ReadPacer(self._budget, clock=self._clock),
-                )
-                async for batch in coalesce(events, self._budget, control, clock=self._clock):
-                    for event in batch:
-                        answer.apply(event)
-                        if isinstance(event, StreamFailed):
-                            failure = event.error
-                    if first_token_ms is None and (answer.text or answer.reasoning):
-                        first_token_ms = _ms(self._clock() - started)
-                        log.info("chat.first_token", ttft_ms=first_token_ms)
-                    if answer.meta.status == "streaming":
-                        yield TurnFrame(history=(*history, answer.message()))
-                if control.stop_requested and answer.meta.status == "streaming":
-                    mark_stopped()
-            except asyncio.CancelledError:
-                # Gradio's /cancel or a shutdown: what was streamed still counts (and costs).
-                mark_stopped()
-                log.info("chat.finished", outcome="cancelled", latency_ms=answer.meta.latency_ms)
-                run_detached(self._record_usage(answer.meta, request, request_id, None))
-                raise
-            finally:
-                if (
-                    request.session_key is not None
-                    and self._running.get(request.session_key) is control
-                ):
-                    del self._running[request.session_key]
-            meta = answer.meta
-            if meta.status == "streaming":  # upstream ended without a final event
-                meta = replace(meta, status="complete", latency_ms=_ms(self._clock() - started))
-                answer.meta = meta
-            if failure is not None:
-                log.warning(
-                    "chat.failed",
-                    status=getattr(failure, "status", None),
-                    code=getattr(failure, "code", None),
-                    kept_chars=len("".join(answer.text)),
-                    latency_ms=meta.latency_ms,
-                )
-            else:
-                log.info(
-                    "chat.finished",
-                    outcome=meta.status,
-                    prompt_tokens=meta.prompt_tokens,
-                    completion_tokens=meta.completion_tokens,
-                    reasoning_tokens=meta.reasoning_tokens,
-                    cost_usd=meta.cost_usd,
-                    ttft_ms=meta.ttft_ms,
-                    latency_ms=meta.latency_ms,
-                )
-        await self._record_usage(answer.meta, request, request_id, failure)
-        yield TurnFrame(history=(*history, answer.message()), done=True, error=failure)
-
-    async def _record_usage(
-        self,
-        meta: AnswerMeta,
-        request: TurnRequest,
-        request_id: str,
-        failure: errors.ChatError | None,
-    ) -> None:
-        if self._usage is not None:
-            await self._usage.record(
-                UsageRecord.from_answer(
-                    meta,
-                    request_id=request_id,
-                    owner=request.owner_key,
-                    conversation_id=request.conversation_id,
-                    at=self._wall_clock(),
-                    error_code=failure.code if isinstance(failure, errors.UpstreamError) else "",
-                )
+                messages=upstream,
+                temperature=request.temperature,
+                idle_timeout=self._settings.stream_idle_timeout_seconds,
+                clock=self._clock,
+                pace=ReadPacer(self._budget, clock=self._clock),
             )
+            async for batch in coalesce(events, self._budget, control, clock=self._clock):
+                for event in batch:
+                    # After a Stop the answer keeps what was on screen: later text is dropped.
+                    if not (control.stop_requested and _is_text(event)):
+                        turn.apply(event)
+                if turn.meta.status == "streaming":
+                    yield turn.frame()
+        if turn.meta.status == "streaming":
+            # Stopped, or the upstream ended without a final event.
+            status: Literal["stopped", "complete"] = (
+                "stopped" if control.stop_requested else "complete"
+            )
+            turn.meta = replace(turn.meta, status=status, latency_ms=_ms(self._clock() - started))
+        _log_outcome(turn)
+
+    async def _record_usage(self, turn: _Turn) -> None:
+        if self._usage is None:
+            return
+        failure = turn.failure
+        await self._usage.record(
+            UsageRecord.from_answer(
+                turn.meta,
+                request_id=turn.request_id,
+                owner=turn.request.owner_key,
+                conversation_id=turn.request.conversation_id,
+                at=self._wall_clock(),
+                error_code=failure.code if failure is not None else "",
+            )
+        )
 
     async def _check_rate_limit(self, request: TurnRequest, request_id: str) -> None:
         """Raise RateLimited (after recording it) when this visitor is over the limit."""
@@ -328,7 +312,7 @@ class ChatService:
         if decision.allowed:
             return
         # A client hammering past its limit must not fill the disk with rows and log lines:
-        # one of each per client per REFUSALS_RECORDED_EVERY_S, with the count left out.
+        # one of each per client per REFUSALS_RECORDED_EVERY_S, counting the ones left out.
         key = request.rate_key
         now = self._clock()
         recorded_at, unrecorded = self._refusals.get(key, (-math.inf, 0))
@@ -354,9 +338,37 @@ class ChatService:
                     conversation_id=request.conversation_id,
                     model=request.model,
                     at=self._wall_clock(),
+                    count=unrecorded + 1,
                 )
             )
         decision.raise_if_refused()
+
+
+def _is_text(event: StreamEvent) -> bool:
+    return isinstance(event, TextDelta | ReasoningDelta)
+
+
+def _log_outcome(turn: _Turn) -> None:
+    meta, failure = turn.meta, turn.failure
+    if failure is not None:
+        log.warning(
+            "chat.failed",
+            status=failure.status,
+            code=failure.code,
+            kept_chars=sum(len(t) for t in turn.text),
+            latency_ms=meta.latency_ms,
+        )
+        return
+    log.info(
+        "chat.finished",
+        outcome=meta.status,
+        prompt_tokens=meta.prompt_tokens,
+        completion_tokens=meta.completion_tokens,
+        reasoning_tokens=meta.reasoning_tokens,
+        cost_usd=meta.cost_usd,
+        ttft_ms=meta.ttft_ms,
+        latency_ms=meta.latency_ms,
+    )
 
 
 def _ms(seconds: float) -> float:

@@ -1,38 +1,61 @@
-"""Chat turns that persist: save the question first, the answer after, in the right place.
+"""The one door to stored conversations: turns, listing, renames, undo, export and import.
 
-The UI keeps the conversation being shown; this module makes sure a turn always writes into
-the conversation it started in, whatever the visitor clicks meanwhile, and that a storage
-failure never costs the visitor their answer.
+Every call names the owner and looks the conversation up for that owner, so a visitor can
+only ever reach their own. A turn is one pass: the question is saved before the upstream
+call and the answer when it ends, whether complete, stopped or failed, checked against the
+conversation's revision so an answer ending after a delete, a rename or a newer turn in
+another tab never undoes them, and a storage failure never costs the visitor their answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 
 import structlog
 
 from chatlib.chat import ChatService, TurnRequest
 from chatlib.client import Clock
-from chatlib.errors import ChatError, ConversationDeleted, StorageError
-from chatlib.frames import TurnControl, finish_if_abandoned, run_detached
-from chatlib.messages import History, format_cost
+from chatlib.errors import (
+    ChatError,
+    ConversationChanged,
+    ConversationDeleted,
+    InputError,
+    StorageError,
+)
+from chatlib.frames import TurnControl, run_to_end
+from chatlib.messages import History, format_cost, strip_last_turn, user_message_index
 from chatlib.storage import (
+    NEW_CHAT_TITLE,
     AsyncConversationStore,
     Conversation,
     ConversationSummary,
-    auto_title,
+    ListResult,
+    conversation_title,
 )
+from chatlib.transfer import ExportFile, ExportFormat, build_export, parse_import, write_export
+
+__all__ = [
+    "ConversationFrame",
+    "ConversationService",
+    "TurnRequest",
+    "relative_time",
+    "summary_label",
+]
 
 log = structlog.get_logger(__name__)
 
-NEW_CHAT_TITLE = "New chat"
 _V = TypeVar("_V")
+NO_RETRY = "There is no message to retry yet."
+NOT_EDITABLE = "Only your own messages can be edited."
 
 
 @dataclass(frozen=True)
@@ -46,54 +69,234 @@ class ConversationFrame:
 
 
 @dataclass(frozen=True)
-class TurnInput:
-    """What the visitor asked for, and who they are."""
+class _Prepared:
+    """A turn's starting point: where it writes and what it asks after what."""
 
-    user_text: str
-    model: str
-    system_prompt: str
-    temperature: float
-    api_key: str | None = None
-    session_key: str | None = None
-    rate_key: str | None = None
-    logged_in: bool = False
+    conversation: Conversation  # as stored, or new and unsaved
+    stored: Conversation | None  # what the question's save expects to find (None: new)
+    history: History  # the messages before the question
+    request: TurnRequest  # with the question to ask (retry: the last one again)
 
 
 class ConversationService:
-    """Runs turns against a stored conversation and tracks what each session is viewing."""
+    """Stored conversations of every owner, and which one each page is viewing."""
 
     def __init__(
         self,
         store: AsyncConversationStore,
         chat: ChatService,
         *,
+        exports_dir: Path,
+        max_import_bytes: int,
         clock: Clock = time.time,
         max_sessions: int = 20_000,
     ) -> None:
-        self.store = store
+        self._store = store
         self._chat = chat
+        self._exports_dir = exports_dir
+        self._max_import_bytes = max_import_bytes
         self._clock = clock
         self._viewing: OrderedDict[str, str | None] = OrderedDict()
         self._max_sessions = max_sessions
-        # Conversations deleted or renamed while an answer may still be streaming into them:
-        # the turn's final save must not resurrect or un-rename them.
-        self._deleted: OrderedDict[str, None] = OrderedDict()
-        self._titles: OrderedDict[str, str] = OrderedDict()
+
+    # -- turns -------------------------------------------------------------------------------
+
+    def turn(self, request: TurnRequest) -> AsyncGenerator[ConversationFrame]:
+        """Answer in the owner's conversation (a new one without an id), saving as it goes.
+
+        Raises ChatError before the first frame when the turn is refused (nothing is saved
+        then): the chat's checks, a conversation this owner does not have, nothing to
+        retry, a message that cannot be edited. "retry" asks the last question again in
+        place of its answer; "edit" asks `user_text` in place of the `edit_index`th question
+        and everything after it. If the consumer leaves mid-answer (closes the iterator, or
+        its task is cancelled), the answer is stopped and saved in the background.
+        """
+        control = TurnControl()
+        return run_to_end(self._turn(request, control), control)
+
+    def stop(self, session_key: str) -> bool:
+        """Stop the answer streaming for `session_key`; True if there was one."""
+        return self._chat.stop(session_key)
+
+    async def _turn(
+        self, request: TurnRequest, control: TurnControl
+    ) -> AsyncIterator[ConversationFrame]:
+        start = await self._prepare(request)
+        conversation, request = start.conversation, start.request
+        frames = self._chat.frames(
+            replace(request, conversation_id=conversation.id), start.history, control
+        )
+        first = await anext(frames)  # the chat's refusals are raised here
+        # A conversation without a question yet is titled from this one (the one rule).
+        title = conversation.title if _has_question(start.history) else NEW_CHAT_TITLE
+        base = replace(
+            conversation,
+            title=conversation_title(title, first.history),
+            model=request.model.strip(),
+            system_prompt=request.system_prompt,
+            temperature=float(request.temperature),
+        )
+        owner_key = request.owner_key
+        saved, save_error = await self._save(
+            owner_key, replace(base, messages=first.history[:-1]), start.stored
+        )
+        # What the answer's save expects to find: the question as saved, else what was.
+        expected = start.stored if save_error is not None else saved
+        self.view(request.session_key, conversation.id)  # a turn starts where the visitor is
+        yield ConversationFrame(replace(base, messages=first.history), save_error=save_error)
+        async for frame in frames:
+            current = replace(base, messages=frame.history)
+            if not frame.done:
+                yield ConversationFrame(current)
+                continue
+            final, final_error = await self._save_answer(owner_key, current, expected, save_error)
+            yield ConversationFrame(
+                final, done=True, error=frame.error, save_error=final_error or save_error
+            )
+
+    async def _save_answer(
+        self,
+        owner_key: str,
+        conversation: Conversation,
+        expected: Conversation | None,
+        question_error: StorageError | None,
+    ) -> tuple[Conversation, StorageError | None]:
+        """The turn's final save; after a delete or a newer turn was seen, nothing is saved."""
+        if isinstance(question_error, ConversationDeleted | ConversationChanged):
+            return conversation, question_error  # never undo what happened meanwhile
+        return await self._save(owner_key, conversation, expected)
+
+    async def _prepare(self, request: TurnRequest) -> _Prepared:
+        """Load the owner's conversation and apply the action; InputError when it cannot be."""
+        if request.conversation_id is None:
+            if request.action == "retry":
+                raise InputError(NO_RETRY)
+            if request.action == "edit":
+                raise InputError(NOT_EDITABLE)
+            fresh = self._store.new_conversation(
+                request.model.strip(), request.system_prompt, request.temperature
+            )
+            return _Prepared(fresh, None, (), request)
+        stored = await self._store.load(request.owner_key, request.conversation_id)
+        messages = stored.messages
+        if request.action == "retry":
+            history, question = strip_last_turn(messages)
+            if question is None:
+                raise InputError(NO_RETRY)
+            return _Prepared(stored, stored, history, replace(request, user_text=question))
+        if request.action == "edit":
+            index = None
+            if request.edit_index is not None and request.edit_index >= 0:
+                index = user_message_index(messages, request.edit_index)
+            if index is None:
+                raise InputError(NOT_EDITABLE)
+            return _Prepared(stored, stored, messages[:index], request)
+        return _Prepared(stored, stored, messages, request)
+
+    async def _save(
+        self, owner_key: str, conversation: Conversation, expected: Conversation | None
+    ) -> tuple[Conversation, StorageError | None]:
+        """Save (checked against `expected`, see the store); a failure is returned, not raised."""
+        try:
+            return await self._store.save(owner_key, conversation, expected=expected), None
+        except StorageError as exc:
+            log.warning("conversation.save_failed", error=type(exc).__name__)
+            return conversation, exc
+
+    # -- the owner's conversations -----------------------------------------------------------
+
+    async def open(self, owner_key: str, conversation_id: str) -> Conversation:
+        """The owner's conversation; ConversationNotFound / ConversationCorrupt otherwise."""
+        return await self._store.load(owner_key, conversation_id)
+
+    async def list(self, owner_key: str, query: str = "") -> ListResult:
+        """The owner's conversations, newest first; with `query`, those that contain it."""
+        if query.strip():
+            return ListResult(conversations=await self._store.search(owner_key, query.strip()))
+        return await self._store.list(owner_key)
+
+    async def rename(self, owner_key: str, conversation_id: str | None, title: str) -> Conversation:
+        """Give the owner's conversation a new title; its place in the list is kept.
+
+        InputError for a chat not saved yet (no id) or a blank title; ConversationNotFound
+        when this owner has no such conversation.
+        """
+        if not conversation_id:
+            raise InputError("Send a message first, then rename the chat.")
+        if not title.strip():
+            raise InputError("Type the new name first.")
+        return await self._store.rename(owner_key, conversation_id, title)
 
     async def delete(self, owner_key: str, conversation_id: str) -> bool:
-        """Delete a conversation; a turn still streaming into it will not re-create it."""
-        _remember(self._deleted, conversation_id, None, self._max_sessions)
-        return await self.store.delete(owner_key, conversation_id)
+        """Delete the owner's conversation; an answer still streaming into it is not saved."""
+        return await self._store.delete(owner_key, conversation_id)
 
-    async def rename(self, owner_key: str, conversation_id: str, title: str) -> Conversation:
-        """Rename a conversation; a turn still streaming into it keeps the new title."""
-        renamed = await self.store.rename(owner_key, conversation_id, title)
-        _remember(self._titles, conversation_id, renamed.title, self._max_sessions)
-        return renamed
+    async def undo(self, owner_key: str, conversation_id: str) -> tuple[Conversation, str | None]:
+        """Remove the last question and its answer; returns the result and that question.
 
-    def new_conversation(self, model: str, system_prompt: str, temperature: float) -> Conversation:
-        """An unsaved, empty conversation with these settings."""
-        return self.store.new_conversation(model, system_prompt, temperature)
+        Raises ConversationChanged if another tab changed the chat meanwhile, StorageError
+        when the disk refuses (nothing is changed then).
+        """
+        stored = await self._store.load(owner_key, conversation_id)
+        earlier, question = strip_last_turn(stored.messages)
+        if question is None:
+            return stored, None
+        updated = replace(stored, messages=earlier)
+        return await self._store.save(owner_key, updated, expected=stored), question
+
+    async def export(
+        self, owner_key: str, conversation_id: str | None, fmt: ExportFormat
+    ) -> ExportFile:
+        """One conversation as JSON or Markdown, or (no id) all of the owner's, as JSON.
+
+        A copy is kept in the exports folder (removed after an hour) when the disk allows.
+        """
+        now = datetime.now(UTC)
+        if conversation_id is None:
+            chosen = await self._all(owner_key)
+            if not chosen:
+                raise InputError("You have no saved conversations yet.")
+            fmt = "json"
+        else:
+            conversation = await self._store.load(owner_key, conversation_id)
+            if not conversation.messages:
+                raise InputError("This chat is empty: nothing to export.")
+            chosen = [conversation]
+        export = await asyncio.to_thread(build_export, chosen, fmt, now)
+        with contextlib.suppress(OSError):  # a full disk still gets its download
+            await asyncio.to_thread(
+                write_export, self._exports_dir, export.data, now, name=export.name
+            )
+        return export
+
+    async def _all(self, owner_key: str) -> builtins.list[Conversation]:
+        """Every readable conversation of the owner, newest first."""
+        chosen: builtins.list[Conversation] = []
+        for summary in (await self._store.list(owner_key)).conversations:
+            try:
+                chosen.append(await self._store.load(owner_key, summary.id))
+            except StorageError:
+                continue  # deleted meanwhile, or damaged: the rest still go out
+        return chosen
+
+    async def import_file(self, owner_key: str, data: bytes) -> int:
+        """Store every conversation of an uploaded file, all or nothing; returns how many.
+
+        Raises ImportRejected naming what is wrong with the file, StorageError when the disk
+        refuses; the owner's conversations are as they were in both cases.
+        """
+        parsed = await asyncio.to_thread(parse_import, data, max_bytes=self._max_import_bytes)
+        return len(await self._store.save_all(owner_key, parsed))
+
+    async def has_conversations(self, owner_key: str) -> bool:
+        """Whether the owner has any conversation (offer to move them at login)."""
+        return bool((await self._store.list(owner_key)).conversations)
+
+    async def move_all(self, from_owner_key: str, to_owner_key: str) -> int:
+        """Give every conversation of one owner to another (logging in); returns how many."""
+        return await self._store.move_all(from_owner_key, to_owner_key)
+
+    # -- what each page is viewing -----------------------------------------------------------
 
     def view(self, session_key: str | None, conversation_id: str | None) -> None:
         """Record which conversation `session_key` is looking at now."""
@@ -111,99 +314,9 @@ class ConversationService:
             return True
         return self._viewing[session_key] == conversation_id
 
-    def run_turn(
-        self, owner_key: str, conversation: Conversation, turn: TurnInput
-    ) -> AsyncGenerator[ConversationFrame]:
-        """Answer `turn.user_text` at the end of `conversation`, saving as it goes.
 
-        Raises ChatError before the first frame when the turn is refused (nothing is saved
-        then). The question is saved before the upstream call; the answer when it ends,
-        whether complete, stopped or failed, or the page went away mid-answer (closing the
-        iterator stops the turn, which is then saved in the background).
-        """
-        control = TurnControl()
-        return finish_if_abandoned(self._turn(owner_key, conversation, turn, control), control)
-
-    async def _turn(
-        self, owner_key: str, conversation: Conversation, turn: TurnInput, control: TurnControl
-    ) -> AsyncIterator[ConversationFrame]:
-        frames = self._chat.run_turn(
-            TurnRequest(
-                history=conversation.messages,
-                user_text=turn.user_text,
-                model=turn.model,
-                system_prompt=turn.system_prompt,
-                temperature=turn.temperature,
-                api_key=turn.api_key,
-                session_key=turn.session_key,
-                conversation_id=conversation.id,
-                owner_key=owner_key,
-                rate_key=turn.rate_key,
-                logged_in=turn.logged_in,
-                control=control,
-            )
-        )
-        first = await anext(frames)
-        has_question = any(m.role == "user" for m in conversation.messages)
-        base = replace(
-            conversation,
-            title=conversation.title
-            if has_question and conversation.title != NEW_CHAT_TITLE
-            else auto_title(turn.user_text),
-            model=turn.model,
-            system_prompt=turn.system_prompt,
-            temperature=turn.temperature,
-        )
-        question_only = replace(base, messages=first.history[:-1])
-        saved, save_error = await self._save(owner_key, question_only)
-        # What the answer's save expects to find stored (None: the question was not saved).
-        expected = saved.messages if save_error is None else None
-        base = replace(base, updated_at=saved.updated_at)
-        self.view(turn.session_key, conversation.id)  # a turn starts where the visitor is
-        current = replace(base, messages=first.history)
-        yield ConversationFrame(current, save_error=save_error)
-        try:
-            async for frame in frames:
-                current = replace(base, messages=frame.history)
-                if not frame.done:
-                    yield ConversationFrame(current)
-                    continue
-                saved, final_error = await self._save(owner_key, current, expected=expected)
-                yield ConversationFrame(
-                    saved, done=True, error=frame.error, save_error=final_error or save_error
-                )
-        except asyncio.CancelledError:
-            # Gradio's /cancel or a shutdown: keep what was on screen, marked stopped.
-            run_detached(self._save(owner_key, _stopped(current), expected=expected))
-            raise
-
-    async def _save(
-        self,
-        owner_key: str,
-        conversation: Conversation,
-        *,
-        expected: History | None = None,
-    ) -> tuple[Conversation, StorageError | None]:
-        """Save; with `expected`, only if the stored messages are still those (no newer turn)."""
-        if conversation.id in self._deleted:
-            return conversation, ConversationDeleted()
-        title = self._titles.get(conversation.id)
-        if title is not None:
-            conversation = replace(conversation, title=title)
-        try:
-            return await self.store.save(owner_key, conversation, expected_messages=expected), None
-        except StorageError as exc:
-            log.warning("conversation.save_failed", error=type(exc).__name__)
-            return conversation, exc
-
-
-def _stopped(conversation: Conversation) -> Conversation:
-    """The conversation with its streaming answer marked stopped."""
-    *earlier, last = conversation.messages
-    if last.meta is None or last.meta.status != "streaming":
-        return conversation
-    last = replace(last, meta=replace(last.meta, status="stopped"))
-    return replace(conversation, messages=(*earlier, last))
+def _has_question(history: History) -> bool:
+    return any(m.role == "user" for m in history)
 
 
 def _remember(cache: OrderedDict[str, _V], key: str, value: _V, limit: int) -> None:

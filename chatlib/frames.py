@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -104,9 +105,11 @@ _T = TypeVar("_T")
 _DETACHED: set[asyncio.Task[object]] = set()
 
 
-def run_detached(work: Coroutine[Any, Any, object]) -> None:
+def run_detached(
+    work: Coroutine[Any, Any, object], *, context: contextvars.Context | None = None
+) -> None:
     """Run `work` in a task of its own: what a turn must finish once nobody is waiting."""
-    task = asyncio.get_running_loop().create_task(work)
+    task = asyncio.get_running_loop().create_task(work, context=context)
     _DETACHED.add(task)
     task.add_done_callback(_detached_done)
 
@@ -117,25 +120,46 @@ def _detached_done(task: asyncio.Task[object]) -> None:
         log.warning("chat.detached_work_failed", error=type(error).__name__)
 
 
-async def finish_if_abandoned(
-    frames: AsyncIterator[_T], control: TurnControl
-) -> AsyncGenerator[_T]:
+class _Ended:
+    """What a step returns once the frames are exhausted."""
+
+
+_ENDED = _Ended()
+
+
+async def _step(frames: AsyncIterator[_T]) -> _T | _Ended:
+    return await anext(frames, _ENDED)
+
+
+async def run_to_end(frames: AsyncIterator[_T], control: TurnControl) -> AsyncGenerator[_T]:
     """Pass `frames` through; if the consumer leaves mid-turn, end the turn as a Stop would.
 
-    Gradio closes a handler's generator when the page is closed or reloaded. The turn is then
-    stopped (the upstream request closed) and its generator run to the end in a task of its
-    own, so what arrived is saved and its usage recorded as for a pressed Stop.
+    The consumer leaves when Gradio closes the handler's generator (the page was closed or
+    reloaded) or cancels its task (its /cancel route, a shutdown). Each frame is made in a
+    task of its own, all sharing one context, so neither reaches into the turn: the turn is
+    stopped and runs to its end in the background, where what was shown is saved and the
+    usage recorded, as for a pressed Stop. This is the one place a turn handles that.
     """
+    context = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    step: asyncio.Task[_T | _Ended] | None = None
     try:
-        async for frame in frames:
+        while True:
+            step = loop.create_task(_step(frames), context=context)
+            frame = await asyncio.shield(step)
+            step = None
+            if isinstance(frame, _Ended):
+                return
             yield frame
-    except GeneratorExit:
+    except (GeneratorExit, asyncio.CancelledError):
         control.stop()
-        run_detached(_run_out(frames))
+        run_detached(_run_out(step, frames), context=context)
         raise
 
 
-async def _run_out(frames: AsyncIterator[object]) -> None:
+async def _run_out(step: asyncio.Task[Any] | None, frames: AsyncIterator[object]) -> None:
+    if step is not None:
+        await step  # the frame being made when the consumer left
     async for _ in frames:
         pass
 

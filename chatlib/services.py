@@ -9,7 +9,7 @@ import structlog
 
 from chatlib.catalog import ModelCatalog, http_catalog_fetcher
 from chatlib.chat import ChatService
-from chatlib.client import ClientPool
+from chatlib.client import ClientPool, attribution_headers
 from chatlib.config import Settings
 from chatlib.conversations import ConversationService
 from chatlib.frames import FrameBudget
@@ -21,6 +21,12 @@ from chatlib.storage import AsyncConversationStore, ConversationStore
 from chatlib.usage import UsageLog
 
 log = structlog.get_logger(__name__)
+
+# Screen updates of one streaming answer are at least this far apart...
+UI_FRAME_INTERVAL_MS = 30
+# ...and all streams together share this many per second: the interval stretches as more
+# people stream at once.
+UI_UPDATES_PER_SECOND = 100
 
 
 @dataclass(frozen=True)
@@ -90,11 +96,14 @@ def create_services(
     storage_key, browser_secret = browser_state_params(server_secret)
     clients = ClientPool(settings)
     budget = FrameBudget(
-        updates_per_second=settings.ui_updates_per_second,
-        min_interval_s=settings.ui_frame_interval_ms / 1000,
+        updates_per_second=UI_UPDATES_PER_SECOND, min_interval_s=UI_FRAME_INTERVAL_MS / 1000
     )
     catalog = ModelCatalog(
-        http_catalog_fetcher(settings.openrouter_base_url, settings.catalog_timeout_seconds),
+        http_catalog_fetcher(
+            settings.openrouter_base_url,
+            settings.catalog_timeout_seconds,
+            headers=attribution_headers(settings),
+        ),
         ttl_seconds=settings.catalog_refresh_seconds,
         timeout_seconds=settings.catalog_timeout_seconds,
     )
@@ -107,16 +116,20 @@ def create_services(
     usage = UsageLog(usage_dir) if settings.enable_analytics else None
     chat = ChatService(settings, clients, budget, limiter=limiter, usage=usage)
     store = AsyncConversationStore(ConversationStore(data_dir))
+    exports_dir = data_dir / "exports"
+    conversations = ConversationService(
+        store, chat, exports_dir=exports_dir, max_import_bytes=settings.max_import_bytes
+    )
     return Services(
         chat=chat,
-        conversations=ConversationService(store, chat),
+        conversations=conversations,
         catalog=catalog,
         clients=clients,
         redactor=redactor,
         limiter=limiter,
         usage=usage,
         usage_dir=usage_dir,
-        exports_dir=data_dir / "exports",
+        exports_dir=exports_dir,
         server_secret=server_secret,
         browser_storage_key=storage_key,
         browser_secret=browser_secret,

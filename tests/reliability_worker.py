@@ -33,7 +33,6 @@ import os
 import random
 import sys
 import traceback
-from dataclasses import replace
 from pathlib import Path
 
 import structlog
@@ -41,10 +40,11 @@ import structlog
 from chatlib.chat import ChatService
 from chatlib.client import ClientPool
 from chatlib.config import Settings
-from chatlib.conversations import ConversationService, TurnInput
+from chatlib.conversations import ConversationService, TurnRequest
+from chatlib.errors import ConversationNotFound
 from chatlib.frames import FrameBudget
 from chatlib.messages import ChatMessage
-from chatlib.storage import AsyncConversationStore, Conversation, ConversationStore
+from chatlib.storage import AsyncConversationStore, ConversationStore
 from chatlib.usage import UsageLog
 
 OWNERS = tuple(f"{n:032x}" for n in (0xA11CE, 0xB0B, 0xC4A2))
@@ -68,7 +68,7 @@ def report(*fields: object) -> None:
 async def chat_forever(
     service: ConversationService,
     owner: str,
-    mine: list[Conversation],
+    mine: list[str | None],
     rng: random.Random,
 ) -> None:
     """Keep chatting in this task's conversations: continue, start, rename, delete."""
@@ -76,25 +76,33 @@ async def chat_forever(
     while True:
         step += 1
         if not mine or rng.random() < 0.15:
-            mine.append(service.new_conversation(MODEL, "Be brief.", 0.3))
+            mine.append(None)  # a new chat: the turn creates it
         slot = rng.randrange(len(mine))
-        conversation = mine[slot]
         fault = rng.choice(["", "", "", "", " [[midstream_error=2]]", " [[error=402]]"])
         text = (
-            f"turn {step} in {conversation.id[:8]} {'lorem ' * rng.randrange(1, 60)}"
+            f"turn {step} in {(mine[slot] or 'a new chat')[:8]} {'lorem ' * rng.randrange(1, 60)}"
             f"[[tokens={rng.randrange(2, 40)}]] [[rate=800]]{fault}"
         )
-        turn = TurnInput(user_text=text, model=MODEL, system_prompt="Be brief.", temperature=0.3)
-        async for frame in service.run_turn(owner, conversation, turn):
-            if frame.done:
+        turn = TurnRequest(
+            owner_key=owner,
+            conversation_id=mine[slot],
+            user_text=text,
+            model=MODEL,
+            system_prompt="Be brief.",
+            temperature=0.3,
+        )
+        try:
+            async for frame in service.turn(turn):
                 conversation = frame.conversation
-                if frame.save_error is None:
+                if frame.done and frame.save_error is None:
                     count = len(conversation.messages)
                     report("saved", owner, conversation.id, count, digest(conversation.messages))
-        mine[slot] = conversation
+        except ConversationNotFound:  # its first question was never saved
+            del mine[slot]
+            continue
+        mine[slot] = conversation.id
         if step % 11 == 0:
-            renamed = await service.rename(owner, conversation.id, f"Renamed at step {step}")
-            mine[slot] = replace(conversation, title=renamed.title)
+            await service.rename(owner, conversation.id, f"Renamed at step {step}")
         if step % 17 == 0:
             report("deleting", owner, conversation.id)  # before: a kill may land in between
             await service.delete(owner, conversation.id)
@@ -118,15 +126,16 @@ async def chat_until_killed(data_dir: Path, base_url: str, api_key: str) -> None
         usage=usage,
     )
     store = AsyncConversationStore(ConversationStore(data_dir))
-    service = ConversationService(store, chat)
+    service = ConversationService(
+        store, chat, exports_dir=data_dir / "exports", max_import_bytes=settings.max_import_bytes
+    )
     report("started", os.getpid(), usage.path)
     rng = random.Random()
     tasks = []
     for owner in OWNERS:
-        listed = await store.list(owner)
-        existing = [await store.load(owner, s.id) for s in listed.conversations]
+        existing = [s.id for s in (await service.list(owner)).conversations]
         for index in range(TASKS_PER_OWNER):
-            mine = [c for c in existing if int(c.id, 16) % TASKS_PER_OWNER == index]
+            mine: list[str | None] = [i for i in existing if int(i, 16) % TASKS_PER_OWNER == index]
             task_rng = random.Random(rng.random())
             tasks.append(asyncio.create_task(chat_forever(service, owner, mine, task_rng)))
     done, _ = await asyncio.wait(tasks, timeout=GIVE_UP_AFTER_SECONDS)

@@ -41,7 +41,8 @@ def _service(fake: FakeOpenRouter, tmp_path: Path, **overrides: object) -> ChatS
 
 def _request(text: str, **kw: object) -> TurnRequest:
     base = {
-        "history": (),
+        "owner_key": "api",
+        "conversation_id": None,
         "user_text": text,
         "model": "openai/gpt-4o",
         "system_prompt": "Be nice.",
@@ -54,7 +55,7 @@ async def test_turn_streams_frames_and_ends_with_metadata(
     fake: FakeOpenRouter, tmp_path: Path
 ) -> None:
     service = _service(fake, tmp_path)
-    frames = [f async for f in service.run_turn(_request(f"{SECRET_TEXT} [[tokens=30]]"))]
+    frames = [f async for f in service.run_turn(_request(f"{SECRET_TEXT} [[tokens=30]]"), ())]
     assert frames[0].answer.content == ""  # the user's message shows before upstream answers
     assert frames[0].history[0].content.startswith(SECRET_TEXT)
     final = frames[-1]
@@ -72,8 +73,8 @@ async def test_logs_have_turn_events_but_no_key_or_message_text(
     fake: FakeOpenRouter, tmp_path: Path
 ) -> None:
     service = _service(fake, tmp_path)
-    [f async for f in service.run_turn(_request(f"{SECRET_TEXT} [[tokens=5]]"))]
-    [f async for f in service.run_turn(_request(f"{SECRET_TEXT} [[error=402]]"))]
+    [f async for f in service.run_turn(_request(f"{SECRET_TEXT} [[tokens=5]]"), ())]
+    [f async for f in service.run_turn(_request(f"{SECRET_TEXT} [[error=402]]"), ())]
     log_text = (tmp_path / "logs" / "app.log").read_text()
     events = [json.loads(line) for line in log_text.splitlines()]
     names = [e["event"] for e in events]
@@ -94,7 +95,7 @@ async def test_stop_keeps_partial_answer_marked_stopped(
     service = _service(fake, tmp_path)
     frames = []
     async for frame in service.run_turn(
-        _request("slow [[tokens=200]] [[rate=40]]", session_key="s1")
+        _request("slow [[tokens=200]] [[rate=40]]", session_key="s1"), ()
     ):
         frames.append(frame)
         if len(frame.answer.content) > 10 and not frame.done:
@@ -116,10 +117,10 @@ async def test_refusals_happen_before_anything_is_sent(
 ) -> None:
     service = _service(fake, tmp_path, max_input_chars=10)
     with pytest.raises(InputError, match="limit is 10"):
-        await anext(service.run_turn(_request("x" * 11)))
+        await anext(service.run_turn(_request("x" * 11), ()))
     keyless = _service(fake, tmp_path, openrouter_api_key=None)
     with pytest.raises(MissingApiKey):
-        await anext(keyless.run_turn(_request("hi")))
+        await anext(keyless.run_turn(_request("hi"), ()))
     assert fake.chat_requests() == []
 
 
@@ -143,6 +144,6 @@ async def test_upstream_429_is_reported_at_once_not_retried(
     fake: FakeOpenRouter, tmp_path: Path
 ) -> None:
     service = _service(fake, tmp_path, openrouter_max_retries=2)
-    frames = [f async for f in service.run_turn(_request("hi [[error=429]] [[retry_after=30]]"))]
+    frames = [f async for f in service.run_turn(_request("hi [[error=429]] [[retry_after=30]]"), ())]
     assert frames[-1].error is not None and "Retry in 30 s" in frames[-1].error.user_message
     assert len(fake.chat_requests()) == 1

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from chatlib.chat import ChatService, TurnRequest
+from chatlib.chat import ChatService
 from chatlib.client import ClientPool
-from chatlib.conversations import ConversationService, TurnInput
+from chatlib.conversations import ConversationFrame, ConversationService, TurnRequest
 from chatlib.frames import FrameBudget
 from chatlib.messages import History
 from chatlib.storage import AsyncConversationStore, ConversationStore
@@ -34,8 +34,11 @@ async def services(
         settings, pool, FrameBudget(updates_per_second=300, min_interval_s=0.01), usage=usage
     )
     store = AsyncConversationStore(ConversationStore(tmp_path / "data"))
+    conversations = ConversationService(
+        store, chat, exports_dir=tmp_path / "exports", max_import_bytes=1_000_000
+    )
     try:
-        yield chat, ConversationService(store, chat), usage
+        yield chat, conversations, usage
     finally:
         await pool.aclose()
         usage.close()
@@ -51,8 +54,20 @@ async def _eventually(check: Callable[[], bool | Awaitable[bool]]) -> None:
     raise AssertionError("never happened")
 
 
-def _turn(text: str = SLOW) -> TurnInput:
-    return TurnInput(user_text=text, model="openai/gpt-4o", system_prompt="", temperature=0.3)
+def _turn(text: str = SLOW, conversation_id: str | None = None, **kw: object) -> TurnRequest:
+    return TurnRequest(
+        owner_key=OWNER,
+        conversation_id=conversation_id,
+        user_text=text,
+        model="openai/gpt-4o",
+        system_prompt="",
+        temperature=0.3,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def _last(frames: AsyncIterator[ConversationFrame]) -> ConversationFrame:
+    return [frame async for frame in frames][-1]
 
 
 async def _messages_once_answered(
@@ -61,11 +76,11 @@ async def _messages_once_answered(
     """The stored messages once the answer a left turn finishes in the background is saved."""
 
     async def answered() -> bool:
-        stored = await conversations.store.load(OWNER, conversation_id)
+        stored = await conversations.open(OWNER, conversation_id)
         return stored.messages[-1].role == "assistant"
 
     await _eventually(answered)
-    return (await conversations.store.load(OWNER, conversation_id)).messages
+    return (await conversations.open(OWNER, conversation_id)).messages
 
 
 def _rows(usage: UsageLog) -> list[UsageRecord]:
@@ -76,11 +91,11 @@ async def test_closing_the_page_mid_answer_saves_what_arrived_as_stopped(
     fake: FakeOpenRouter, services: tuple[ChatService, ConversationService, UsageLog]
 ) -> None:
     _, conversations, usage = services
-    conversation = conversations.new_conversation("openai/gpt-4o", "", 0.3)
-    frames = conversations.run_turn(OWNER, conversation, _turn())
+    frames = conversations.turn(_turn())
     shown = ""
     async for frame in frames:
-        shown = frame.conversation.messages[-1].content
+        conversation = frame.conversation
+        shown = conversation.messages[-1].content
         if len(shown) > 40:
             break
     await frames.aclose()  # what Gradio does when the page is closed or reloaded
@@ -101,9 +116,14 @@ async def test_an_api_caller_leaving_mid_answer_still_gets_a_usage_row(
 ) -> None:
     chat, _, usage = services
     request = TurnRequest(
-        history=(), user_text=SLOW, model="openai/gpt-4o", system_prompt="", temperature=0.3
+        owner_key="api",
+        conversation_id=None,
+        user_text=SLOW,
+        model="openai/gpt-4o",
+        system_prompt="",
+        temperature=0.3,
     )
-    frames = chat.run_turn(request)
+    frames = chat.run_turn(request, ())
     async for frame in frames:
         if frame.answer.content:
             break
@@ -118,26 +138,20 @@ async def test_a_chat_deleted_or_renamed_mid_answer_is_not_brought_back(
     services: tuple[ChatService, ConversationService, UsageLog],
 ) -> None:
     _, conversations, _ = services
-    store = conversations.store
     turn = _turn("short [[tokens=30]] [[rate=100]]")
-    doomed = conversations.new_conversation("openai/gpt-4o", "", 0.3)
-    renamed = conversations.new_conversation("openai/gpt-4o", "", 0.3)
-    frames = [
-        conversations.run_turn(OWNER, doomed, turn),
-        conversations.run_turn(OWNER, renamed, turn),
-    ]
-    for stream in frames:
-        await anext(stream)  # each question is saved
+    frames = [conversations.turn(turn), conversations.turn(turn)]
+    # Each question is saved before its answer streams.
+    doomed, renamed = [(await anext(stream)).conversation for stream in frames]
     assert await conversations.delete(OWNER, doomed.id)  # e.g. from another tab
     await conversations.rename(OWNER, renamed.id, "My own title")
-    finals = [[frame async for frame in stream][-1] for stream in frames]
+    finals = [await _last(stream) for stream in frames]
 
-    listed = await store.list(OWNER)
+    listed = await conversations.list(OWNER)
     assert [s.title for s in listed.conversations] == ["My own title"]
     assert finals[0].save_error is not None
     assert "deleted" in finals[0].save_error.user_message  # the visitor is told
     assert finals[1].save_error is None
-    kept = await store.load(OWNER, renamed.id)
+    kept = await conversations.open(OWNER, renamed.id)
     assert kept.title == "My own title" and kept.messages[-1].meta is not None
     assert kept.messages[-1].meta.status == "complete"
 
@@ -147,17 +161,14 @@ async def test_an_answer_that_ends_late_never_overwrites_a_newer_turn(
 ) -> None:
     # Tab 1 asks a slow model; tab 2 opens the same chat, asks and gets its answer first.
     _, conversations, _ = services
-    store = conversations.store
-    conversation = conversations.new_conversation("openai/gpt-4o", "", 0.3)
 
-    slow = conversations.run_turn(OWNER, conversation, _turn("first [[delay=1]] [[tokens=3]]"))
-    await anext(slow)
-    reopened = await store.load(OWNER, conversation.id)
-    fast = [f async for f in conversations.run_turn(OWNER, reopened, _turn("second [[tokens=3]]"))]
-    assert fast[-1].save_error is None
-    late = [frame async for frame in slow][-1]
+    slow = conversations.turn(_turn("first [[delay=1]] [[tokens=3]]"))
+    conversation = (await anext(slow)).conversation
+    fast = await _last(conversations.turn(_turn("second [[tokens=3]]", conversation.id)))
+    assert fast.save_error is None
+    late = await _last(slow)
 
-    stored = (await store.load(OWNER, conversation.id)).messages
+    stored = (await conversations.open(OWNER, conversation.id)).messages
     assert [m.content for m in stored] == [
         "first [[delay=1]] [[tokens=3]]",
         "second [[tokens=3]]",
@@ -172,11 +183,12 @@ async def test_a_cancelled_turn_keeps_what_arrived_and_its_usage_row(
     # Gradio cancels the task (its /cancel route, or a shutdown) instead of closing the
     # generator: the chat as last shown is saved, marked stopped, and the usage row written.
     _, conversations, usage = services
-    conversation = conversations.new_conversation("openai/gpt-4o", "", 0.3)
     shown: list[str] = []
+    ids: list[str] = []
 
     async def watch() -> None:
-        async for frame in conversations.run_turn(OWNER, conversation, _turn()):
+        async for frame in conversations.turn(_turn()):
+            ids.append(frame.conversation.id)
             shown.append(frame.conversation.messages[-1].content)
 
     task = asyncio.get_running_loop().create_task(watch())
@@ -185,7 +197,7 @@ async def test_a_cancelled_turn_keeps_what_arrived_and_its_usage_row(
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    answer = (await _messages_once_answered(conversations, conversation.id))[-1]
+    answer = (await _messages_once_answered(conversations, ids[0]))[-1]
     assert answer.meta is not None and answer.meta.status == "stopped"
     assert answer.content == shown[-1]
     await _eventually(lambda: [r.status for r in _rows(usage)] == ["stopped"])
