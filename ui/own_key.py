@@ -7,6 +7,7 @@ from typing import Any
 
 import gradio as gr
 
+from chatlib.client import attribution_headers
 from chatlib.config import Settings
 from chatlib.keys import check_key, clean_key, mask_key
 from chatlib.visitors import BrowserIdentity
@@ -77,7 +78,10 @@ class OwnKeyPanel:
         identity = BrowserIdentity.ensure(browser_value)
         key = clean_key(raw_key)
         status = await check_key(
-            settings.openrouter_base_url, key, timeout=settings.connect_timeout_seconds
+            settings.openrouter_base_url,
+            key,
+            timeout=settings.connect_timeout_seconds,
+            headers=attribution_headers(settings),
         )
         identity = replace(identity, api_key=key)
         return {
