@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gradio as gr
 
@@ -16,7 +16,13 @@ from ui.errors import refuse, shown_as_toast
 from ui.sidebar import SidebarPanel
 
 Updates = dict[Any, Any]
-EXPORTS = {"current": (False, "json"), "markdown": (False, "markdown"), "all": (True, "json")}
+Format = Literal["json", "markdown"]
+# What each export button asks for: (every chat?, format).
+EXPORTS: dict[str, tuple[bool, Format]] = {
+    "current": (False, "json"),
+    "markdown": (False, "markdown"),
+    "all": (True, "json"),
+}
 
 
 class TransferPanel:

@@ -1,0 +1,150 @@
+"""The page's handlers, called in-process: what a visitor sees after each action."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pytest
+from starlette.requests import Request
+
+from chatlib.identity import new_anonymous_id
+from chatlib.services import create_services
+from chatlib.visitors import BrowserIdentity
+from tests.conftest import settings_for
+from tests.fakes.openrouter import FakeOpenRouter
+from ui.errors import shown_as_toast
+from ui.page import Page
+
+
+@pytest.fixture
+async def page(fake: FakeOpenRouter, tmp_path: Path) -> AsyncIterator[Page]:
+    # Built inside the test's event loop: outside one, Gradio makes loops of its own.
+    settings = settings_for(fake, tmp_path, DATA_DIR=str(tmp_path / "data"))
+    services = create_services(settings)
+    yield Page(settings, services)
+    await services.aclose()
+
+
+def visitor() -> dict[str, Any]:
+    """A browser's stored state: a fresh anonymous visitor."""
+    return BrowserIdentity(anon_id=new_anonymous_id()).to_value()
+
+
+def request(session: str = "page-1", peer: str = "127.0.0.1") -> gr.Request:
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "headers": [],
+        "client": (peer, 50000),
+        "query_string": b"",
+    }
+    return gr.Request(request=Request(scope), session_hash=session)
+
+
+async def send(
+    page: Page, browser: dict[str, Any], text: str, chat_id: str | None = None
+) -> dict[Any, Any]:
+    """Send `text` and return every update merged, as the page ends up showing them."""
+    shown: dict[Any, Any] = {}
+    async for updates in page.chat.respond(
+        text, chat_id, "openai/gpt-4o", "", 0.3, browser, request(), None
+    ):
+        shown.update(updates)
+    return shown
+
+
+async def test_a_message_streams_an_answer_that_is_saved_and_listed(page: Page) -> None:
+    me = visitor()
+    shown = await send(page, me, "Hello there")
+    messages = shown[page.chat.chatbot]
+    assert messages[0]["content"] == "Hello there"
+    assert messages[-1]["role"] == "assistant" and messages[-1]["content"]
+    assert shown[page.chat.send_btn]["visible"] is True
+    choices = shown[page.sidebar.conversation_list]["choices"]
+    assert [label.split(" · ")[0] for label, _ in choices] == ["Hello there"]
+    chat_id = shown[page.ctx.conversation_id]
+    reopened = await page.chat.open_conversation(chat_id, me, request(), None)
+    assert reopened[page.chat.chatbot] == messages
+
+
+async def test_rename_shows_the_new_title_and_a_blank_name_is_refused(page: Page) -> None:
+    me = visitor()
+    chat_id = (await send(page, me, "First question"))[page.ctx.conversation_id]
+    renamed = await page.sidebar.rename("Trip plans", chat_id, me, request(), None)
+    labels = [label for label, _ in renamed[page.sidebar.conversation_list]["choices"]]
+    assert labels[0].startswith("Trip plans")
+    with pytest.warns(UserWarning, match="Type the new name first"):
+        unchanged = await shown_as_toast(page.sidebar.rename)("  ", chat_id, me, request(), None)
+    assert unchanged == {}
+
+
+async def test_another_visitors_chat_id_opens_nothing_and_changes_nothing(page: Page) -> None:
+    owner, intruder = visitor(), visitor()
+    chat_id = (await send(page, owner, "My secret plan"))[page.ctx.conversation_id]
+    for handler, args in (
+        (page.chat.open_conversation, (chat_id,)),
+        (page.sidebar.rename, ("pwned", chat_id)),
+        (page.sidebar.confirm_delete, (chat_id,)),
+        (page.chat.undo, (chat_id,)),
+        (page.transfer.export, ("current", chat_id)),
+    ):
+        with pytest.warns(UserWarning):
+            result = await shown_as_toast(handler)(*args, intruder, request("evil"), None)
+        assert result == {}, handler.__name__
+    mine = await page.chat.open_conversation(chat_id, owner, request(), None)
+    assert mine[page.chat.chatbot][0]["content"] == "My secret plan"
+
+
+async def test_retry_from_another_visitor_is_refused(page: Page) -> None:
+    owner, intruder = visitor(), visitor()
+    chat_id = (await send(page, owner, "Only mine"))[page.ctx.conversation_id]
+    retry = shown_as_toast(page.chat.retry)
+    with pytest.warns(UserWarning):
+        frames = [
+            u async for u in retry(chat_id, "openai/gpt-4o", "", 0.3, intruder, request(), None)
+        ]
+    assert frames == [{}]
+
+
+async def test_undo_puts_the_question_back_in_the_box(page: Page) -> None:
+    me = visitor()
+    chat_id = (await send(page, me, "Take this back"))[page.ctx.conversation_id]
+    undone = await page.chat.undo(chat_id, me, request(), None)
+    assert undone[page.chat.chatbot] == []
+    assert undone[page.chat.textbox] == "Take this back"
+
+
+async def test_export_gives_a_file_with_the_chat_and_no_secrets(page: Page) -> None:
+    me = visitor()
+    chat_id = (await send(page, me, "Export me"))[page.ctx.conversation_id]
+    exported = await page.transfer.export("current", chat_id, me, request(), None)
+    path = Path(exported[page.transfer.export_file]["value"])
+    document = json.loads(path.read_text(encoding="utf-8"))
+    assert document["conversations"][0]["messages"][0]["content"] == "Export me"
+    assert "sk-or-" not in path.read_text(encoding="utf-8")
+
+
+async def test_a_broken_import_is_refused_with_its_reason_and_nothing_is_added(
+    page: Page, tmp_path: Path
+) -> None:
+    me = visitor()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "openrouter-chat", "conversations": [{"title": 5}]}')
+    with pytest.warns(UserWarning, match="conversation 1"):
+        result = await shown_as_toast(page.transfer.import_file)(str(bad), me, request(), None)
+    assert result == {}
+    listed = await page.sidebar.search("", None, me, request(), None)
+    assert listed[page.sidebar.conversation_list]["choices"] == []
+
+
+async def test_usage_tab_shows_only_the_visitors_own_totals(page: Page) -> None:
+    me = visitor()
+    await send(page, me, "Count me")
+    shown = await page.usage.show(me, request(peer="203.0.113.9"), None)
+    assert "1 request" in shown[page.usage.mine.totals]
+    assert shown[page.usage.admin_group]["visible"] is False
