@@ -12,9 +12,11 @@ import pytest
 
 from chatlib.chat import ChatService, TurnRequest
 from chatlib.client import ClientPool
-from chatlib.errors import InputError, MissingApiKey
+from chatlib.errors import InputError, MissingApiKey, RateLimited
 from chatlib.frames import FrameBudget
 from chatlib.logging import REDACTED, SecretRedactor
+from chatlib.ratelimit import RateLimiter
+from chatlib.usage import UsageLog, read_usage
 from tests.conftest import TEST_API_KEY, settings_for
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 
@@ -144,6 +146,39 @@ async def test_upstream_429_is_reported_at_once_not_retried(
     fake: FakeOpenRouter, tmp_path: Path
 ) -> None:
     service = _service(fake, tmp_path, openrouter_max_retries=2)
-    frames = [f async for f in service.run_turn(_request("hi [[error=429]] [[retry_after=30]]"), ())]
+    frames = [
+        f async for f in service.run_turn(_request("hi [[error=429]] [[retry_after=30]]"), ())
+    ]
     assert frames[-1].error is not None and "Retry in 30 s" in frames[-1].error.user_message
     assert len(fake.chat_requests()) == 1
+
+
+async def test_a_client_hammering_past_its_limit_gets_one_row_per_10_s_that_counts_them_all(
+    fake: FakeOpenRouter, tmp_path: Path
+) -> None:
+    settings = settings_for(fake, tmp_path)
+    pool = ClientPool(settings)
+    _POOLS.append(pool)
+    limiter = RateLimiter("memory://", 1)
+    usage = UsageLog(tmp_path / "usage")
+    now = [1000.0]
+    service = ChatService(
+        settings,
+        pool,
+        FrameBudget(updates_per_second=300, min_interval_s=0.01),
+        limiter=limiter,
+        usage=usage,
+        clock=lambda: now[0],
+    )
+    try:
+        [f async for f in service.run_turn(_request("hi [[tokens=2]]", rate_key="ip"), ())]
+        for step in (0.0, 1.0, 1.0, 9.0):  # refused at 0, 1, 2 and 11 s
+            now[0] += step
+            with pytest.raises(RateLimited):
+                await anext(service.run_turn(_request("again", rate_key="ip"), ()))
+        rows = [r for r in read_usage(usage.path.parent) if r.status == "rate_limited"]
+    finally:
+        await limiter.aclose()
+        usage.close()
+
+    assert [r.count for r in rows] == [1, 3]  # the second row stands for the two left out too

@@ -1,20 +1,27 @@
-"""Turns on stored chats: the page going away mid-answer, the chat deleted or renamed meanwhile."""
+"""Stored chats through their one door: turns (left, cancelled, overtaken), retry, edit, undo,
+rename, export and import, and privacy between visitors."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from chatlib.chat import ChatService
 from chatlib.client import ClientPool
 from chatlib.conversations import ConversationFrame, ConversationService, TurnRequest
+from chatlib.errors import ConversationNotFound, ImportRejected, InputError, StorageError
 from chatlib.frames import FrameBudget
 from chatlib.messages import History
-from chatlib.storage import AsyncConversationStore, ConversationStore
+from chatlib.storage import AsyncConversationStore, Conversation, ConversationStore
 from chatlib.usage import UsageLog, UsageRecord, read_usage
 from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
@@ -202,3 +209,181 @@ async def test_a_cancelled_turn_keeps_what_arrived_and_its_usage_row(
     assert answer.content == shown[-1]
     await _eventually(lambda: [r.status for r in _rows(usage)] == ["stopped"])
     await _eventually(lambda: fake.active_streams == 0)
+
+
+# -- the service's other doors ------------------------------------------------------------------
+
+QUICK = "[[tokens=3]] [[rate=500]]"  # on a line of its own: titles leave it out
+STRANGER = "5" * 32
+
+
+async def _chat(conversations: ConversationService, *questions: str) -> str:
+    """A stored conversation where each question was asked and answered; returns its id."""
+    conversation_id: str | None = None
+    for question in questions:
+        final = await _last(conversations.turn(_turn(f"{question}\n{QUICK}", conversation_id)))
+        assert final.done and final.save_error is None
+        conversation_id = final.conversation.id
+    assert conversation_id is not None
+    return conversation_id
+
+
+def _texts(conversation: Conversation) -> list[str]:
+    return [m.content.removesuffix(f"\n{QUICK}") for m in conversation.messages if m.role == "user"]
+
+
+async def test_retry_asks_the_last_question_again_in_place_of_its_answer(
+    services: tuple[ChatService, ConversationService, UsageLog],
+) -> None:
+    _, conversations, _ = services
+    conversation_id = await _chat(conversations, "first", "second")
+
+    final = await _last(conversations.turn(_turn("", conversation_id, action="retry")))
+
+    stored = await conversations.open(OWNER, conversation_id)
+    assert stored == final.conversation
+    assert _texts(stored) == ["first", "second"]
+    assert [m.role for m in stored.messages] == ["user", "assistant"] * 2
+
+
+async def test_editing_a_question_replaces_it_and_everything_after_it(
+    services: tuple[ChatService, ConversationService, UsageLog],
+) -> None:
+    _, conversations, _ = services
+    conversation_id = await _chat(conversations, "first", "second", "third")
+
+    edit = _turn(f"second, better\n{QUICK}", conversation_id, action="edit", edit_index=1)
+    await _last(conversations.turn(edit))
+
+    stored = await conversations.open(OWNER, conversation_id)
+    assert _texts(stored) == ["first", "second, better"]
+    assert len(stored.messages) == 4
+
+
+async def test_retry_and_edit_without_a_question_are_refused_before_anything_is_sent(
+    fake: FakeOpenRouter, services: tuple[ChatService, ConversationService, UsageLog]
+) -> None:
+    _, conversations, _ = services
+    conversation_id = await _chat(conversations, "only")
+    sent = len(fake.chat_requests())
+
+    with pytest.raises(InputError, match="no message to retry"):
+        await anext(conversations.turn(_turn("", None, action="retry")))
+    with pytest.raises(InputError, match="Only your own messages"):
+        await anext(conversations.turn(_turn("x", conversation_id, action="edit", edit_index=5)))
+    assert len(fake.chat_requests()) == sent
+
+
+async def test_undo_removes_the_last_question_and_answer_and_gives_the_question_back(
+    services: tuple[ChatService, ConversationService, UsageLog],
+) -> None:
+    _, conversations, _ = services
+    conversation_id = await _chat(conversations, "first", "second")
+
+    updated, question = await conversations.undo(OWNER, conversation_id)
+
+    assert question == f"second\n{QUICK}"
+    assert _texts(updated) == ["first"] and len(updated.messages) == 2
+    assert await conversations.open(OWNER, conversation_id) == updated
+
+
+async def test_another_visitors_chat_cannot_be_reached_through_any_door(
+    services: tuple[ChatService, ConversationService, UsageLog],
+) -> None:
+    _, conversations, _ = services
+    secret_id = await _chat(conversations, "my medical question")
+
+    with pytest.raises(ConversationNotFound):
+        await conversations.open(STRANGER, secret_id)
+    with pytest.raises(ConversationNotFound):
+        await conversations.rename(STRANGER, secret_id, "mine now")
+    with pytest.raises(ConversationNotFound):
+        await conversations.undo(STRANGER, secret_id)
+    with pytest.raises(ConversationNotFound):
+        await conversations.export(STRANGER, secret_id, "json")
+    stranger_turn = replace(_turn(f"hi {QUICK}", secret_id), owner_key=STRANGER)
+    with pytest.raises(ConversationNotFound):
+        await anext(conversations.turn(stranger_turn))
+    assert await conversations.delete(STRANGER, secret_id) is False
+    assert (await conversations.list(STRANGER, "medical")).conversations == []
+    assert not await conversations.has_conversations(STRANGER)
+    assert _texts(await conversations.open(OWNER, secret_id)) == ["my medical question"]
+
+
+async def test_renaming_needs_a_saved_chat_and_a_name(
+    services: tuple[ChatService, ConversationService, UsageLog],
+) -> None:
+    _, conversations, _ = services
+    conversation_id = await _chat(conversations, "hello")
+
+    with pytest.raises(InputError, match="Send a message first"):
+        await conversations.rename(OWNER, None, "New name")
+    with pytest.raises(InputError, match="Type the new name first"):
+        await conversations.rename(OWNER, conversation_id, "   ")
+    assert (await conversations.rename(OWNER, conversation_id, "Greetings")).title == "Greetings"
+    assert [s.title for s in (await conversations.list(OWNER)).conversations] == ["Greetings"]
+
+
+async def test_export_one_chat_or_all_of_them_and_bring_them_back(
+    services: tuple[ChatService, ConversationService, UsageLog], tmp_path: Path
+) -> None:
+    _, conversations, _ = services
+    with pytest.raises(InputError, match="no saved conversations yet"):
+        await conversations.export(OWNER, None, "json")
+    first = await _chat(conversations, "Where is the treasure?")
+    await _chat(conversations, "Who buried it?")
+
+    one = await conversations.export(OWNER, first, "json")
+    markdown = await conversations.export(OWNER, first, "markdown")
+    everything = await conversations.export(OWNER, None, "json")
+
+    assert [c["title"] for c in orjson.loads(one.data)["conversations"]] == [
+        "Where is the treasure?"
+    ]
+    assert markdown.name.endswith(".md") and b"# Where is the treasure?" in markdown.data
+    assert len(orjson.loads(everything.data)["conversations"]) == 2
+    assert len(list((tmp_path / "exports").rglob("*.json"))) == 2  # the kept copies
+    assert await conversations.import_file(STRANGER, everything.data) == 2
+    titles = sorted(s.title for s in (await conversations.list(STRANGER)).conversations)
+    assert titles == ["Where is the treasure?", "Who buried it?"]
+
+
+async def test_an_import_that_fills_the_disk_half_way_leaves_nothing_behind(
+    services: tuple[ChatService, ConversationService, UsageLog],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, conversations, _ = services
+    existing = await _chat(conversations, "precious")
+    document = orjson.loads((await conversations.export(OWNER, None, "json")).data)
+    document["conversations"] *= 3
+    real_mkstemp = tempfile.mkstemp
+    calls = 0
+
+    def fills_up(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", fills_up)
+    with pytest.raises(StorageError, match="disk is full"):
+        await conversations.import_file(OWNER, orjson.dumps(document))
+    monkeypatch.undo()
+
+    assert [s.id for s in (await conversations.list(OWNER)).conversations] == [existing]
+    with pytest.raises(ImportRejected, match="file is empty"):
+        await conversations.import_file(OWNER, b"   ")
+
+
+async def test_moving_an_anonymous_visitors_chats_at_login(
+    services: tuple[ChatService, ConversationService, UsageLog],
+) -> None:
+    _, conversations, _ = services
+    await _chat(conversations, "asked before logging in")
+
+    assert await conversations.has_conversations(OWNER)
+    assert await conversations.move_all(OWNER, STRANGER) == 1
+    assert not await conversations.has_conversations(OWNER)
+    listed = await conversations.list(STRANGER)
+    assert [s.title for s in listed.conversations] == ["asked before logging in"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import random
 import shutil
@@ -20,7 +21,13 @@ import orjson
 import pytest
 import structlog
 
-from chatlib.errors import ConversationCorrupt, ConversationNotFound, StorageError
+from chatlib.errors import (
+    ConversationChanged,
+    ConversationCorrupt,
+    ConversationDeleted,
+    ConversationNotFound,
+    StorageError,
+)
 from chatlib.messages import AnswerMeta, ChatMessage
 from chatlib.storage import (
     MAX_TITLE_CHARS,
@@ -620,3 +627,108 @@ def test_titles_come_from_the_first_line_of_the_first_message() -> None:
 def test_a_title_pasted_a_million_times_over_is_cut_to_size() -> None:
     assert len(clean_title("Holiday " * 1_000_000)) <= MAX_TITLE_CHARS
     assert clean_title("  My   trip\n") == "My trip"
+
+
+# -- revisions: answers that end late, in another process or after a restart ------------------
+
+
+def _question(store: ConversationStore, text: str = "What is a monad?") -> Conversation:
+    """A turn's first save: the question alone."""
+    conversation = store.new_conversation("openai/gpt-4o", "", 0.3)
+    return store.save(ALICE, replace(conversation, messages=(ChatMessage("user", text),)))
+
+
+def _answered(question: Conversation) -> Conversation:
+    meta = AnswerMeta(model="openai/gpt-4o", status="complete")
+    return replace(
+        question, messages=(*question.messages, ChatMessage("assistant", "A", meta=meta))
+    )
+
+
+def test_an_answer_ending_after_a_delete_in_another_process_does_not_bring_the_chat_back(
+    tmp_path: Path,
+) -> None:
+    tab, other_process = ConversationStore(tmp_path), ConversationStore(tmp_path)
+    question = _question(tab)
+
+    assert other_process.delete(ALICE, question.id)
+    with pytest.raises(ConversationDeleted):
+        tab.save(ALICE, _answered(question), expected=question)
+
+    assert ConversationStore(tmp_path).list(ALICE).conversations == []
+    with pytest.raises(ConversationNotFound):
+        other_process.load(ALICE, question.id)
+
+
+def test_an_answer_ending_after_a_rename_in_another_process_keeps_the_new_name(
+    tmp_path: Path,
+) -> None:
+    tab, other_process = ConversationStore(tmp_path), ConversationStore(tmp_path)
+    question = _question(tab)
+
+    other_process.rename(ALICE, question.id, "Category theory")
+    saved = tab.save(ALICE, _answered(question), expected=question)
+
+    stored = ConversationStore(tmp_path).load(ALICE, question.id)
+    assert stored == saved
+    assert stored.title == "Category theory" and len(stored.messages) == 2
+    assert stored.revision == question.revision + 2  # the rename, then the answer
+
+
+def test_an_answer_ending_after_a_newer_turn_in_another_process_is_not_saved_over_it(
+    tmp_path: Path,
+) -> None:
+    tab, other_process = ConversationStore(tmp_path), ConversationStore(tmp_path)
+    question = _question(tab)
+    newer = replace(question, messages=(*question.messages, ChatMessage("user", "and a functor?")))
+    other_process.save(ALICE, newer, expected=question)
+
+    with pytest.raises(ConversationChanged):
+        tab.save(ALICE, _answered(question), expected=question)
+
+    assert tab.load(ALICE, question.id).messages == newer.messages
+
+
+def test_an_answer_ending_after_a_restart_is_saved_and_a_delete_still_holds(
+    tmp_path: Path,
+) -> None:
+    kept, doomed = _question(ConversationStore(tmp_path)), _question(ConversationStore(tmp_path))
+    restarted = ConversationStore(tmp_path)
+
+    restarted.save(ALICE, _answered(kept), expected=kept)
+    restarted.delete(ALICE, doomed.id)
+    with pytest.raises(ConversationDeleted):
+        ConversationStore(tmp_path).save(ALICE, _answered(doomed), expected=doomed)
+
+    assert [s.id for s in ConversationStore(tmp_path).list(ALICE).conversations] == [kept.id]
+    assert len(restarted.load(ALICE, kept.id).messages) == 2
+
+
+def test_old_files_without_a_revision_read_as_revision_zero(tmp_path: Path) -> None:
+    store = ConversationStore(tmp_path)
+    saved = _chat(store, ALICE, "from an older version")
+    path = _owner_dir(tmp_path, ALICE) / f"{saved.id}.json"
+    document = orjson.loads(path.read_bytes())
+    del document["revision"]
+    path.write_bytes(orjson.dumps(document))
+
+    assert store.load(ALICE, saved.id) == replace(saved, revision=0)
+
+
+def test_a_write_waits_for_another_process_holding_the_owners_lock(tmp_path: Path) -> None:
+    store = ConversationStore(tmp_path)
+    question = _question(store)
+    # flock() excludes every other open of the file, so this stands for another process.
+    other_process = os.open(_owner_dir(tmp_path, ALICE) / ".lock", os.O_RDWR)
+    fcntl.flock(other_process, fcntl.LOCK_EX)
+    saving = threading.Thread(target=store.save, args=(ALICE, _answered(question)))
+    try:
+        saving.start()
+        saving.join(timeout=0.3)
+        assert saving.is_alive()  # still waiting for the other process
+        assert len(store.load(ALICE, question.id).messages) == 1
+    finally:
+        os.close(other_process)  # releases the lock
+    saving.join(timeout=10)
+    assert not saving.is_alive()
+    assert len(store.load(ALICE, question.id).messages) == 2
