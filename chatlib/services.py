@@ -62,25 +62,14 @@ class Services:
             self.usage.close()
 
 
-def create_services(
-    settings: Settings,
-    redactor: SecretRedactor | None = None,
-    *,
-    sync: HubSync | None = None,
-) -> Services:
-    """Wire the default implementations together (creates DATA_DIR if needed)."""
-    redactor = redactor or SecretRedactor([settings.openrouter_api_key or ""])
-    for secret in (settings.browser_state_secret, settings.hf_token):
-        redactor.add(secret)
-    data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+def _server_secret(settings: Settings, data_dir: Path) -> str:
+    """The secret identities derive from; warns when visitors could lose their chats."""
     server_secret, source = load_or_create_server_secret(
         data_dir,
         settings.browser_state_secret,
         hf_token=settings.hf_token,
         sync_enabled=settings.sync_enabled,
     )
-    redactor.add(server_secret)
     if source == "hf_token":
         log.warning(
             "identity.secret_from_hf_token",
@@ -93,6 +82,23 @@ def create_services(
             advice="Set BROWSER_STATE_SECRET as a Space secret: the generated one is lost "
             "when the Space restarts, and visitors lose their conversations with it.",
         )
+    return server_secret
+
+
+def create_services(
+    settings: Settings,
+    redactor: SecretRedactor | None = None,
+    *,
+    sync: HubSync | None = None,
+) -> Services:
+    """Wire the default implementations together (creates DATA_DIR if needed)."""
+    redactor = redactor or SecretRedactor([settings.openrouter_api_key or ""])
+    for secret in (settings.browser_state_secret, settings.hf_token):
+        redactor.add(secret)
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server_secret = _server_secret(settings, data_dir)
+    redactor.add(server_secret)
     storage_key, browser_secret = browser_state_params(server_secret)
     clients = ClientPool(settings)
     budget = FrameBudget(

@@ -658,22 +658,7 @@ class ConversationStore:
         ):
             if not source.is_dir():
                 return 0
-            known = self._fold_index(source)[0]
-            carried: builtins.list[bytes] = []
-            tombstones: builtins.list[bytes] = []
-            failure: OSError | None = None
-            for conversation_id, stamp in self._scan(source).items():
-                try:
-                    new_id = _move_without_overwrite(source, target, conversation_id)
-                except OSError as exc:
-                    failure = exc
-                    break
-                tombstones.append(_tombstone_line(conversation_id))
-                entry = known.get(conversation_id)
-                if entry is not None and entry.stamp == stamp and entry.summary is not None:
-                    summary = replace(entry.summary, id=new_id)
-                    carried.append(_IndexEntry(new_id, stamp, summary).to_line())
-                # Otherwise the target's next listing reads the file and indexes it.
+            carried, tombstones, failure = _move_files(source, target, self._fold_index(source)[0])
             fsync_directory(target)
             fsync_directory(source)
             # Counts are unknown now; the next listing of either owner recomputes them.
@@ -812,25 +797,6 @@ class ConversationStore:
             reason=type(exc).__name__,
         )
 
-    def _scan(self, directory: Path) -> dict[str, Stamp]:
-        """Conversation files by id with their stamps; removes temporary files left by a crash.
-
-        The caller holds the owner's lock, so no temporary file of ours is in flight.
-        """
-        found: dict[str, Stamp] = {}
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                match = _CONVERSATION_FILE_RE.fullmatch(entry.name)
-                if match is not None:
-                    try:
-                        found[match[1]] = stamp_of(entry.stat(follow_symlinks=False))
-                    except FileNotFoundError:
-                        continue
-                elif entry.name.startswith(".") and entry.name.endswith(_TEMP_SUFFIX):
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
-        return found
-
     def _index_entry_from_file(
         self, owner_key: str, conversation_id: str, scanned: Stamp
     ) -> _IndexEntry:
@@ -884,7 +850,7 @@ class ConversationStore:
             return {}
         entries, lines = self._fold_index(directory)
         try:
-            on_disk = self._scan(directory)
+            on_disk = _scan(directory)
         except OSError as exc:
             self._log.warning("storage.list_failed", owner_key=owner_key, errno=exc.errno)
             raise StorageError(
@@ -968,8 +934,49 @@ class ConversationStore:
             directory.rmdir()
 
 
+def _scan(directory: Path) -> dict[str, Stamp]:
+    """Conversation files by id with their stamps; removes temporary files left by a crash.
+
+    The caller holds the owner's lock, so no temporary file of ours is in flight.
+    """
+    found: dict[str, Stamp] = {}
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            match = _CONVERSATION_FILE_RE.fullmatch(entry.name)
+            if match is not None:
+                try:
+                    found[match[1]] = stamp_of(entry.stat(follow_symlinks=False))
+                except FileNotFoundError:
+                    continue
+            elif entry.name.startswith(".") and entry.name.endswith(_TEMP_SUFFIX):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+    return found
+
+
 def _compaction_threshold(live: int) -> int:
     return 2 * live + 100
+
+
+def _move_files(
+    source: Path, target: Path, known: Mapping[str, _IndexEntry]
+) -> tuple[builtins.list[bytes], builtins.list[bytes], OSError | None]:
+    """Move every conversation file; the target's index lines, the source's tombstones, and
+    the failure that stopped the move early, if any. The caller holds both owners' locks."""
+    carried: builtins.list[bytes] = []
+    tombstones: builtins.list[bytes] = []
+    for conversation_id, stamp in _scan(source).items():
+        try:
+            new_id = _move_without_overwrite(source, target, conversation_id)
+        except OSError as exc:
+            return carried, tombstones, exc
+        tombstones.append(_tombstone_line(conversation_id))
+        entry = known.get(conversation_id)
+        if entry is not None and entry.stamp == stamp and entry.summary is not None:
+            summary = replace(entry.summary, id=new_id)
+            carried.append(_IndexEntry(new_id, stamp, summary).to_line())
+        # Otherwise the target's next listing reads the file and indexes it.
+    return carried, tombstones, None
 
 
 def _move_without_overwrite(source: Path, target: Path, conversation_id: str) -> str:
