@@ -156,12 +156,7 @@ class ChatService:
         # Per client: when its last refusal was recorded, and how many since were not.
         self._refusals: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
-    @property
-    def active_streams(self) -> int:
-        """Answers streaming right now."""
-        return self._budget.active_streams
-
-    def resolve_key(self, visitor_key: str | None) -> str:
+    def _resolve_key(self, visitor_key: str | None) -> str:
         """The key to use: the visitor's own, else the operator's; else MissingApiKey."""
         key = (visitor_key or "").strip() or self._settings.openrouter_api_key
         if not key:
@@ -222,7 +217,7 @@ class ChatService:
             ),
             temperature=check_temperature(request.temperature),
         )
-        key = self.resolve_key(request.api_key)
+        key = self._resolve_key(request.api_key)
         request_id = uuid.uuid4().hex[:16]
         await self._check_rate_limit(request, request_id)
         now = self._wall_clock()
