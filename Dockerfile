@@ -3,6 +3,8 @@
 #   docker run -p 7860:7860 -e OPENROUTER_API_KEY=... -v chat-data:/data openrouter-chat
 FROM python:3.12-slim
 
+# HOST=0.0.0.0: the app's own default is 127.0.0.1 (a local `make run` serves this machine
+# only), but a container is reached through its published port, from outside its loopback.
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \

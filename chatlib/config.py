@@ -113,6 +113,34 @@ def _optional_host(raw: str) -> str:
     return _host(raw) if raw.strip() else ""
 
 
+# A Space (and the Docker image, which sets HOST) must bind every interface; anything else
+# binds this machine only, so a `make run` with the operator's key in .env does not serve
+# that key's credit to the whole network.
+LOCAL_HOST = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - used only on a Space or when HOST says so
+
+# secrets.token_urlsafe(24) is 32 characters; a chosen token must be at least 24.
+OPERATOR_TOKEN_MIN_CHARS = 24
+_OPERATOR_TOKEN_MAX_CHARS = 200
+_URL_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _operator_token(raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    if not (
+        OPERATOR_TOKEN_MIN_CHARS <= len(value) <= _OPERATOR_TOKEN_MAX_CHARS
+        and set(value) <= _URL_SAFE
+    ):
+        raise ValueError(
+            f"must be {OPERATOR_TOKEN_MIN_CHARS} to {_OPERATOR_TOKEN_MAX_CHARS} characters of "
+            "A-Z, a-z, 0-9, - and _ (e.g. python -c 'import secrets; "
+            "print(secrets.token_urlsafe(24))')"
+        )
+    return value
+
+
 def _proxies(raw: str) -> str:
     # Imported here: ratelimit pulls in the limits library, which config need not load.
     from chatlib.ratelimit import parse_trusted_proxies
@@ -163,7 +191,13 @@ ENV_VARS: tuple[EnvVar, ...] = (
         _integer(1, 10_000),
         "How many of the latest messages are sent upstream (plus the system prompt).",
     ),
-    EnvVar("HOST", "0.0.0.0", _host, "Address the server binds to."),  # noqa: S104
+    EnvVar(
+        "HOST",
+        "",
+        _optional_host,
+        "Address the server binds to. Empty: 127.0.0.1 (this machine only), or 0.0.0.0 on a "
+        "Space; the Docker image sets 0.0.0.0.",
+    ),
     EnvVar("PORT", "7860", _integer(1, 65535), "Port the server listens on."),
     EnvVar("LOG_LEVEL", "INFO", _choice(_LOG_LEVELS), "DEBUG, INFO, WARNING or ERROR."),
     EnvVar("LOG_JSON", "true", _bool, "true: one JSON object per log line; false: console."),
@@ -258,6 +292,19 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "Separate limit for logged-in Hugging Face users; 0 means the same as anonymous.",
     ),
     EnvVar(
+        "KEY_CHECKS_PER_MIN",
+        "3",
+        _integer(0, 10_000),
+        "OpenRouter key checks (a visitor pasting their own key) per minute per client, on "
+        "top of the chat limit; 0 disables.",
+    ),
+    EnvVar(
+        "UPLOADS_PER_MIN",
+        "10",
+        _integer(0, 1_000_000),
+        "File uploads (imports) per minute per client IP; 0 disables.",
+    ),
+    EnvVar(
         "RATE_LIMIT_STORAGE_URI",
         "memory://",
         _text,
@@ -275,6 +322,14 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "",
         _text,
         "Comma-separated Hugging Face user names who see app-wide usage and the CSV.",
+    ),
+    EnvVar(
+        "OPERATOR_TOKEN",
+        "",
+        _operator_token,
+        "Token of the operator link (/?operator=...) that opens the app-wide usage. Empty: "
+        "a random one is made at each start and printed (off a Space only).",
+        secret=True,
     ),
     EnvVar(
         "HF_TOKEN",
@@ -337,7 +392,7 @@ class Settings:
     temperature: float = 0.3
     max_input_chars: int = 8000
     max_history_messages: int = 40
-    host: str = "0.0.0.0"  # noqa: S104 - a Space must bind every interface
+    host: str = LOCAL_HOST
     port: int = 7860
     log_level: str = "INFO"
     log_json: bool = True
@@ -356,9 +411,12 @@ class Settings:
     trusted_proxies: str = ""
     rate_limit_requests_per_min: int = 20
     rate_limit_requests_per_min_logged_in: int = 0
+    key_checks_per_min: int = 3
+    uploads_per_min: int = 10
     rate_limit_storage_uri: str = "memory://"
     enable_analytics: bool = True
     admin_users: str = ""
+    operator_token: str | None = dataclasses.field(default=None, repr=False)
     hf_token: str | None = dataclasses.field(default=None, repr=False)
     hf_dataset_repo: str = ""
     hf_sync_every_minutes: float = 5.0
@@ -401,6 +459,11 @@ class Settings:
         return max(400_000, self.max_input_chars * self.max_history_messages)
 
     @property
+    def max_upload_bytes(self) -> int:
+        """Largest file an upload may carry (uploads are only ever imports)."""
+        return 2 * self.max_import_bytes
+
+    @property
     def admin_user_names(self) -> frozenset[str]:
         """ADMIN_USERS as a set of names."""
         return frozenset(n.strip() for n in self.admin_users.split(",") if n.strip())
@@ -427,6 +490,8 @@ class Settings:
                 problems.append(f"{var.name} {exc}, got {shown}")
         if problems:
             raise ConfigError(problems)
+        if not values["host"]:
+            values["host"] = ALL_INTERFACES if values["space_id"] else LOCAL_HOST
         if not values["public_url"] and values["space_id"] and values["space_host"]:
             values["public_url"] = f"https://{values['space_host']}"
         return cls(**values)

@@ -19,7 +19,7 @@ def test_defaults_match_the_product() -> None:
     assert settings.temperature == 0.3
     assert settings.openrouter_base_url == "https://openrouter.ai/api/v1"
     assert settings.openrouter_api_key is None
-    assert (settings.host, settings.port) == ("0.0.0.0", 7860)
+    assert (settings.host, settings.port) == ("127.0.0.1", 7860)
     assert settings.max_input_chars == 8000
     assert settings.max_history_messages == 40
 
@@ -35,6 +35,50 @@ def test_every_invalid_variable_is_named_in_one_error() -> None:
     assert "PORT must be a whole number between 1 and 65535, got '99999'" in message
     assert "LOG_JSON" in message and "LOG_LEVEL" in message
     assert len(caught.value.problems) == 4
+
+
+def test_a_local_run_serves_this_machine_only_and_a_space_every_interface() -> None:
+    # `python app.py` / `make run`: the operator's key must not serve the whole LAN.
+    assert Settings.from_env({}, env_file=None).host == "127.0.0.1"
+    assert Settings.from_env({"HOST": ""}, env_file=None).host == "127.0.0.1"
+    # On a Space the proxy reaches the app from another address: bind every interface.
+    assert Settings.from_env({"SPACE_ID": "alice/chat"}, env_file=None).host == "0.0.0.0"
+    # An explicit HOST always wins (the Docker image sets 0.0.0.0).
+    assert Settings.from_env({"HOST": "0.0.0.0"}, env_file=None).host == "0.0.0.0"
+    chosen = Settings.from_env({"HOST": "192.168.1.5", "SPACE_ID": "a/b"}, env_file=None)
+    assert chosen.host == "192.168.1.5"
+    with pytest.raises(ConfigError, match="HOST must be a host name"):
+        Settings.from_env({"HOST": "http://x/"}, env_file=None)
+
+
+def test_copying_env_example_keeps_a_local_run_on_this_machine(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text((REPO / ".env.example").read_text(encoding="utf-8"))
+    assert Settings.from_env({}, env_file=env_file).host == "127.0.0.1"
+
+
+def test_key_checks_and_uploads_have_small_limits_by_default() -> None:
+    settings = Settings.from_env({}, env_file=None)
+    assert settings.key_checks_per_min == 3
+    assert settings.uploads_per_min == 10
+    assert settings.max_upload_bytes == 2 * settings.max_import_bytes
+    tuned = Settings.from_env({"KEY_CHECKS_PER_MIN": "0", "UPLOADS_PER_MIN": "5"}, env_file=None)
+    assert (tuned.key_checks_per_min, tuned.uploads_per_min) == (0, 5)
+    with pytest.raises(ConfigError, match="KEY_CHECKS_PER_MIN must be a whole number"):
+        Settings.from_env({"KEY_CHECKS_PER_MIN": "-1"}, env_file=None)
+
+
+def test_an_operator_token_must_be_long_and_is_never_echoed() -> None:
+    assert Settings.from_env({}, env_file=None).operator_token is None
+    token = "Ab3_" * 8
+    settings = Settings.from_env({"OPERATOR_TOKEN": f"  {token} "}, env_file=None)
+    assert settings.operator_token == token
+    assert token not in repr(settings)
+    for bad in ("short-token", "x" * 23, "has space" * 4, "query?string&" * 3):
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env({"OPERATOR_TOKEN": bad}, env_file=None)
+        assert "OPERATOR_TOKEN must be 24 to 200 characters" in str(caught.value)
+        assert bad not in str(caught.value)
 
 
 def test_limits_are_bounded() -> None:

@@ -136,6 +136,18 @@ def test_image_serves_port_7860_with_a_healthcheck(dockerfile: list[tuple[str, s
     assert json.loads(cmd) == ["python", "app.py"]
 
 
+def test_the_image_binds_every_interface_while_a_local_run_does_not(
+    dockerfile: list[tuple[str, str]],
+) -> None:
+    # Without HOST in the image, the container would listen on its own loopback only and
+    # the published port would answer nothing.
+    env = _env(dockerfile)
+    assert Settings.from_env({}, env_file=None).host == "127.0.0.1"
+    assert Settings.from_env({"HOST": env["HOST"]}, env_file=None).host == "0.0.0.0"
+    healthcheck = dockerfile[_index(dockerfile, "HEALTHCHECK")][1]
+    assert "127.0.0.1" in healthcheck  # reachable from inside the container either way
+
+
 def test_image_keeps_data_in_a_volume_the_user_owns(dockerfile: list[tuple[str, str]]) -> None:
     env = _env(dockerfile)
     assert "DATA_DIR" in {var.name for var in ENV_VARS}
