@@ -58,6 +58,9 @@ WINDOW_SECONDS: Final = 60
 KEY_PREFIX: Final = "openrouter-chat"
 _ANONYMOUS_NAMESPACE = "ip"
 _LOGGED_IN_NAMESPACE = "user"
+_KEY_CHECK_NAMESPACE = "keycheck"
+_UPLOAD_NAMESPACE = "upload"
+KEY_CHECKS_DOING: Final = "checking OpenRouter keys"
 _STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
 
 
@@ -263,6 +266,9 @@ class RateLimiter:
     Anonymous visitors are keyed by client IP with `per_minute`; logged-in users are keyed
     by their user id in a separate namespace with `per_minute_logged_in` (when 0, the
     anonymous limit applies to them too). A limit of 0 lets every request through.
+    Two small limits live in their own namespaces of the same storage: OpenRouter key
+    checks (`key_checks_per_minute`, so the app is no free oracle for stolen keys) and
+    uploads (`uploads_per_minute`). Each counts separately from the chat allowance.
     If the storage fails or does not answer within `storage_timeout_seconds`, the request
     is allowed (fail open) and `ratelimit.storage_error` is logged: an outage of the
     counter store must never break a chat turn.
@@ -274,10 +280,13 @@ class RateLimiter:
         per_minute: int,
         per_minute_logged_in: int = 0,
         *,
+        key_checks_per_minute: int = 0,
+        uploads_per_minute: int = 0,
         storage_timeout_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if per_minute < 0 or per_minute_logged_in < 0:
+        limits_given = (per_minute, per_minute_logged_in, key_checks_per_minute, uploads_per_minute)
+        if any(limit < 0 for limit in limits_given):
             raise ValueError("rate limits must be 0 (off) or positive")
         self._anonymous_limit = per_minute
         self._logged_in_limit = per_minute_logged_in or per_minute
@@ -295,13 +304,33 @@ class RateLimiter:
             self._items[True] = RateLimitItemPerMinute(
                 self._logged_in_limit, namespace=_LOGGED_IN_NAMESPACE
             )
-        if self._items:
+        self._key_check_item: RateLimitItem | None = (
+            RateLimitItemPerMinute(key_checks_per_minute, namespace=_KEY_CHECK_NAMESPACE)
+            if key_checks_per_minute
+            else None
+        )
+        self._upload_item: RateLimitItem | None = (
+            RateLimitItemPerMinute(uploads_per_minute, namespace=_UPLOAD_NAMESPACE)
+            if uploads_per_minute
+            else None
+        )
+        if self._items or self._key_check_item or self._upload_item:
             self._storage = _create_storage(storage_uri, storage_timeout_seconds)
             self._strategy = MovingWindowRateLimiter(self._storage)
 
     def limit_for(self, *, logged_in: bool = False) -> int:
         """Requests per rolling minute for this kind of visitor (0: unlimited)."""
         return self._logged_in_limit if logged_in else self._anonymous_limit
+
+    @property
+    def key_checks_per_minute(self) -> int:
+        """Key checks per rolling minute per client (0: unlimited)."""
+        return self._key_check_item.amount if self._key_check_item else 0
+
+    @property
+    def uploads_per_minute(self) -> int:
+        """Uploads per rolling minute per client (0: unlimited)."""
+        return self._upload_item.amount if self._upload_item else 0
 
     async def check(self, client_key: str | None, *, logged_in: bool, doing: str) -> None:
         """Count one request other than a chat turn (same allowance); RateLimited if over."""
@@ -310,9 +339,33 @@ class RateLimiter:
 
     async def hit(self, client_key: str, *, logged_in: bool = False) -> RateDecision:
         """Count one request for `client_key` (an IP, or a user id when logged in)."""
-        item = self._items.get(logged_in)
+        return await self._hit(
+            self._items.get(logged_in), client_key, kind="user" if logged_in else "ip"
+        )
+
+    async def check_key_check(self, client_key: str | None) -> None:
+        """Count one OpenRouter key check for `client_key`; RateLimited if over the small limit.
+
+        Call it (after `check(..., doing=...)`, the visitor's general allowance) before
+        every request to OpenRouter's `/key`. The message says what was limited and when
+        to try again.
+        """
+        if client_key is not None:
+            decision = await self.hit_key_check(client_key)
+            decision.raise_if_refused(doing=KEY_CHECKS_DOING)
+
+    async def hit_key_check(self, client_key: str) -> RateDecision:
+        """Count one key check for `client_key` and say whether it may go ahead."""
+        return await self._hit(self._key_check_item, client_key, kind="key_check")
+
+    async def hit_upload(self, client_key: str) -> RateDecision:
+        """Count one upload for `client_key` (a client IP) and say whether it may go ahead."""
+        return await self._hit(self._upload_item, client_key, kind="upload")
+
+    async def _hit(self, item: RateLimitItem | None, client_key: str, *, kind: str) -> RateDecision:
         if item is None or self._strategy is None:
             return RateDecision(allowed=True, retry_after_seconds=0.0, remaining=0, limit=0)
+        logged_in = kind == "user"
         client_key = limit_key(client_key)
         try:
             async with asyncio.timeout(self._timeout):
@@ -324,6 +377,7 @@ class RateLimiter:
                 "ratelimit.storage_error",
                 error=type(cause).__name__,
                 logged_in=logged_in,
+                limit_kind=kind,
                 action="allowed",
             )
             return RateDecision(
@@ -340,7 +394,12 @@ class RateLimiter:
             )
         # reset_time is when the oldest request in the window leaves it, freeing one slot.
         retry_after = max(stats.reset_time - self._clock(), 0.001)
-        log.info("ratelimit.refused", logged_in=logged_in, retry_after_s=round(retry_after, 1))
+        log.info(
+            "ratelimit.refused",
+            logged_in=logged_in,
+            limit_kind=kind,
+            retry_after_s=round(retry_after, 1),
+        )
         return RateDecision(
             allowed=False, retry_after_seconds=retry_after, remaining=0, limit=item.amount
         )

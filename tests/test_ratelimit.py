@@ -71,12 +71,16 @@ async def make_limiter() -> AsyncIterator[LimiterFactory]:
         storage_uri: str = "memory://",
         clock: Callable[[], float] | None = None,
         storage_timeout_seconds: float = 1.0,
+        key_checks_per_minute: int = 0,
+        uploads_per_minute: int = 0,
     ) -> RateLimiter:
         kwargs = {} if clock is None else {"clock": clock}
         limiter = RateLimiter(
             storage_uri,
             per_minute,
             per_minute_logged_in,
+            key_checks_per_minute=key_checks_per_minute,
+            uploads_per_minute=uploads_per_minute,
             storage_timeout_seconds=storage_timeout_seconds,
             **kwargs,
         )
@@ -517,3 +521,107 @@ async def test_redis_keeps_logged_in_users_apart_from_ips(
     assert not (await replica_b.hit("carol")).allowed
     user = [await r.hit("carol", logged_in=True) for r in (replica_a, replica_b, replica_a)]
     assert [d.allowed for d in user] == [True, True, False]
+
+
+# --- key checks and uploads: small limits of their own ------------------------------------
+
+
+async def test_key_checks_have_a_small_limit_of_their_own_with_a_clear_message(
+    make_limiter: LimiterFactory, clock: FakeClock
+) -> None:
+    limiter = make_limiter(20, key_checks_per_minute=3, clock=clock)
+    for _ in range(3):
+        await limiter.check_key_check("198.51.100.23")
+    clock.advance(15)
+    with capture_logs() as logs, pytest.raises(RateLimited) as info:
+        await limiter.check_key_check("198.51.100.23")
+    assert str(info.value) == (
+        "You're checking OpenRouter keys too fast: the limit is 3 per minute. Try again in 45 s."
+    )
+    assert info.value.retry_after == 45.0
+    refused = [e for e in logs if e["event"] == "ratelimit.refused"]
+    assert refused[0]["limit_kind"] == "key_check"
+    assert "198.51.100.23" not in repr(logs)
+    # The chat allowance is untouched by key checks, and another client has its own count.
+    assert (await limiter.hit("198.51.100.23")).remaining == 19
+    await limiter.check_key_check("198.51.100.24")
+    # A minute after the first check, the visitor may check again.
+    clock.advance(45.5)
+    await limiter.check_key_check("198.51.100.23")
+
+
+async def test_chat_requests_do_not_use_up_key_checks(
+    make_limiter: LimiterFactory, clock: FakeClock
+) -> None:
+    limiter = make_limiter(2, key_checks_per_minute=1, clock=clock)
+    await limiter.check("198.51.100.23", logged_in=False, doing="checking a key")
+    await limiter.check("198.51.100.23", logged_in=False, doing="checking a key")
+    with pytest.raises(RateLimited, match="checking a key too fast"):
+        await limiter.check("198.51.100.23", logged_in=False, doing="checking a key")
+    await limiter.check_key_check("198.51.100.23")  # its own, separate count
+    with pytest.raises(RateLimited, match="checking OpenRouter keys too fast"):
+        await limiter.check_key_check("198.51.100.23")
+
+
+async def test_key_check_limit_zero_or_no_client_lets_every_check_through(
+    make_limiter: LimiterFactory,
+) -> None:
+    unlimited = make_limiter(0)
+    assert unlimited.key_checks_per_minute == 0
+    for _ in range(50):
+        await unlimited.check_key_check("198.51.100.23")
+    limited = make_limiter(0, key_checks_per_minute=1)
+    assert limited.key_checks_per_minute == 1
+    await limited.check_key_check(None)
+    await limited.check_key_check(None)
+
+
+async def test_one_ipv6_subscriber_cannot_check_more_keys_by_changing_address(
+    make_limiter: LimiterFactory,
+) -> None:
+    limiter = make_limiter(0, key_checks_per_minute=1)
+    await limiter.check_key_check("2001:db8:1:2::1")
+    with pytest.raises(RateLimited):
+        await limiter.check_key_check("2001:db8:1:2::beef")
+
+
+async def test_uploads_are_counted_per_client_apart_from_chats(
+    make_limiter: LimiterFactory,
+) -> None:
+    limiter = make_limiter(1, uploads_per_minute=2)
+    assert limiter.uploads_per_minute == 2
+    uploads = [await limiter.hit_upload("198.51.100.23") for _ in range(3)]
+    assert [d.allowed for d in uploads] == [True, True, False]
+    assert uploads[2].limit == 2 and 0 < uploads[2].retry_after_seconds <= 60
+    assert (await limiter.hit_upload("198.51.100.24")).allowed
+    assert (await limiter.hit("198.51.100.23")).allowed
+
+
+async def test_an_unreachable_store_lets_key_checks_through_and_says_so(
+    make_limiter: LimiterFactory,
+) -> None:
+    limiter = make_limiter(
+        0, key_checks_per_minute=1, storage_uri=f"redis://127.0.0.1:{free_port()}/0"
+    )
+    with capture_logs() as logs:
+        await limiter.check_key_check("198.51.100.23")
+        await limiter.check_key_check("198.51.100.23")
+    kinds = [e["limit_kind"] for e in logs if e["event"] == "ratelimit.storage_error"]
+    assert kinds == ["key_check", "key_check"]
+
+
+async def test_replicas_sharing_redis_share_one_key_check_limit(
+    make_limiter: LimiterFactory,
+    redis_url: str,  # noqa: F811 - the fixture imported above
+) -> None:
+    replica_a = make_limiter(20, key_checks_per_minute=3, storage_uri=redis_url)
+    replica_b = make_limiter(20, key_checks_per_minute=3, storage_uri=redis_url)
+    key = "198.51.100.79"
+    decisions = [await r.hit_key_check(key) for r in (replica_a, replica_b, replica_a, replica_b)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert (await replica_a.hit(key)).remaining == 19  # the chat count is another namespace
+
+
+def test_a_negative_small_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="0 \\(off\\) or positive"):
+        RateLimiter("memory://", 1, key_checks_per_minute=-1)
