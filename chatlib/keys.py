@@ -1,7 +1,10 @@
-"""Visitors' own OpenRouter keys: validation against `GET /key`, and masking for display."""
+"""Visitors' own OpenRouter keys: validation against `GET /key`, masking for display, and
+the keys kept for one page session only."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +16,9 @@ from chatlib import errors
 from chatlib.logging import OPENROUTER_KEY_SHAPE
 
 MAX_KEY_LENGTH = 200
+# Open pages whose own key the server holds at once; past this the least recently used
+# page forgets its key (the visitor pastes it again).
+MAX_SESSION_KEYS = 20_000
 
 
 @dataclass(frozen=True)
@@ -106,3 +112,56 @@ async def check_key(
         usage_usd=_number(data.get("usage")),
         is_free_tier=data.get("is_free_tier") is True,
     )
+
+
+class SessionKeys:
+    """Visitors' own keys held for one page session, in this process's memory only.
+
+    A key the visitor did not ask to remember on this device lives here, under the Gradio
+    session id, instead of in the browser's storage: it is gone when the page is closed
+    (`forget`), when the process restarts, or when `max_entries` newer sessions pushed it
+    out. Safe to call from several threads.
+    """
+
+    def __init__(self, max_entries: int = MAX_SESSION_KEYS) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._max_entries = max_entries
+        self._keys: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def set(self, session_id: str, key: str) -> None:
+        """Hold `key` for `session_id` (replacing any earlier one); refuse what is no key."""
+        if not session_id:
+            raise ValueError("a session id is required")
+        if not looks_like_key(key):
+            raise ValueError("not an OpenRouter key")
+        with self._lock:
+            self._keys[session_id] = key
+            self._keys.move_to_end(session_id)
+            while len(self._keys) > self._max_entries:
+                self._keys.popitem(last=False)
+
+    def get(self, session_id: str | None) -> str | None:
+        """The key held for `session_id`, or None."""
+        if not session_id:
+            return None
+        with self._lock:
+            key = self._keys.get(session_id)
+            if key is not None:
+                self._keys.move_to_end(session_id)
+            return key
+
+    def forget(self, session_id: str | None) -> bool:
+        """Drop the key of `session_id` (the page closed, or the visitor removed it)."""
+        if not session_id:
+            return False
+        with self._lock:
+            return self._keys.pop(session_id, None) is not None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"SessionKeys({len(self)} held)"  # never the keys

@@ -1,13 +1,15 @@
-"""Bring-your-own-key: validation against OpenRouter and masking."""
+"""Bring-your-own-key: validation against OpenRouter, masking, and keys kept for a session."""
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 
 from chatlib import errors
 from chatlib.client import attribution_headers
 from chatlib.config import Settings
-from chatlib.keys import check_key, clean_key, mask_key
+from chatlib.keys import SessionKeys, check_key, clean_key, mask_key
 from tests.fakes.openrouter import FakeOpenRouter
 
 
@@ -59,3 +61,59 @@ def test_pasted_junk_is_refused_before_any_request() -> None:
     for junk in ("chat.started", "openai/gpt-4o", "x" * 40, "sk-or-v1-abc<script>"):
         with pytest.raises(errors.InputError, match="start with sk-or-"):
             clean_key(junk)
+
+
+KEY_A = "sk-or-v1-visitor-aaaaaaaaaaaa"
+KEY_B = "sk-or-v1-visitor-bbbbbbbbbbbb"
+
+
+def test_a_session_only_key_serves_that_page_and_is_gone_when_it_closes() -> None:
+    keys = SessionKeys()
+    keys.set("session-1", KEY_A)
+    assert keys.get("session-1") == KEY_A
+    assert keys.get("session-2") is None  # another page (or another visitor) has none
+    keys.set("session-1", KEY_B)  # pasting a new key replaces the old one
+    assert keys.get("session-1") == KEY_B
+    assert keys.forget("session-1")
+    assert keys.get("session-1") is None
+    assert not keys.forget("session-1")
+    assert keys.get(None) is None and not keys.forget(None)
+
+
+def test_the_server_holds_a_bounded_number_of_session_keys() -> None:
+    keys = SessionKeys(max_entries=3)
+    for n in range(3):
+        keys.set(f"s{n}", KEY_A)
+    keys.get("s0")  # s0 was used just now: s1 is the least recently used
+    keys.set("s3", KEY_B)
+    assert len(keys) == 3
+    assert keys.get("s1") is None
+    assert keys.get("s0") == KEY_A and keys.get("s3") == KEY_B
+
+
+def test_session_keys_hold_only_keys_and_never_show_them() -> None:
+    keys = SessionKeys()
+    with pytest.raises(ValueError, match="not an OpenRouter key"):
+        keys.set("s", "chat.started")
+    with pytest.raises(ValueError, match="session id"):
+        keys.set("", KEY_A)
+    keys.set("s", KEY_A)
+    assert KEY_A not in repr(keys) and repr(keys) == "SessionKeys(1 held)"
+    with pytest.raises(ValueError):
+        SessionKeys(max_entries=0)
+
+
+def test_many_pages_setting_keys_at_once_stay_within_the_bound() -> None:
+    keys = SessionKeys(max_entries=100)
+
+    def visitor(n: int) -> None:
+        for i in range(200):
+            keys.set(f"t{n}-{i}", KEY_A)
+            keys.get(f"t{n}-{i // 2}")
+
+    threads = [threading.Thread(target=visitor, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(keys) == 100
