@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from chatlib.identity import Owner, is_valid_anonymous_id, new_anonymous_id, owner_key
 from chatlib.keys import looks_like_key
 from chatlib.ratelimit import IPNetwork, client_ip
 
+# Why a stored state was not used as it stands (logged as `identity.state_rejected`).
+StateRejection = Literal[
+    "not_an_object", "anon_id_missing", "anon_id_wrong_shape", "api_key_wrong_shape"
+]
+
 
 @dataclass(frozen=True)
 class BrowserIdentity:
-    """What lives in the visitor's browser (encrypted, in localStorage): never on our disk."""
+    """What lives in the visitor's browser: never on our disk.
 
-    anon_id: str
-    api_key: str | None = None
+    Gradio keeps it in the browser's localStorage, scrambled with a secret that the page
+    itself ships, so it is a bearer credential like a session cookie: anyone with that
+    browser profile can read the id (which opens that visitor's chats) and a remembered key.
+    """
+
+    anon_id: str = field(repr=False)
+    api_key: str | None = field(default=None, repr=False)
     migration_declined: bool = False
 
     def to_value(self) -> dict[str, Any]:
@@ -29,21 +38,46 @@ class BrowserIdentity:
         }
 
     @classmethod
-    def from_value(cls, value: Any) -> BrowserIdentity | None:
-        """Parse a stored value; None when it is missing or not ours (treat as untrusted)."""
-        if not isinstance(value, Mapping) or not is_valid_anonymous_id(value.get("anon_id")):
-            return None
+    def parse(cls, value: Any) -> tuple[BrowserIdentity, StateRejection | None]:
+        """The stored identity and None, or what replaced it and why; never raises.
+
+        Nothing stored yet (None) gives a fresh identity and None: a first visit. A value
+        that is not an object, or whose id does not have the shape `new_anonymous_id`
+        makes, gives a fresh identity and the reason. A well-formed id with something that
+        is no key in `api_key` keeps the id, drops the key and names that. The reason never
+        contains the value itself.
+        """
+        if value is None:
+            return cls(anon_id=new_anonymous_id()), None
+        if not isinstance(value, Mapping):
+            return cls(anon_id=new_anonymous_id()), "not_an_object"
+        anon_id = value.get("anon_id")
+        if anon_id is None:
+            return cls(anon_id=new_anonymous_id()), "anon_id_missing"
+        if not is_valid_anonymous_id(anon_id):
+            return cls(anon_id=new_anonymous_id()), "anon_id_wrong_shape"
         key = value.get("api_key")
-        return cls(
-            anon_id=str(value["anon_id"]),
+        identity = cls(
+            anon_id=str(anon_id),
             api_key=key if looks_like_key(key) else None,
             migration_declined=value.get("migration_declined") is True,
         )
+        if key is not None and identity.api_key is None:
+            return identity, "api_key_wrong_shape"
+        return identity, None
+
+    @classmethod
+    def from_value(cls, value: Any) -> BrowserIdentity | None:
+        """Parse a stored value; None when it is missing or not ours (treat as untrusted)."""
+        identity, rejected = cls.parse(value)
+        if value is None or rejected in ("not_an_object", "anon_id_missing", "anon_id_wrong_shape"):
+            return None
+        return identity
 
     @classmethod
     def ensure(cls, value: Any) -> BrowserIdentity:
         """The stored identity, or a fresh anonymous one."""
-        return cls.from_value(value) or cls(anon_id=new_anonymous_id())
+        return cls.parse(value)[0]
 
 
 @dataclass(frozen=True)
@@ -78,11 +112,19 @@ def identify(
     peer: str | None,
     forwarded_for: Sequence[str],
     trusted_proxies: Sequence[IPNetwork],
+    user_keys_allowed: bool = True,
+    session_api_key: str | None = None,
 ) -> Visitor:
-    """Resolve the visitor: logged-in HF users own by their `sub`, others by browser id."""
+    """Resolve the visitor: logged-in HF users own by their `sub`, others by browser id.
+
+    Their own key is the one held for this page session (`session_api_key`), else the
+    one remembered in the browser; with `user_keys_allowed` False (ALLOW_USER_KEYS=false
+    and an operator key set) neither is used, whatever the browser sends.
+    """
     anon_key = owner_key(secret, Owner(kind="anon", subject=identity.anon_id))
     subject, name = profile_fields(profile)
     ip = client_ip(peer, list(forwarded_for), trusted_proxies)
+    api_key = (session_api_key or identity.api_key) if user_keys_allowed else None
     if subject:
         return Visitor(
             owner_key=owner_key(secret, Owner(kind="hf", subject=subject)),
@@ -90,7 +132,7 @@ def identify(
             logged_in=True,
             user_name=name,
             rate_key=f"hf:{subject}",
-            api_key=identity.api_key,
+            api_key=api_key,
         )
     return Visitor(
         owner_key=anon_key,
@@ -98,7 +140,7 @@ def identify(
         logged_in=False,
         user_name=None,
         rate_key=ip,
-        api_key=identity.api_key,
+        api_key=api_key,
     )
 
 
@@ -106,23 +148,17 @@ def is_operator(
     *,
     user_name: str | None,
     admin_user_names: frozenset[str],
-    on_space: bool,
-    share: bool,
-    peer: str | None,
-    forwarded_for: Sequence[str],
+    token_ok: bool = False,
+    **_retired: object,
 ) -> bool:
     """Whether this visitor sees the app-wide usage (every visitor's costs and the CSV).
 
-    A logged-in user named in ADMIN_USERS does. Off a Space, so does someone at this very
-    machine: a loopback connection with no proxy in between, and no share link open (its
-    tunnel connects from loopback for everyone). Anyone else reaching a Docker or LAN
-    deployment does not.
+    A logged-in user named in ADMIN_USERS does, and so does a page session that presented
+    the operator token (`OperatorGate.check`). Nothing about the connection grants it:
+    a loopback peer may be a reverse proxy or a share tunnel serving everyone.
+    (`_retired` swallows the old peer/forwarded_for/on_space/share arguments until every
+    caller has dropped them; they are ignored.)
     """
-    if user_name is not None and user_name in admin_user_names:
+    if token_ok:
         return True
-    if on_space or share or forwarded_for or peer is None:
-        return False
-    try:
-        return ipaddress.ip_address(peer).is_loopback
-    except ValueError:
-        return False
+    return user_name is not None and user_name in admin_user_names
