@@ -58,6 +58,7 @@ bench-all: install-dev
 	$(BIN)/python bench/stream_overhead.py
 	$(BIN)/python bench/storage_scaling.py
 	$(BIN)/python bench/usage_aggregation.py
+	$(BIN)/python bench/import_under_load.py
 
 # Needs a Docker engine (there is none on the CI machines): build, start, wait for healthy.
 docker:

@@ -1,0 +1,278 @@
+"""Do 20 streaming answers keep their pace while a 5 MB, 1 000-chat import runs?
+
+In one process, the app's own services (`chatlib.services.create_services`: ChatService,
+ConversationService, the store, the frame budget, the usage log) answer N concurrent turns
+against the fake OpenRouter (its own process, `tests.fakes.openrouter`). Each answer streams
+`--tokens` tokens at `--rate` tokens/s. The time between two frames a turn yields is its
+"gap"; an import that blocks the event loop shows up as long gaps in every stream at once.
+
+Rounds alternate (so machine noise hits both alike):
+
+* baseline: N streams, nothing else;
+* import: the same N streams, and `ConversationService.import_file` of a ~4.9 MB file with
+  1 000 conversations started `--import-delay` seconds into the answers.
+
+    .venv/bin/python bench/import_under_load.py [--streams 20] [--rounds 3] [--tokens 400]
+
+Prints p50 / p95 / max gap per phase, the import's duration, and the p95 and max ratios
+import / baseline (target: p95 ratio <= 1.5, max gap with the import < 0.5 s). Absolute
+numbers depend on a shared 2-core machine; compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._harness import (  # noqa: E402
+    FAKE_API_KEY,
+    MODEL,
+    ProcessGroup,
+    fmt,
+    percentile,
+    start_fake,
+)
+from chatlib.chat import TurnRequest  # noqa: E402
+from chatlib.config import Settings  # noqa: E402
+from chatlib.messages import AnswerMeta, ChatMessage  # noqa: E402
+from chatlib.services import Services, create_services  # noqa: E402
+from chatlib.storage import Conversation  # noqa: E402
+from chatlib.transfer import export_json  # noqa: E402
+from tests.fakes.openrouter import expected_reply  # noqa: E402
+
+IMPORT_CONVERSATIONS = 1000
+IMPORT_TARGET_BYTES = 4_900_000
+MAX_IMPORT_BYTES = 5_000_000
+P95_RATIO_TARGET = 1.5
+MAX_GAP_TARGET_S = 0.5
+
+
+def _conversation(n: int, now: float, filler: int) -> Conversation:
+    messages: list[ChatMessage] = []
+    for turn in range(3):
+        messages.append(ChatMessage("user", f"Question {turn} of chat {n}: why is the sky blue?"))
+        messages.append(
+            ChatMessage(
+                "assistant",
+                "Because " + "light scatters off the air. " * filler,
+                meta=AnswerMeta(
+                    model=MODEL,
+                    status="complete",
+                    prompt_tokens=120,
+                    completion_tokens=180,
+                    cost_usd=0.0021,
+                    ttft_ms=300.0,
+                    latency_ms=2100.0,
+                ),
+            )
+        )
+    return Conversation(
+        id=uuid.uuid4().hex,
+        title=f"Imported chat {n}",
+        created_at=now - n,
+        updated_at=now - n,
+        model=MODEL,
+        system_prompt="Be brief.",
+        temperature=0.3,
+        messages=tuple(messages),
+    )
+
+
+def import_file_bytes(
+    count: int = IMPORT_CONVERSATIONS, target: int = IMPORT_TARGET_BYTES
+) -> bytes:
+    """An export of `count` conversations, padded to about `target` bytes."""
+    now = time.time()
+    probe = len(export_json([_conversation(n, now, 10) for n in range(count)]))
+    per_unit = (len(export_json([_conversation(n, now, 20) for n in range(count)])) - probe) / 10
+    filler = max(1, 10 + int((target - probe) / per_unit))
+    data = export_json([_conversation(n, now, filler) for n in range(count)])
+    while len(data) > MAX_IMPORT_BYTES and filler > 1:
+        filler -= 1
+        data = export_json([_conversation(n, now, filler) for n in range(count)])
+    return data
+
+
+@dataclass
+class Phase:
+    """Every frame gap of every stream in all rounds of one phase."""
+
+    name: str
+    gaps: list[float] = field(default_factory=list)
+    failed: int = 0
+    streams: int = 0
+    import_seconds: list[float] = field(default_factory=list)
+
+
+async def one_stream(services: Services, n: int, tokens: int, rate: float) -> list[float] | None:
+    """Answer one new chat; the gaps between its frames, or None if the answer was wrong."""
+    message = f"Stream {n} {secrets.token_hex(3)} [[tokens={tokens}]] [[rate={rate:g}]]"
+    request = TurnRequest(
+        owner_key=secrets.token_hex(16),
+        conversation_id=None,
+        user_text=message,
+        model=MODEL,
+        system_prompt="",
+        temperature=0.3,
+        session_key=f"bench-{n}-{secrets.token_hex(4)}",
+    )
+    gaps: list[float] = []
+    last: float | None = None
+    final = None
+    async for frame in services.conversations.turn(request):
+        now = time.perf_counter()
+        if last is not None:
+            gaps.append(now - last)
+        last = now
+        final = frame
+    if final is None or final.error is not None:
+        return None
+    answer = final.conversation.messages[-1].content
+    return gaps if answer == expected_reply(message, tokens) else None
+
+
+async def run_round(
+    services: Services,
+    phase: Phase,
+    *,
+    streams: int,
+    tokens: int,
+    rate: float,
+    import_data: bytes | None,
+    import_delay: float,
+) -> None:
+    """N concurrent streams; with `import_data`, an import starts `import_delay` s in."""
+
+    async def importer() -> None:
+        await asyncio.sleep(import_delay)
+        started = time.perf_counter()
+        saved = await services.conversations.import_file(secrets.token_hex(16), import_data or b"")
+        phase.import_seconds.append(time.perf_counter() - started)
+        assert saved == IMPORT_CONVERSATIONS, saved
+
+    tasks = [one_stream(services, n, tokens, rate) for n in range(streams)]
+    if import_data is None:
+        results = await asyncio.gather(*tasks)
+    else:
+        results, _ = await asyncio.gather(asyncio.gather(*tasks), importer())
+    for gaps in results:
+        phase.streams += 1
+        if gaps is None:
+            phase.failed += 1
+        else:
+            phase.gaps.extend(gaps)
+
+
+async def bench(args: argparse.Namespace, fake_url: str, data_dir: Path) -> int:
+    settings = Settings.from_env(
+        {
+            "OPENROUTER_API_KEY": FAKE_API_KEY,
+            "OPENROUTER_BASE_URL": fake_url,
+            "DATA_DIR": str(data_dir),
+            "RATE_LIMIT_REQUESTS_PER_MIN": "0",
+            "MAX_IMPORT_BYTES": str(MAX_IMPORT_BYTES),
+            "LOG_LEVEL": "WARNING",
+        },
+        env_file=None,
+    )
+    services = create_services(settings)
+    data = await asyncio.to_thread(import_file_bytes)
+    print(
+        f"import file: {len(data) / 1e6:.2f} MB, {IMPORT_CONVERSATIONS} conversations; "
+        f"{args.streams} streams x {args.tokens} tokens @ {args.rate:g} tok/s; "
+        f"{args.rounds} rounds"
+    )
+    baseline, loaded = Phase("baseline"), Phase("with import")
+    try:
+        # Warm up: clients, connections, the store's first writes.
+        await run_round(
+            services,
+            Phase("warm-up"),
+            streams=2,
+            tokens=20,
+            rate=200,
+            import_data=None,
+            import_delay=0,
+        )
+        for round_number in range(args.rounds):
+            order = [(baseline, None), (loaded, data)]
+            if round_number % 2:
+                order.reverse()
+            for phase, import_data in order:
+                await run_round(
+                    services,
+                    phase,
+                    streams=args.streams,
+                    tokens=args.tokens,
+                    rate=args.rate,
+                    import_data=import_data,
+                    import_delay=args.import_delay,
+                )
+    finally:
+        await services.aclose()
+
+    nominal = 1 / args.rate
+    print(f"\ngaps between frames, seconds (one token every {nominal * 1000:.0f} ms upstream)\n")
+    print("| phase | streams | failed | frames | gap p50 | gap p95 | gap max | import s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for phase in (baseline, loaded):
+        imports = (
+            f"{fmt(min(phase.import_seconds), 2)}-{fmt(max(phase.import_seconds), 2)}"
+            if phase.import_seconds
+            else "-"
+        )
+        print(
+            f"| {phase.name} | {phase.streams} | {phase.failed} | {len(phase.gaps)} "
+            f"| {fmt(percentile(phase.gaps, 50), 3)} | {fmt(percentile(phase.gaps, 95), 3)} "
+            f"| {fmt(max(phase.gaps), 3)} | {imports} |"
+        )
+    p95_ratio = percentile(loaded.gaps, 95) / percentile(baseline.gaps, 95)
+    max_ratio = max(loaded.gaps) / max(baseline.gaps)
+    ok = (
+        p95_ratio <= P95_RATIO_TARGET
+        and max(loaded.gaps) < MAX_GAP_TARGET_S
+        and not baseline.failed
+        and not loaded.failed
+    )
+    print(f"\np95 gap ratio import / baseline: {p95_ratio:.2f} (target <= {P95_RATIO_TARGET})")
+    print(f"max gap ratio import / baseline: {max_ratio:.2f}")
+    print(f"max gap with the import: {max(loaded.gaps):.3f} s (target < {MAX_GAP_TARGET_S} s)")
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+def main() -> int:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=400, help="tokens per answer")
+    parser.add_argument("--rate", type=float, default=100.0, help="tokens per second upstream")
+    parser.add_argument("--import-delay", type=float, default=0.5, help="seconds into the answers")
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="import-bench-") as tmp, ProcessGroup() as group:
+        workdir = Path(tmp)
+        fake = start_fake(group, workdir / "fake", tokens_per_second=args.rate)
+        os.chdir(workdir)  # the services write logs/ and data only under the temp directory
+        status = asyncio.run(bench(args, fake.url, workdir / "data"))
+    print(f"total bench time {time.perf_counter() - started:.0f} s")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
