@@ -645,7 +645,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra environment for app.py (e.g. UI_UPDATES_PER_SECOND=100)",
+        help="extra environment for app.py (e.g. MAX_CONCURRENT_STREAMS=200)",
     )
     parser.add_argument(
         "--app-script",

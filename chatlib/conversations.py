@@ -30,6 +30,7 @@ from chatlib.errors import (
     ConversationDeleted,
     InputError,
     StorageError,
+    StorageUnavailable,
 )
 from chatlib.frames import TurnControl, run_to_end
 from chatlib.messages import History, format_cost, strip_last_turn, user_message_index
@@ -56,6 +57,7 @@ log = structlog.get_logger(__name__)
 _V = TypeVar("_V")
 NO_RETRY = "There is no message to retry yet."
 NOT_EDITABLE = "Only your own messages can be edited."
+LAST_SEEN_CONVERSATIONS = 256  # kept for a chat to go on while the data folder is unreadable
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,9 @@ class ConversationService:
         self._max_import_bytes = max_import_bytes
         self._clock = clock
         self._viewing: OrderedDict[str, str | None] = OrderedDict()
+        # The last state of recently answered conversations, used only while the data folder
+        # cannot be read (see _load_for_turn); never to decide what is deleted or renamed.
+        self._last_seen: OrderedDict[tuple[str, str], Conversation] = OrderedDict()
         self._max_sessions = max_sessions
 
     # -- turns -------------------------------------------------------------------------------
@@ -150,6 +155,7 @@ class ConversationService:
                 yield ConversationFrame(current)
                 continue
             final, final_error = await self._save_answer(owner_key, current, expected, save_error)
+            self._seen(owner_key, final)
             yield ConversationFrame(
                 final, done=True, error=frame.error, save_error=final_error or save_error
             )
@@ -177,7 +183,7 @@ class ConversationService:
                 request.model.strip(), request.system_prompt, request.temperature
             )
             return _Prepared(fresh, None, (), request)
-        stored = await self._store.load(request.owner_key, request.conversation_id)
+        stored = await self._load_for_turn(request.owner_key, request.conversation_id)
         messages = stored.messages
         if request.action == "retry":
             history, question = strip_last_turn(messages)
@@ -192,6 +198,29 @@ class ConversationService:
                 raise InputError(NOT_EDITABLE)
             return _Prepared(stored, stored, messages[:index], request)
         return _Prepared(stored, stored, messages, request)
+
+    async def _load_for_turn(self, owner_key: str, conversation_id: str) -> Conversation:
+        """The owner's conversation; while the data folder cannot be read, the last one seen.
+
+        A broken data folder must not stop a chat that is open on a page: it goes on from
+        what this process last saw of it, and every save tells the visitor it failed.
+        """
+        key = (owner_key, conversation_id)
+        try:
+            stored = await self._store.load(owner_key, conversation_id)
+        except StorageUnavailable:
+            known = self._last_seen.get(key)
+            if known is None:
+                raise
+            return known
+        self._seen(owner_key, stored)
+        return stored
+
+    def _seen(self, owner_key: str, conversation: Conversation) -> None:
+        self._last_seen[(owner_key, conversation.id)] = conversation
+        self._last_seen.move_to_end((owner_key, conversation.id))
+        while len(self._last_seen) > LAST_SEEN_CONVERSATIONS:
+            self._last_seen.popitem(last=False)
 
     async def _save(
         self, owner_key: str, conversation: Conversation, expected: Conversation | None

@@ -147,6 +147,16 @@ class ConversationCorrupt(StorageError):
         )
 
 
+class StorageUnavailable(StorageError):
+    """The data folder cannot be read right now (it is damaged or was replaced)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Your conversations cannot be read right now: the server's data folder has a "
+            "problem. The operator should check DATA_DIR."
+        )
+
+
 class ImportRejected(ChatError):
     """An imported file was refused; `reason` names the element and the rule it broke."""
 

@@ -52,6 +52,7 @@ from chatlib.errors import (
     ConversationDeleted,
     ConversationNotFound,
     StorageError,
+    StorageUnavailable,
 )
 from chatlib.files import (
     TEMP_SUFFIX as _TEMP_SUFFIX,
@@ -777,8 +778,11 @@ class ConversationStore:
         path = self._owner_dir(owner_key) / f"{conversation_id}.json"
         try:
             data = path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             raise ConversationNotFound() from None
+        except NotADirectoryError:
+            # A folder on the way is a file: the data folder is broken, not the conversation.
+            raise StorageUnavailable() from None
         except OSError as exc:
             self._warn_corrupt(owner_key, conversation_id, exc)
             raise ConversationCorrupt() from exc

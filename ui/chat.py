@@ -11,11 +11,12 @@ import gradio as gr
 
 from chatlib.config import TEMPERATURE_SLIDER_MAX
 from chatlib.conversations import ConversationFrame, TurnRequest
+from chatlib.errors import StorageError
 from chatlib.visitors import Visitor
 from ui.assets import CLOSE_SIDEBAR_IF_NARROW_JS
 from ui.context import QUICK, STREAMING, PageContext, session_of
 from ui.display import to_display
-from ui.errors import refuse, shown_as_toast, warn
+from ui.errors import refuse, shown_as_toast, unchanged, warn
 from ui.sidebar import SidebarPanel
 
 Updates = dict[Any, Any]
@@ -188,7 +189,7 @@ class ChatPanel:
             return {self.chatbot: []}
         try:
             conversation = await conversations.open(turn.owner_key, viewed)
-        except Exception:  # noqa: BLE001 - a chat deleted meanwhile: leave the area as it is
+        except StorageError:  # deleted meanwhile, or unreadable: leave the area as it is
             return {}
         return {self.chatbot: to_display(conversation.messages)}
 
@@ -279,7 +280,7 @@ class ChatPanel:
         profile: gr.OAuthProfile | None,
     ) -> Updates:
         if conversation_id is None:
-            return {}
+            return unchanged()
         visitor = self.ctx.visitor(browser_value, profile, request)
         updated, last_text = await self.ctx.services.conversations.undo(
             visitor.owner_key, conversation_id
@@ -308,7 +309,7 @@ class ChatPanel:
         profile: gr.OAuthProfile | None,
     ) -> Updates:
         if not conversation_id:
-            return {}
+            return unchanged()
         visitor = self.ctx.visitor(browser_value, profile, request)
         conversations = self.ctx.services.conversations
         conversation = await conversations.open(visitor.owner_key, conversation_id)

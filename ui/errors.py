@@ -31,6 +31,12 @@ def warn(error: ChatError) -> None:
     gr.Warning(error.user_message)
 
 
+def unchanged() -> dict[Any, Any]:
+    """An update that changes none of a handler's outputs (a new one each time: Gradio may
+    alter it). An empty dict would not do: Gradio reads it as a value for a single output."""
+    return gr.skip()  # type: ignore[no-any-return]
+
+
 def _message(exc: Exception) -> str:
     return exc.user_message if isinstance(exc, ChatError) else str(getattr(exc, "message", exc))
 
@@ -38,7 +44,7 @@ def _message(exc: Exception) -> str:
 def shown_as_toast(handler: Handler) -> Handler:
     """Wrap a handler: a ChatError or gr.Error it raises becomes a toast, and no output changes.
 
-    Handlers return `{component: update}` dicts, so "no change" is an empty dict. Streaming
+    Handlers return `{component: update}` dicts; "no change" is `unchanged()`. Streaming
     handlers are closed at once when the page goes away (that stops their turn).
     """
     if inspect.isasyncgenfunction(handler):
@@ -51,7 +57,7 @@ def shown_as_toast(handler: Handler) -> Handler:
                         yield frame
             except (ChatError, gr.Error) as exc:
                 gr.Warning(_message(exc))
-                yield {}
+                yield unchanged()
 
         return cast("Handler", stream)
 
@@ -62,6 +68,6 @@ def shown_as_toast(handler: Handler) -> Handler:
             return await result if inspect.isawaitable(result) else result
         except (ChatError, gr.Error) as exc:
             gr.Warning(_message(exc))
-            return {}
+            return unchanged()
 
     return cast("Handler", call)

@@ -12,7 +12,7 @@ import gradio as gr
 from chatlib.errors import ImportRejected
 from chatlib.transfer import write_export
 from ui.context import QUICK, PageContext
-from ui.errors import refuse, shown_as_toast
+from ui.errors import refuse, shown_as_toast, unchanged
 from ui.sidebar import SidebarPanel
 
 Updates = dict[Any, Any]
@@ -80,7 +80,7 @@ class TransferPanel:
         profile: gr.OAuthProfile | None,
     ) -> Updates:
         if not upload:
-            return {}
+            return unchanged()
         visitor = self.ctx.visitor(browser_value, profile, request)
         await self.ctx.count_request(visitor, "importing")
         data = await asyncio.to_thread(
