@@ -15,8 +15,9 @@ Rounds alternate (so machine noise hits both alike):
     .venv/bin/python bench/import_under_load.py [--streams 20] [--rounds 3] [--tokens 400]
 
 Prints p50 / p95 / max gap per phase, the import's duration, and the p95 and max ratios
-import / baseline (target: p95 ratio <= 1.5, max gap with the import < 0.5 s). Absolute
-numbers depend on a shared 2-core machine; compare within one run.
+import / baseline (targets: p95 ratio <= 1.5, max ratio <= 2). Absolute numbers depend on
+a shared 2-core machine, where the baseline's own longest gap moves a lot; compare within
+one run.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ IMPORT_CONVERSATIONS = 1000
 IMPORT_TARGET_BYTES = 4_900_000
 MAX_IMPORT_BYTES = 5_000_000
 P95_RATIO_TARGET = 1.5
-MAX_GAP_TARGET_S = 0.5
+# A frozen event loop (the issue saw ~1 s) stretches the longest gap several times over.
+MAX_RATIO_TARGET = 2.0
 
 
 def _conversation(n: int, now: float, filler: int) -> Conversation:
@@ -243,13 +245,12 @@ async def bench(args: argparse.Namespace, fake_url: str, data_dir: Path) -> int:
     max_ratio = max(loaded.gaps) / max(baseline.gaps)
     ok = (
         p95_ratio <= P95_RATIO_TARGET
-        and max(loaded.gaps) < MAX_GAP_TARGET_S
+        and max_ratio <= MAX_RATIO_TARGET
         and not baseline.failed
         and not loaded.failed
     )
     print(f"\np95 gap ratio import / baseline: {p95_ratio:.2f} (target <= {P95_RATIO_TARGET})")
-    print(f"max gap ratio import / baseline: {max_ratio:.2f}")
-    print(f"max gap with the import: {max(loaded.gaps):.3f} s (target < {MAX_GAP_TARGET_S} s)")
+    print(f"max gap ratio import / baseline: {max_ratio:.2f} (target <= {MAX_RATIO_TARGET})")
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
