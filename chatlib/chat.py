@@ -357,12 +357,7 @@ def _log_outcome(turn: _Turn) -> None:
     log.info(
         "chat.finished",
         outcome=meta.status,
-        prompt_tokens=meta.prompt_tokens,
-        completion_tokens=meta.completion_tokens,
-        reasoning_tokens=meta.reasoning_tokens,
-        cost_usd=meta.cost_usd,
-        ttft_ms=meta.ttft_ms,
-        latency_ms=meta.latency_ms,
+        **meta.measures(),
     )
 
 

@@ -49,6 +49,17 @@ class AnswerMeta:
             return None
         return self.completion_tokens / (generating_ms / 1000)
 
+    def measures(self) -> dict[str, Any]:
+        """Tokens, cost and timings: the fields a log line and a usage row both carry."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "cost_usd": self.cost_usd,
+            "ttft_ms": self.ttft_ms,
+            "latency_ms": self.latency_ms,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (used by the UI state and, later, storage)."""
         return {k: v for k, v in self.__dict__.items() if v is not None}

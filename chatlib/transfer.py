@@ -53,7 +53,6 @@ from chatlib.messages import (
 from chatlib.storage import (
     SCHEMA_VERSION,
     Conversation,
-    ConversationStore,
     check_schema_version,
     parse_conversation,
 )
@@ -242,34 +241,6 @@ def parse_import(
         ]
     except SchemaError as exc:
         raise ImportRejected(exc.reason) from None
-
-
-def import_conversations(
-    store: ConversationStore,
-    owner_key: str,
-    data: bytes,
-    *,
-    max_bytes: int,
-    max_conversations: int = 1000,
-    max_messages: int = 10_000,
-    max_message_chars: int = 1_000_000,
-    clock: Callable[[], float] = time.time,
-) -> list[Conversation]:
-    """Check `data` and store every conversation in it for `owner_key`: all or nothing.
-
-    Imported conversations keep their own dates (their place in the list follows them).
-    Raises ImportRejected for a bad file and StorageError when the disk refuses; in both
-    cases the owner's conversations are as they were.
-    """
-    parsed = parse_import(
-        data,
-        max_bytes=max_bytes,
-        max_conversations=max_conversations,
-        max_messages=max_messages,
-        max_message_chars=max_message_chars,
-        clock=clock,
-    )
-    return store.save_all(owner_key, parsed)
 
 
 def _document(data: bytes, max_bytes: int) -> object:

@@ -142,13 +142,8 @@ class UsageRecord:
             model=meta.model,
             status=status,
             error_code=error_code,
-            prompt_tokens=meta.prompt_tokens,
-            completion_tokens=meta.completion_tokens,
-            reasoning_tokens=meta.reasoning_tokens,
-            cost_usd=meta.cost_usd,
-            ttft_ms=meta.ttft_ms,
-            latency_ms=meta.latency_ms,
             tokens_per_second=meta.tokens_per_second,
+            **meta.measures(),
         )
 
     @classmethod

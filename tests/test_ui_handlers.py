@@ -51,8 +51,8 @@ async def send(
 ) -> dict[Any, Any]:
     """Send `text` and return every update merged, as the page ends up showing them."""
     shown: dict[Any, Any] = {}
-    async for updates in page.chat.respond(
-        text, chat_id, "openai/gpt-4o", "", 0.3, browser, request(), None
+    async for updates in page.chat.ask(
+        "send", text, chat_id, "openai/gpt-4o", "", 0.3, browser, request(), None
     ):
         shown.update(updates)
     return shown
@@ -103,10 +103,13 @@ async def test_another_visitors_chat_id_opens_nothing_and_changes_nothing(page: 
 async def test_retry_from_another_visitor_is_refused(page: Page) -> None:
     owner, intruder = visitor(), visitor()
     chat_id = (await send(page, owner, "Only mine"))[page.ctx.conversation_id]
-    retry = shown_as_toast(page.chat.retry)
+    retry = shown_as_toast(page.chat.ask)
     with pytest.warns(UserWarning):
         frames = [
-            u async for u in retry(chat_id, "openai/gpt-4o", "", 0.3, intruder, request(), None)
+            u
+            async for u in retry(
+                "retry", None, chat_id, "openai/gpt-4o", "", 0.3, intruder, request(), None
+            )
         ]
     assert frames == [gr.skip()]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import gradio as gr
 
@@ -195,9 +195,10 @@ class ChatPanel:
 
     # ---- handlers ------------------------------------------------------------------------
 
-    async def respond(
+    async def ask(
         self,
-        message: str,
+        action: Literal["send", "retry"],
+        message: str | None,
         conversation_id: str | None,
         model: str,
         system_prompt: str,
@@ -206,35 +207,13 @@ class ChatPanel:
         request: gr.Request,
         profile: gr.OAuthProfile | None,
     ) -> AsyncIterator[Updates]:
+        """Send the composer's message, or ask the last question again ("retry")."""
         visitor = self.ctx.visitor(browser_value, profile, request)
+        settings = (model, system_prompt, temperature)
         turn = self._request(
-            visitor,
-            request,
-            conversation_id,
-            (model, system_prompt, temperature),
-            user_text=message,
+            visitor, request, conversation_id, settings, user_text=message or "", action=action
         )
-        async with contextlib.aclosing(self._run(turn, clear_input=True)) as frames:
-            async for updates in frames:
-                yield updates
-
-    async def retry(
-        self,
-        conversation_id: str | None,
-        model: str,
-        system_prompt: str,
-        temperature: float,
-        browser_value: Any,
-        request: gr.Request,
-        profile: gr.OAuthProfile | None,
-    ) -> AsyncIterator[Updates]:
-        visitor = self.ctx.visitor(browser_value, profile, request)
-        if conversation_id is None:
-            refuse("There is no message to retry yet.")
-        turn = self._request(
-            visitor, request, conversation_id, (model, system_prompt, temperature), action="retry"
-        )
-        async with contextlib.aclosing(self._run(turn, clear_input=False)) as frames:
+        async with contextlib.aclosing(self._run(turn, clear_input=action == "send")) as frames:
             async for updates in frames:
                 yield updates
 
@@ -349,15 +328,23 @@ class ChatPanel:
             *sidebar.list_outputs,
         ]
         state_in = [ctx.conversation_id, *turn_settings, ctx.browser_state]
+        ask = shown_as_toast(self.ask)
         gr.on(
             [self.textbox.submit, self.send_btn.click],
-            shown_as_toast(self.respond),
-            inputs=[self.textbox, *state_in],
+            ask,
+            inputs=[gr.State("send"), self.textbox, *state_in],
             outputs=turn_outputs,
             **STREAMING,
         )
-        for event, handler in ((self.chatbot.retry, self.retry), (self.chatbot.edit, self.edit)):
-            event(shown_as_toast(handler), inputs=state_in, outputs=turn_outputs, **STREAMING)
+        self.chatbot.retry(
+            ask,
+            inputs=[gr.State("retry"), gr.State(None), *state_in],
+            outputs=turn_outputs,
+            **STREAMING,
+        )
+        self.chatbot.edit(
+            shown_as_toast(self.edit), inputs=state_in, outputs=turn_outputs, **STREAMING
+        )
         self.chatbot.undo(
             shown_as_toast(self.undo),
             inputs=[ctx.conversation_id, ctx.browser_state],
