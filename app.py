@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from chatlib.config import Settings
 from chatlib.errors import ConfigError
 from chatlib.hub_sync import HubSync, install_signal_flush
 from chatlib.logging import configure_logging
+from chatlib.operator import local_base_url, startup_line
 from chatlib.services import Services, create_services
 
 SYNC_FLUSH_TIMEOUT_S = 20.0
@@ -25,6 +27,8 @@ def read_settings() -> Settings:
 
 def start_services(settings: Settings) -> Services:
     """Logging, the dataset sync (restored before serving) and the shared services."""
+    # Gradio keeps uploads and download copies here; files older than an hour are swept.
+    gradio_dir = Path(os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.data_dir / "gradio")))
     redactor = configure_logging(settings)
     sync = HubSync.from_settings(settings)
     if sync is not None:
@@ -32,11 +36,12 @@ def start_services(settings: Settings) -> Services:
         sync.start()
         install_signal_flush(sync, SYNC_FLUSH_TIMEOUT_S)
     try:
-        services = create_services(settings, redactor, sync=sync)
+        services = create_services(settings, redactor, sync=sync, swept_dirs=(gradio_dir,))
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         raise SystemExit(2) from None
     services.catalog.prefetch_in_thread()
+    services.retention.start()
     return services
 
 
@@ -56,7 +61,11 @@ def main() -> None:
     # an event starts (Gradio's "auto": O(waiting) work per start, 7 % of the CPU in a burst).
     demo.queue(default_concurrency_limit=None, max_size=None, status_update_rate=1)
     tuning.after_queue(demo, applied)
-    demo.launch(**page.launch_kwargs(settings))
+    # Printed, not logged: the log redacts the token, and only the operator reads the console.
+    line = startup_line(services.operator, local_base_url(settings.host, settings.port))
+    if line:
+        sys.stdout.write(f"{line}\n")
+    demo.launch(**page.launch_kwargs(settings, services))
 
 
 if __name__ == "__main__":

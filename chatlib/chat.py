@@ -157,7 +157,9 @@ class ChatService:
         self._refusals: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
     def _resolve_key(self, visitor_key: str | None) -> str:
-        """The key to use: the visitor's own, else the operator's; else MissingApiKey."""
+        """The visitor's own key (if allowed), else the operator's; else MissingApiKey."""
+        if not self._settings.user_keys_allowed:
+            visitor_key = None  # ALLOW_USER_KEYS=false: whatever a caller passes is not used
         key = (visitor_key or "").strip() or self._settings.openrouter_api_key
         if not key:
             raise errors.MissingApiKey()

@@ -15,9 +15,13 @@ from chatlib.conversations import ConversationService
 from chatlib.frames import FrameBudget
 from chatlib.hub_sync import HubSync, SyncStatus
 from chatlib.identity import browser_state_params, load_or_create_server_secret
+from chatlib.keys import SessionKeys
 from chatlib.logging import SecretRedactor
+from chatlib.operator import OperatorGate
 from chatlib.ratelimit import IPNetwork, RateLimiter, effective_trusted_proxies
+from chatlib.retention import RetentionSweeper, ensure_private_dir
 from chatlib.storage import AsyncConversationStore, ConversationStore
+from chatlib.transfer import EXPORT_MAX_AGE_SECONDS
 from chatlib.usage import UsageLog
 
 log = structlog.get_logger(__name__)
@@ -46,6 +50,10 @@ class Services:
     browser_storage_key: str
     browser_secret: str
     trusted_proxies: tuple[IPNetwork, ...]
+    operator: OperatorGate
+    session_keys: SessionKeys
+    downloads_dir: Path
+    retention: RetentionSweeper
     sync: HubSync | None = None
 
     @property
@@ -58,6 +66,7 @@ class Services:
         await self.catalog.aclose()
         await self.clients.aclose()
         await self.limiter.aclose()
+        self.retention.stop()
         if self.usage is not None:
             self.usage.close()
 
@@ -85,13 +94,42 @@ def _server_secret(settings: Settings, data_dir: Path) -> str:
     return server_secret
 
 
+def _catalog(settings: Settings) -> ModelCatalog:
+    """The live model list, fetched with the app's attribution headers."""
+    return ModelCatalog(
+        http_catalog_fetcher(
+            settings.openrouter_base_url,
+            settings.catalog_timeout_seconds,
+            headers=attribution_headers(settings),
+        ),
+        ttl_seconds=settings.catalog_refresh_seconds,
+        timeout_seconds=settings.catalog_timeout_seconds,
+    )
+
+
+def _limiter(settings: Settings) -> RateLimiter:
+    """Chat turns, key checks and uploads per client, in one (shareable) storage."""
+    return RateLimiter(
+        settings.rate_limit_storage_uri,
+        settings.rate_limit_requests_per_min,
+        settings.rate_limit_requests_per_min_logged_in,
+        key_checks_per_minute=settings.key_checks_per_min,
+        uploads_per_minute=settings.uploads_per_min,
+    )
+
+
 def create_services(
     settings: Settings,
     redactor: SecretRedactor | None = None,
     *,
     sync: HubSync | None = None,
+    swept_dirs: tuple[Path, ...] = (),
 ) -> Services:
-    """Wire the default implementations together (creates DATA_DIR if needed)."""
+    """Wire the default implementations together (creates DATA_DIR if needed).
+
+    `swept_dirs` are emptied of files older than an hour along with exports and downloads
+    (Gradio's upload and cache folder) once `services.retention` is started.
+    """
     redactor = redactor or SecretRedactor([settings.openrouter_api_key or ""])
     for secret in (settings.browser_state_secret, settings.hf_token):
         redactor.add(secret)
@@ -104,20 +142,8 @@ def create_services(
     budget = FrameBudget(
         updates_per_second=UI_UPDATES_PER_SECOND, min_interval_s=UI_FRAME_INTERVAL_MS / 1000
     )
-    catalog = ModelCatalog(
-        http_catalog_fetcher(
-            settings.openrouter_base_url,
-            settings.catalog_timeout_seconds,
-            headers=attribution_headers(settings),
-        ),
-        ttl_seconds=settings.catalog_refresh_seconds,
-        timeout_seconds=settings.catalog_timeout_seconds,
-    )
-    limiter = RateLimiter(
-        settings.rate_limit_storage_uri,
-        settings.rate_limit_requests_per_min,
-        settings.rate_limit_requests_per_min_logged_in,
-    )
+    catalog = _catalog(settings)
+    limiter = _limiter(settings)
     usage_dir = data_dir / "usage"
     usage = UsageLog(usage_dir) if settings.enable_analytics else None
     chat = ChatService(settings, clients, budget, limiter=limiter, usage=usage)
@@ -126,7 +152,16 @@ def create_services(
     conversations = ConversationService(
         store, chat, exports_dir=exports_dir, max_import_bytes=settings.max_import_bytes
     )
+    operator = OperatorGate.from_settings(settings)
+    redactor.add(operator.token)
+    downloads_dir = ensure_private_dir(data_dir / "downloads")
     return Services(
+        operator=operator,
+        session_keys=SessionKeys(),
+        downloads_dir=downloads_dir,
+        retention=RetentionSweeper(
+            [exports_dir, downloads_dir, *swept_dirs], max_age_seconds=EXPORT_MAX_AGE_SECONDS
+        ),
         chat=chat,
         conversations=conversations,
         catalog=catalog,

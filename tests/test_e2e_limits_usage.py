@@ -17,6 +17,8 @@ from tests.ui import INPUT, last_answer, open_app, send, toast, wait_until_idle
 
 pytestmark = pytest.mark.e2e
 
+OPERATOR_TOKEN = "operator-token-for-tests-000000000000"
+
 
 def _ask(client: Client, text: str = "hi [[tokens=2]]") -> str:
     return str(client.predict(text, api_name="/chat"))
@@ -119,8 +121,13 @@ def test_upstream_rate_limit_is_told_apart_from_ours(page: Page, app_server: App
 def test_usage_tab_shows_my_totals_and_the_csv_agrees(
     page: Page, app_factory: Callable[..., AppServer], fake: FakeOpenRouter
 ) -> None:
-    app = app_factory("usage", OPENROUTER_API_KEY=TEST_API_KEY, OPENROUTER_BASE_URL=fake.base_url)
-    open_app(page, app.url)
+    app = app_factory(
+        "usage",
+        OPENROUTER_API_KEY=TEST_API_KEY,
+        OPENROUTER_BASE_URL=fake.base_url,
+        OPERATOR_TOKEN=OPERATOR_TOKEN,
+    )
+    open_app(page, f"{app.url}?operator={OPERATOR_TOKEN}")
     for text in ("one [[tokens=10]]", "two [[tokens=20]]"):
         send(page, text)
         expect(last_answer(page)).to_contain_text(f"{text.split()[0]}")
@@ -147,5 +154,5 @@ def test_usage_tab_shows_my_totals_and_the_csv_agrees(
     expect(mine).to_contain_text("3 requests")
     expect(mine).to_contain_text(f"${cost:.4f}")
     expect(mine).to_contain_text("30 completion tokens")
-    # Running locally, the operator view (whole app + CSV download) is shown too.
+    # Opened with the operator link, the operator view (whole app + CSV download) is shown too.
     expect(page.locator("#usage-totals-all")).to_contain_text("3 requests")

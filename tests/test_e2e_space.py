@@ -13,6 +13,7 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from chatlib.config import Settings
+from chatlib.services import create_services
 from tests.conftest import REPO, TEST_API_KEY, AppServer, start_app
 from tests.fakes.hf_hub import DEFAULT_TOKEN, DEFAULT_USER, FakeHfHub
 from tests.fakes.openrouter import FakeOpenRouter
@@ -28,7 +29,7 @@ def _settings(tmp_path: Path, **env: str) -> Settings:
 
 def test_defaults_follow_space_conventions(tmp_path: Path) -> None:
     settings = _settings(tmp_path, SPACE_ID="someone/openrouter-chat", SYSTEM="spaces")
-    kwargs = app_module.launch_kwargs(settings)
+    kwargs = app_module.launch_kwargs(settings, create_services(settings))
     assert (kwargs["server_name"], kwargs["server_port"]) == ("0.0.0.0", 7860)
     assert kwargs["share"] is False
     assert settings.on_space
@@ -36,7 +37,7 @@ def test_defaults_follow_space_conventions(tmp_path: Path) -> None:
 
 def test_share_true_asks_gradio_for_a_public_link(tmp_path: Path) -> None:
     settings = _settings(tmp_path, SHARE="true")
-    assert app_module.launch_kwargs(settings)["share"] is True
+    assert app_module.launch_kwargs(settings, create_services(settings))["share"] is True
 
 
 HAS_LOGIN_SCRIPT = """

@@ -148,6 +148,6 @@ async def test_a_broken_import_is_refused_with_its_reason_and_nothing_is_added(
 async def test_usage_tab_shows_only_the_visitors_own_totals(page: Page) -> None:
     me = visitor()
     await send(page, me, "Count me")
-    shown = await page.usage.show(me, request(peer="203.0.113.9"), None)
+    shown = await page.usage.show(me, False, request(peer="203.0.113.9"), None)
     assert "1 request" in shown[page.usage.mine.totals]
     assert shown[page.usage.admin_group]["visible"] is False

@@ -36,6 +36,8 @@ class PageContext:
     # The id of the conversation this page shows (None: a new, empty chat). Only an id: every
     # handler loads the conversation again by the caller's identity.
     conversation_id: gr.State
+    # Whether this page session presented the operator token (kept on the server).
+    operator_ok: gr.State
 
     def visitor(
         self, browser_value: Any, profile: gr.OAuthProfile | None, request: gr.Request | None
@@ -52,6 +54,9 @@ class PageContext:
             peer=peer,
             forwarded_for=forwarded,
             trusted_proxies=self.services.trusted_proxies,
+            # Enforced here, whatever the browser's stored state says (ALLOW_USER_KEYS).
+            user_keys_allowed=self.settings.user_keys_allowed,
+            session_api_key=self.services.session_keys.get(session_of(request)),
         )
 
     async def count_request(self, visitor: Visitor, doing: str) -> None:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import html
-import tempfile
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import gradio as gr
+import structlog
+from starlette.middleware import Middleware
 
 from chatlib.config import Settings
 from chatlib.services import Services
 from chatlib.transfer import EXPORT_MAX_AGE_SECONDS
+from chatlib.upload_guard import UploadGuard
 from chatlib.visitors import BrowserIdentity
 from ui import api
 from ui.assets import CLOSE_SIDEBAR_ON_PHONES_JS, CSS
@@ -23,6 +25,7 @@ from ui.transfer import TransferPanel
 from ui.usage import UsagePanel
 
 Updates = dict[Any, Any]
+log = structlog.get_logger(__name__)
 
 
 def header(settings: Settings) -> str:
@@ -52,6 +55,7 @@ class Page:
                     secret=services.browser_secret,
                 ),
                 conversation_id=gr.State(None),
+                operator_ok=gr.State(False),
             )
             # Filled once the visitor's identity is known (tests and scripts wait for it).
             self.session_ready = gr.HTML("", elem_id="session-ready", container=False)
@@ -62,9 +66,7 @@ class Page:
         ctx = self.ctx
         with gr.Sidebar(label="Conversations", open=True, width=300, elem_id="sidebar"):
             self.sidebar = SidebarPanel(ctx)
-            self.transfer = TransferPanel(
-                ctx, Path(tempfile.mkdtemp(prefix="openrouter-chat-downloads-"))
-            )
+            self.transfer = TransferPanel(ctx, ctx.services.downloads_dir)
         gr.HTML(header(ctx.settings))
         self.key_notice = KeyNotice(ctx)
         with gr.Tabs():
@@ -81,13 +83,14 @@ class Page:
         self.chat.wire(self.demo, self.sidebar)
         self.sidebar.wire(self.chat.chatbot)
         self.transfer.wire(self.sidebar)
-        self.own_key.wire()
+        self.own_key.wire(self.demo)
         self.usage.wire(self.usage_tab)
         self.demo.load(
             self.on_load,
             inputs=[self.ctx.browser_state],
             outputs=[
                 self.ctx.browser_state,
+                self.ctx.operator_ok,
                 *self.sidebar.list_outputs,
                 self.sidebar.migrate_row,
                 self.own_key.status,
@@ -100,19 +103,29 @@ class Page:
         api.wire(self.ctx)
 
     async def on_load(
-        self, browser_value: Any, request: gr.Request, profile: gr.OAuthProfile | None
+        self,
+        browser_value: Any,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None,
     ) -> Updates:
-        """A page opens: who is this, their chats, their key status, the migration offer."""
-        identity = BrowserIdentity.ensure(browser_value)
-        visitor = self.ctx.visitor(identity.to_value(), profile, request)
-        self.ctx.services.conversations.view(session_of(request), None)
+        """A page opens: who is this, their chats, their key status, the operator link."""
+        ctx = self.ctx
+        identity, rejected = BrowserIdentity.parse(browser_value)
+        if rejected is not None:
+            log.info("identity.state_rejected", reason=rejected)  # a fresh identity instead
+        if not ctx.settings.user_keys_allowed:
+            identity = replace(identity, api_key=None)  # not even kept in the browser
+        visitor = ctx.visitor(identity.to_value(), profile, request)
+        ctx.services.conversations.view(session_of(request), None)
+        token = request.query_params.get("operator") if request is not None else None
         return {
-            self.ctx.browser_state: identity.to_value(),
+            ctx.browser_state: identity.to_value(),
+            ctx.operator_ok: ctx.services.operator.check(token, visitor.rate_key),
             **await self.sidebar.refreshed(visitor.owner_key, None),
             self.sidebar.migrate_row: await self.sidebar.migration_offer(
                 visitor.logged_in, visitor.anon_owner_key, identity.migration_declined
             ),
-            **self.own_key.shown(identity),
+            **self.own_key.shown(identity.api_key, remembered=True),
             self.session_ready: "<span data-ready='1'></span>",
         }
 
@@ -123,8 +136,14 @@ def build(settings: Settings, services: Services) -> gr.Blocks:
     return demo
 
 
-def launch_kwargs(settings: Settings) -> dict[str, Any]:
+def launch_kwargs(settings: Settings, services: Services) -> dict[str, Any]:
     """Arguments for `demo.launch()` derived from settings."""
+    upload_guard = Middleware(
+        UploadGuard,
+        limiter=services.limiter,
+        trusted_proxies=services.trusted_proxies,
+        max_file_bytes=settings.max_upload_bytes,
+    )
     return {
         "server_name": settings.host,
         "server_port": settings.port,
@@ -136,6 +155,8 @@ def launch_kwargs(settings: Settings) -> dict[str, Any]:
         "footer_links": ["api"],
         "share": settings.share,
         "show_error": False,
-        # Uploads are only ever imports: anything much bigger is refused before it is stored.
-        "max_file_size": 2 * settings.max_import_bytes,
+        # Uploads are only ever imports: anything much bigger is refused before it is stored,
+        # and each client may upload only so often (UPLOADS_PER_MIN).
+        "max_file_size": settings.max_upload_bytes,
+        "app_kwargs": {"middleware": [upload_guard]},
     }

@@ -12,7 +12,7 @@ import pandas as pd
 from chatlib.hub_sync import SyncStatus
 from chatlib.usage import UsageSummary, summarize, summarize_usage
 from chatlib.visitors import is_operator
-from ui.context import QUICK, PageContext, client_address
+from ui.context import QUICK, PageContext
 from ui.errors import shown_as_toast
 
 Updates = dict[Any, Any]
@@ -117,18 +117,18 @@ class UsagePanel:
             )
 
     async def show(
-        self, browser_value: Any, request: gr.Request, profile: gr.OAuthProfile | None
+        self,
+        browser_value: Any,
+        operator_ok: bool,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None,
     ) -> Updates:
         ctx = self.ctx
         visitor = ctx.visitor(browser_value, profile, request)
-        peer, forwarded = client_address(request)
         is_admin = is_operator(
             user_name=visitor.user_name,
             admin_user_names=ctx.settings.admin_user_names,
-            on_space=ctx.settings.on_space,
-            share=ctx.settings.share,
-            peer=peer,
-            forwarded_for=forwarded,
+            token_ok=operator_ok is True,
         )
         usage_dir = ctx.services.usage_dir
         updates = self.mine.show(
@@ -148,7 +148,7 @@ class UsagePanel:
     def wire(self, tab: gr.Tab) -> None:
         tab.select(
             shown_as_toast(self.show),
-            inputs=[self.ctx.browser_state],
+            inputs=[self.ctx.browser_state, self.ctx.operator_ok],
             outputs=[
                 *self.mine.outputs,
                 self.admin_group,
