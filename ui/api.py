@@ -17,6 +17,41 @@ from ui.errors import refuse
 API_MAX_HISTORY_MESSAGES = 1_000  # prior messages the chat API takes in one call
 
 
+def checked_inputs(
+    message: object,
+    model: object,
+    system_prompt: object,
+    temperature: object,
+    history: object,
+    default_temperature: float,
+) -> tuple[str, str, float]:
+    """(model, system prompt, temperature) once every parameter has the right type.
+
+    API callers can send any JSON: a wrong type gets a one-line refusal naming the parameter
+    (sizes and ranges are checked with the rest of the turn by the chat service).
+    """
+    if not isinstance(message, str):
+        refuse(f"Invalid message: expected text, got {_kind(message)}.")
+    if model is not None and not isinstance(model, str):
+        refuse(f"Invalid model: expected an OpenRouter model id (text), got {_kind(model)}.")
+    if system_prompt is not None and not isinstance(system_prompt, str):
+        refuse(f"Invalid system_prompt: expected text, got {_kind(system_prompt)}.")
+    if temperature is None:
+        temperature = default_temperature
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+        refuse(f"Invalid temperature: expected a number from 0 to 2, got {_kind(temperature)}.")
+    if history is not None and not isinstance(history, list):
+        refuse(f"Invalid history: expected a list of messages, got {_kind(history)}.")
+    return model or "", system_prompt or "", float(temperature)
+
+
+def _kind(value: object) -> str:
+    """What a JSON value is, in words (never the value itself: it may be huge or secret)."""
+    names = {type(None): "null", bool: "true/false", int: "a number", float: "a number"}
+    names |= {str: "text", list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
 def chat_endpoint(ctx: PageContext) -> Callable[..., AsyncIterator[str]]:
     """The `chat` API function, with the defaults it documents."""
     settings = ctx.settings
@@ -31,6 +66,9 @@ def chat_endpoint(ctx: PageContext) -> Callable[..., AsyncIterator[str]]:
         request: gr.Request | None = None,
     ) -> AsyncIterator[str]:
         """Stream an answer to `message`; `history` is an optional list of prior messages."""
+        model, system_prompt, temperature = checked_inputs(
+            message, model, system_prompt, temperature, history, settings.slider_temperature
+        )
         try:
             prior = history_from_dicts(
                 history,
@@ -44,9 +82,9 @@ def chat_endpoint(ctx: PageContext) -> Callable[..., AsyncIterator[str]]:
             owner_key="api",
             conversation_id=None,
             user_text=message,
-            model=(model or settings.default_model).strip(),
-            system_prompt=system_prompt or "",
-            temperature=temperature,  # checked with the other inputs by the chat service
+            model=model.strip() or settings.default_model,
+            system_prompt=system_prompt,
+            temperature=temperature,  # its range is checked with the rest by the chat service
             rate_key=client_ip(peer, forwarded, services.trusted_proxies),
         )
         # Closed here when the caller goes away mid-answer: the answer is stopped, usage kept.
