@@ -1,0 +1,155 @@
+"""One-time import of a data folder of JSON conversation files (the file store's layout).
+
+`DATA_DIR/conversations/<owner_key>/<conversation_id>.json` files are read by the file
+store's own reader (`ConversationStore.load`: the one decode path) and inserted as they are:
+ids, titles, dates, revisions and every message with its metadata. A damaged file is
+logged, counted and skipped. The files are left untouched, and a row in `store_meta`
+remembers the import so it never runs twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chatlib.errors import StorageError
+from chatlib.storage import (
+    CONVERSATIONS_DIR,
+    Conversation,
+    ConversationStore,
+    is_valid_conversation_id,
+    is_valid_owner_key,
+)
+from chatlib.store.engine import startup_lock
+from chatlib.store.schema import conversations, store_meta
+from chatlib.store.sql import SqlConversationStore, insert_conversation, storable
+
+log = structlog.get_logger(__name__)
+
+IMPORT_MARKER = "json_import"
+_BATCH = 200  # files read per worker-thread hop
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What one import did; `already_done`: an earlier startup imported, nothing was read."""
+
+    imported: int = 0
+    skipped: int = 0  # damaged or unreadable files
+    already_present: int = 0  # ids this owner already had in the database
+    owners: int = 0
+    already_done: bool = False
+
+
+async def import_json_directory(store: SqlConversationStore, data_dir: Path) -> ImportReport:
+    """Import `data_dir`'s conversation files once; later calls return `already_done`.
+
+    Holds the startup lock throughout, so of several processes one imports and the others
+    then find the marker. Raises StorageError only when the database refuses the writes.
+    """
+    async with startup_lock(store.engine) as connection:
+        done = await connection.execute(
+            select(store_meta.c.value).where(store_meta.c.key == IMPORT_MARKER)
+        )
+        if done.first() is not None:
+            return ImportReport(already_done=True)
+        report = await _import_all(connection, Path(data_dir))
+        record: dict[str, Any] = {**asdict(report), "finished_at": time.time()}
+        await connection.execute(
+            insert(store_meta).values(key=IMPORT_MARKER, value=orjson.dumps(record).decode())
+        )
+    log.info("store.json_imported", **asdict(report))
+    return report
+
+
+async def _import_all(connection: AsyncConnection, data_dir: Path) -> ImportReport:
+    """Every owner's files, inserted on `connection`; the counts."""
+    root = data_dir / CONVERSATIONS_DIR
+    reader = ConversationStore(data_dir, log=log)
+    totals = ImportReport()
+    for owner_key, ids in await asyncio.to_thread(_owners_and_ids, root):
+        imported = skipped = present = 0
+        for start in range(0, len(ids), _BATCH):
+            batch = await asyncio.to_thread(
+                _read_batch, reader, owner_key, ids[start : start + _BATCH]
+            )
+            for conversation_id, conversation in batch:
+                if conversation is None:
+                    skipped += 1
+                    log.warning(
+                        "store.import_skipped", owner_key=owner_key, conversation_id=conversation_id
+                    )
+                elif await _insert(connection, owner_key, conversation):
+                    imported += 1
+                else:
+                    present += 1
+        totals = ImportReport(
+            imported=totals.imported + imported,
+            skipped=totals.skipped + skipped,
+            already_present=totals.already_present + present,
+            owners=totals.owners + 1,
+        )
+    return totals
+
+
+def _owners_and_ids(root: Path) -> list[tuple[str, list[str]]]:
+    """(owner key, conversation ids) per owner folder; other names are not ours and ignored."""
+    found: list[tuple[str, list[str]]] = []
+    try:
+        owners = sorted(
+            (e for e in os.scandir(root) if is_valid_owner_key(e.name)), key=lambda e: e.name
+        )
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        log.warning("store.import_unreadable_folder", errno=exc.errno)
+        return []
+    for owner in owners:
+        try:
+            names = sorted(os.listdir(owner.path))
+        except OSError as exc:  # not a folder, or unreadable: skip this owner
+            log.warning("store.import_unreadable_folder", owner_key=owner.name, errno=exc.errno)
+            continue
+        ids = [n[: -len(".json")] for n in names if n.endswith(".json")]
+        found.append((owner.name, [i for i in ids if is_valid_conversation_id(i)]))
+    return found
+
+
+def _read_batch(
+    reader: ConversationStore, owner_key: str, ids: list[str]
+) -> list[tuple[str, Conversation | None]]:
+    """Read files through the file store's reader; None for a damaged or vanished one."""
+    read: list[tuple[str, Conversation | None]] = []
+    for conversation_id in ids:
+        try:
+            read.append((conversation_id, reader.load(owner_key, conversation_id)))
+        except StorageError:  # damaged (logged by the reader), gone, or unreadable
+            read.append((conversation_id, None))
+    return read
+
+
+async def _insert(connection: AsyncConnection, owner_key: str, conversation: Conversation) -> bool:
+    """Insert as it is; False if this owner has it already (another owner's id: a new id)."""
+    conversation = storable(conversation)
+    if await insert_conversation(connection, owner_key, conversation):
+        return True
+    mine = await connection.execute(
+        select(conversations.c.id).where(
+            conversations.c.id == conversation.id, conversations.c.owner_key == owner_key
+        )
+    )
+    if mine.first() is not None:
+        return False
+    return await insert_conversation(
+        connection, owner_key, replace(conversation, id=uuid.uuid4().hex)
+    )

@@ -1,0 +1,1 @@
+"""Alembic migrations of the conversation database (run by `chatlib.store.migrate`)."""

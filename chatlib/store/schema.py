@@ -1,0 +1,94 @@
+"""The tables, as SQLAlchemy Core metadata (the migrations under `migrations/` create them).
+
+Dates are Unix seconds (UTC) as doubles, like `Conversation`; message metadata is JSON text.
+`conversations` carries the summary columns the list shows, so listing never reads messages.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("owner_key", String(32), nullable=False),
+    Column("title", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("system_prompt", Text, nullable=False),
+    Column("temperature", Double, nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("message_count", Integer, nullable=False),
+    Column("total_cost_usd", Double, nullable=False),
+    # The list's order, per owner: an index scan, never a sort of every conversation.
+    Index("ix_conversations_owner_updated", "owner_key", "updated_at", "created_at", "id"),
+)
+
+# A surrogate integer key because full-text indexes (SQLite FTS5's external content) need a
+# stable integer row id; (conversation_id, position) is the natural key, kept unique.
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column(
+        "conversation_id",
+        String(32),
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("position", Integer, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("reasoning", Text, nullable=False),
+    Column("meta", Text, nullable=True),
+    Column("created_at", Double, nullable=True),
+    UniqueConstraint("conversation_id", "position", name="uq_messages_conversation_position"),
+)
+
+# One row per chat turn, mirroring chatlib.usage.UsageRecord (the CSV's columns, in order).
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("timestamp", String(40), nullable=False),
+    Column("request_id", Text, nullable=False),
+    Column("owner", String(64), nullable=False),
+    Column("conversation_id", String(64), nullable=False),
+    Column("model", Text, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("error_code", Text, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=True),
+    Column("completion_tokens", BigInteger, nullable=True),
+    Column("reasoning_tokens", BigInteger, nullable=True),
+    Column("cost_usd", Double, nullable=True),
+    Column("ttft_ms", Double, nullable=True),
+    Column("latency_ms", Double, nullable=True),
+    Column("tokens_per_second", Double, nullable=True),
+    Column("count", Integer, nullable=False),
+    Index("ix_usage_timestamp", "timestamp"),
+    Index("ix_usage_owner_timestamp", "owner", "timestamp"),
+)
+
+# Facts about the database itself, e.g. that the JSON data folder was imported.
+store_meta = Table(
+    "store_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)

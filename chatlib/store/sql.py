@@ -1,0 +1,576 @@
+"""Conversations in SQL (SQLite or PostgreSQL): the same door as the file store, one code path.
+
+Every statement that reads, changes or deletes a conversation or its messages names the
+owner in its WHERE clause, so one visitor's id never reaches another visitor's rows.
+
+Each conversation carries a revision, bumped by every write. A save that says what it
+expects to find (the end of a turn) is checked in the UPDATE itself
+(`WHERE id = :id AND owner_key = :owner AND revision = :expected`): no row means the
+conversation was deleted, got other messages (ConversationChanged), or was only renamed (then
+it is saved under the stored title). That holds across processes without file locks.
+Messages are written as a diff against the stored rows: a turn inserts its new messages and
+leaves the earlier ones alone, so a save costs one conversation whatever the owner has.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any, Protocol
+
+import orjson
+import structlog
+from sqlalchemy import ColumnElement, Row, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from chatlib.errors import (
+    ConversationChanged,
+    ConversationCorrupt,
+    ConversationDeleted,
+    ConversationNotFound,
+)
+from chatlib.files import json_bytes
+from chatlib.messages import ChatMessage, clean_text
+from chatlib.storage import (
+    MAX_TITLE_CHARS,
+    NEW_CHAT_TITLE,
+    Conversation,
+    ConversationSummary,
+    ListResult,
+    clean_title,
+    conversation_title,
+    is_valid_conversation_id,
+    is_valid_owner_key,
+    parse_conversation,
+)
+from chatlib.store import search
+from chatlib.store.engine import read_transaction, write_transaction
+from chatlib.store.failures import Doing, storage_error
+from chatlib.store.schema import conversations, messages
+
+# One stored message: role, content, reasoning, meta (JSON text), created_at.
+MessageRow = tuple[str, str, str, str | None, float | None]
+
+_SUMMARY_COLUMNS = (
+    conversations.c.id,
+    conversations.c.title,
+    conversations.c.created_at,
+    conversations.c.updated_at,
+    conversations.c.message_count,
+    conversations.c.total_cost_usd,
+)
+_MESSAGE_COLUMNS = (
+    messages.c.role,
+    messages.c.content,
+    messages.c.reasoning,
+    messages.c.meta,
+    messages.c.created_at,
+)
+
+
+class _Log(Protocol):
+    def warning(self, event: str, **fields: Any) -> Any: ...
+
+    def info(self, event: str, **fields: Any) -> Any: ...
+
+
+def _require_owner_key(owner_key: str) -> None:
+    if not is_valid_owner_key(owner_key):
+        raise ValueError("owner_key must be 32 lowercase hex characters (see identity.owner_key)")
+
+
+def _owned(owner_key: str, conversation_id: str) -> tuple[ColumnElement[bool], ...]:
+    """WHERE clause of one conversation of one owner."""
+    return (conversations.c.id == conversation_id, conversations.c.owner_key == owner_key)
+
+
+class SqlConversationStore:
+    """Every owner's conversations in one database (see `open_store` to get one)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        clock: Callable[[], float] = time.time,
+        log: _Log | None = None,
+    ) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._log: _Log = log if log is not None else structlog.get_logger(__name__)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine this store uses (shared with the usage table's writer)."""
+        return self._engine
+
+    async def aclose(self) -> None:
+        """Close the database connections."""
+        await self._engine.dispose()
+
+    # -- public API --------------------------------------------------------------------------
+
+    def new_conversation(self, model: str, system_prompt: str, temperature: float) -> Conversation:
+        """A fresh, empty, unsaved conversation titled "New chat" (no I/O)."""
+        now = self._clock()
+        return Conversation(
+            id=uuid.uuid4().hex,
+            title=NEW_CHAT_TITLE,
+            created_at=now,
+            updated_at=now,
+            model=model,
+            system_prompt=system_prompt,
+            temperature=temperature,
+            messages=(),
+        )
+
+    async def save(
+        self,
+        owner_key: str,
+        conversation: Conversation,
+        *,
+        touch: bool = True,
+        expected: Conversation | None = None,
+    ) -> Conversation:
+        """Store `conversation` for `owner_key` and return it as stored, its revision bumped.
+
+        `updated_at` is set to now (unless `touch=False`, used by imports); the title follows
+        `conversation_title`. With `expected` (the conversation as this caller last loaded or
+        saved it): gone -> ConversationDeleted; other messages -> ConversationChanged and
+        nothing is written; the same messages under another revision (a rename) -> saved
+        with the stored title. An id another owner has is ConversationNotFound. Raises
+        StorageError when the database refuses the write; the stored version is then intact.
+        """
+        _require_owner_key(owner_key)
+        prepared = self._prepared(conversation, touch=touch)
+        try:
+            async with write_transaction(self._engine) as connection:
+                return await self._write(connection, owner_key, prepared, expected)
+        except SQLAlchemyError as exc:
+            raise self._failed(exc, "save", owner_key, conversation.id) from exc
+
+    async def save_all(
+        self, owner_key: str, conversations: Sequence[Conversation]
+    ) -> builtins.list[Conversation]:
+        """Store conversations with their own dates (an import) in one transaction: all or none."""
+        _require_owner_key(owner_key)
+        prepared = [self._prepared(c, touch=False) for c in conversations]
+        try:
+            async with write_transaction(self._engine) as connection:
+                return [await self._write(connection, owner_key, c, None) for c in prepared]
+        except SQLAlchemyError as exc:
+            raise self._failed(exc, "save", owner_key, None) from exc
+
+    async def load(self, owner_key: str, conversation_id: str) -> Conversation:
+        """The conversation; ConversationNotFound if this owner has none with that id."""
+        _require_owner_key(owner_key)
+        if not is_valid_conversation_id(conversation_id):
+            raise ConversationNotFound()
+        try:
+            async with read_transaction(self._engine) as connection:
+                row = (
+                    await connection.execute(
+                        select(conversations).where(*_owned(owner_key, conversation_id))
+                    )
+                ).one_or_none()
+                if row is None:
+                    raise ConversationNotFound()
+                rows = await message_rows(connection, owner_key, conversation_id)
+        except SQLAlchemyError as exc:
+            raise self._failed(exc, "read", owner_key, conversation_id) from exc
+        return self._decode(owner_key, row, rows)
+
+    async def list(self, owner_key: str, *, limit: int | None = None) -> ListResult:
+        """The owner's conversations, most recently updated first (`limit`: the first ones).
+
+        Only the summary columns are read. `corrupt` is always empty: rows cannot be torn.
+        """
+        _require_owner_key(owner_key)
+        statement = (
+            select(*_SUMMARY_COLUMNS)
+            .where(conversations.c.owner_key == owner_key)
+            .order_by(
+                conversations.c.updated_at.desc(),
+                conversations.c.created_at.desc(),
+                conversations.c.id.desc(),
+            )
+            .limit(limit)
+        )
+        return ListResult(conversations=await self._summaries(owner_key, statement))
+
+    async def delete(self, owner_key: str, conversation_id: str) -> bool:
+        """Delete the conversation and its messages; False if this owner has none with that id."""
+        _require_owner_key(owner_key)
+        if not is_valid_conversation_id(conversation_id):
+            return False
+        try:
+            async with write_transaction(self._engine) as connection:
+                result = await connection.execute(
+                    delete(conversations).where(*_owned(owner_key, conversation_id))
+                )
+        except SQLAlchemyError as exc:
+            raise self._failed(exc, "delete", owner_key, conversation_id) from exc
+        return result.rowcount > 0
+
+    async def rename(self, owner_key: str, conversation_id: str, title: str) -> Conversation:
+        """Give the conversation a new title (cleaned); its place in the list is kept."""
+        _require_owner_key(owner_key)
+        if not is_valid_conversation_id(conversation_id):
+            raise ConversationNotFound()
+        try:
+            async with write_transaction(self._engine) as connection:
+                row = (
+                    await connection.execute(
+                        update(conversations)
+                        .where(*_owned(owner_key, conversation_id))
+                        .values(title=clean_title(title), revision=conversations.c.revision + 1)
+                        .returning(*conversations.c)
+                    )
+                ).one_or_none()
+                if row is None:
+                    raise ConversationNotFound()
+                rows = await message_rows(connection, owner_key, conversation_id)
+        except SQLAlchemyError as exc:
+            raise self._failed(exc, "save", owner_key, conversation_id) from exc
+        return self._decode(owner_key, row, rows)
+
+    async def search(self, owner_key: str, query: str) -> builtins.list[ConversationSummary]:
+        """Conversations whose title or any message contains `query` (case-insensitive)."""
+        _require_owner_key(owner_key)
+        needle = query.strip()[:MAX_TITLE_CHARS]  # a longer query is cut
+        if not needle:
+            return (await self.list(owner_key)).conversations
+        statement = (
+            select(*_SUMMARY_COLUMNS)
+            .where(
+                conversations.c.owner_key == owner_key,
+                search.matches(self._engine.dialect.name, needle),
+            )
+            .order_by(
+                conversations.c.updated_at.desc(),
+                conversations.c.created_at.desc(),
+                conversations.c.id.desc(),
+            )
+        )
+        return await self._summaries(owner_key, statement)
+
+    async def move_all(self, from_owner_key: str, to_owner_key: str) -> int:
+        """Give every conversation of one owner to another (an anonymous visitor logging in).
+
+        Ids are unique across owners, so nothing can be overwritten. One statement: all move
+        or none do. Returns how many moved.
+        """
+        _require_owner_key(from_owner_key)
+        _require_owner_key(to_owner_key)
+        if from_owner_key == to_owner_key:
+            return 0
+        try:
+            async with write_transaction(self._engine) as connection:
+                result = await connection.execute(
+                    update(conversations)
+                    .where(conversations.c.owner_key == from_owner_key)
+                    .values(owner_key=to_owner_key)
+                )
+        except SQLAlchemyError as exc:
+            raise self._failed(exc, "move", from_owner_key, None) from exc
+        moved = result.rowcount
+        self._log.info(
+            "store.moved", from_owner_key=from_owner_key, to_owner_key=to_owner_key, moved=moved
+        )
+        return moved
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _prepared(self, conversation: Conversation, *, touch: bool) -> Conversation:
+        """The conversation as it will be stored: checked, text cleaned, titled, dated."""
+        if not is_valid_conversation_id(conversation.id):
+            raise ValueError("conversation id must be uuid4().hex")
+        for name in ("created_at", "updated_at", "temperature"):
+            if not math.isfinite(getattr(conversation, name)):
+                raise ValueError(f"conversation {name} must be finite")
+        cleaned = storable(conversation)
+        return replace(
+            cleaned,
+            title=conversation_title(cleaned.title, cleaned.messages),
+            updated_at=self._clock() if touch else cleaned.updated_at,
+        )
+
+    async def _write(
+        self,
+        connection: AsyncConnection,
+        owner_key: str,
+        conversation: Conversation,
+        expected: Conversation | None,
+    ) -> Conversation:
+        """Update (checked against `expected`) or insert; returns it with its new revision."""
+        if expected is not None:
+            revision = await _update(connection, owner_key, conversation, expected.revision)
+            if revision is None:
+                conversation, revision = await _save_after_conflict(
+                    connection, owner_key, conversation, expected
+                )
+        else:
+            updated = await _update(connection, owner_key, conversation, None)
+            if updated is None:
+                inserted = replace(conversation, revision=conversation.revision + 1)
+                if not await insert_conversation(connection, owner_key, inserted):
+                    raise ConversationNotFound()  # the id is another owner's
+                return inserted
+            revision = updated
+        stored = await message_rows(connection, owner_key, conversation.id)
+        await _write_messages(connection, owner_key, conversation.id, stored, conversation)
+        return replace(conversation, revision=revision)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _summaries(
+        self, owner_key: str, statement: Any
+    ) -> builtins.list[ConversationSummary]:
+        try:
+            async with self._engine.connect() as connection:
+                rows = (await connection.execute(statement)).all()
+        except SQLAlchemyError as exc:
+            raise self._failed(exc, "read", owner_key, None) from exc
+        return [
+            ConversationSummary(
+                id=row.id,
+                title=row.title,
+                created_at=row.created_at,
+                updated_at=row.updated_at,
+                message_count=row.message_count,
+                total_cost_usd=row.total_cost_usd,
+            )
+            for row in rows
+        ]
+
+    def _decode(
+        self, owner_key: str, row: Row[Any], rows: builtins.list[MessageRow]
+    ) -> Conversation:
+        """A conversation read back through the one reader (`parse_conversation`)."""
+        try:
+            return decode_conversation(row, rows)
+        except (ValueError, TypeError) as exc:
+            self._log.warning(
+                "store.corrupt_row",
+                owner_key=owner_key,
+                conversation_id=row.id,
+                reason=type(exc).__name__,
+            )
+            raise ConversationCorrupt() from exc
+
+    def _failed(
+        self, exc: SQLAlchemyError, doing: Doing, owner_key: str, conversation_id: str | None
+    ) -> Exception:
+        # The driver's message may quote parameters (message text): log its type only.
+        self._log.warning(
+            f"store.{doing}_failed",
+            owner_key=owner_key,
+            conversation_id=conversation_id,
+            reason=type(getattr(exc, "orig", None) or exc).__name__,
+        )
+        return storage_error(exc, doing)
+
+
+# -- statements shared with the JSON import ---------------------------------------------------
+
+
+def storable(conversation: Conversation) -> Conversation:
+    """The conversation with text every database takes: no NULs, no lone surrogates.
+
+    Lone surrogates become "?" as the file store's writer made them; NULs, which PostgreSQL
+    refuses in text, are dropped (the input checks drop them from questions already).
+    """
+    return replace(
+        conversation,
+        title=clean_text(conversation.title),
+        model=clean_text(conversation.model),
+        system_prompt=clean_text(conversation.system_prompt),
+        messages=tuple(_clean_message(m) for m in conversation.messages),
+    )
+
+
+def _clean_message(message: ChatMessage) -> ChatMessage:
+    content, reasoning = clean_text(message.content), clean_text(message.reasoning)
+    if content == message.content and reasoning == message.reasoning:
+        return message
+    return replace(message, content=content, reasoning=reasoning)
+
+
+def encode_messages(messages: Sequence[ChatMessage]) -> builtins.list[MessageRow]:
+    """The rows of a conversation's messages (an answer still streaming reads as interrupted)."""
+    rows: builtins.list[MessageRow] = []
+    for message in messages:
+        meta: str | None = None
+        if message.meta is not None:
+            fields = message.meta.to_dict()
+            if fields.get("status") == "streaming":
+                # Whatever wrote it is gone by the time anyone reads it (as for files).
+                fields["status"] = "interrupted"
+            meta = json_bytes(fields).decode()
+        rows.append((message.role, message.content, message.reasoning, meta, message.created_at))
+    return rows
+
+
+def decode_conversation(row: Row[Any], rows: Sequence[MessageRow]) -> Conversation:
+    """A conversation from its row and message rows; SchemaError (ValueError) if damaged."""
+    document = {
+        "id": row.id,
+        "title": row.title,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "model": row.model,
+        "system_prompt": row.system_prompt,
+        "temperature": row.temperature,
+        "revision": row.revision,
+        "messages": [
+            {
+                "role": role,
+                "content": content,
+                "reasoning": reasoning,
+                "meta": None if meta is None else orjson.loads(meta),
+                "created_at": created_at,
+            }
+            for role, content, reasoning, meta, created_at in rows
+        ],
+    }
+    return parse_conversation(document)
+
+
+def _conversation_values(conversation: Conversation) -> dict[str, Any]:
+    return {
+        "title": conversation.title,
+        "created_at": conversation.created_at,
+        "updated_at": conversation.updated_at,
+        "model": conversation.model,
+        "system_prompt": conversation.system_prompt,
+        "temperature": conversation.temperature,
+        "message_count": len(conversation.messages),
+        "total_cost_usd": conversation.total_cost_usd,
+    }
+
+
+async def message_rows(
+    connection: AsyncConnection, owner_key: str, conversation_id: str
+) -> builtins.list[MessageRow]:
+    """The stored message rows of the owner's conversation, in order."""
+    result = await connection.execute(
+        select(*_MESSAGE_COLUMNS)
+        .select_from(messages.join(conversations))
+        .where(*_owned(owner_key, conversation_id))
+        .order_by(messages.c.position)
+    )
+    return [(r.role, r.content, r.reasoning, r.meta, r.created_at) for r in result]
+
+
+async def _update(
+    connection: AsyncConnection, owner_key: str, conversation: Conversation, revision: int | None
+) -> int | None:
+    """Update the owner's conversation row (at `revision`, if given); its new revision or None."""
+    where = _owned(owner_key, conversation.id)
+    if revision is not None:
+        where = (*where, conversations.c.revision == revision)
+    result = await connection.execute(
+        update(conversations)
+        .where(*where)
+        .values(**_conversation_values(conversation), revision=conversations.c.revision + 1)
+        .returning(conversations.c.revision)
+    )
+    value = result.scalar_one_or_none()
+    return None if value is None else int(value)
+
+
+async def _save_after_conflict(
+    connection: AsyncConnection, owner_key: str, conversation: Conversation, expected: Conversation
+) -> tuple[Conversation, int]:
+    """The revision was not the expected one: deleted, changed, or only renamed meanwhile?"""
+    current = (
+        await connection.execute(
+            select(conversations.c.revision, conversations.c.title)
+            .where(*_owned(owner_key, conversation.id))
+            .with_for_update()
+        )
+    ).one_or_none()
+    if current is None:
+        raise ConversationDeleted()
+    stored = await message_rows(connection, owner_key, conversation.id)
+    if stored != encode_messages(expected.messages):
+        raise ConversationChanged()
+    renamed = replace(conversation, title=current.title)
+    revision = await _update(connection, owner_key, renamed, current.revision)
+    if revision is None:  # changed again between two statements (the row is locked: never)
+        raise ConversationChanged()
+    return renamed, revision
+
+
+async def _write_messages(
+    connection: AsyncConnection,
+    owner_key: str,
+    conversation_id: str,
+    stored: Sequence[MessageRow],
+    conversation: Conversation,
+) -> None:
+    """Make the stored rows those of `conversation`: keep the common start, rewrite the rest."""
+    wanted = encode_messages(conversation.messages)
+    keep = 0
+    while keep < min(len(stored), len(wanted)) and stored[keep] == wanted[keep]:
+        keep += 1
+    if keep < len(stored):
+        owned = select(conversations.c.id).where(*_owned(owner_key, conversation_id))
+        await connection.execute(
+            delete(messages).where(
+                messages.c.conversation_id.in_(owned), messages.c.position >= keep
+            )
+        )
+    await _insert_messages(connection, conversation_id, wanted, start=keep)
+
+
+async def _insert_messages(
+    connection: AsyncConnection, conversation_id: str, rows: Sequence[MessageRow], *, start: int
+) -> None:
+    if start >= len(rows):
+        return
+    await connection.execute(
+        insert(messages),
+        [
+            {
+                "conversation_id": conversation_id,
+                "position": position,
+                "role": role,
+                "content": content,
+                "reasoning": reasoning,
+                "meta": meta,
+                "created_at": created_at,
+            }
+            for position, (role, content, reasoning, meta, created_at) in enumerate(
+                rows[start:], start
+            )
+        ],
+    )
+
+
+async def insert_conversation(
+    connection: AsyncConnection, owner_key: str, conversation: Conversation
+) -> bool:
+    """Insert a new conversation as it is (revision included); False if the id is taken."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    result = await connection.execute(
+        dialect.insert(conversations)
+        .values(
+            id=conversation.id,
+            owner_key=owner_key,
+            revision=conversation.revision,
+            **_conversation_values(conversation),
+        )
+        .on_conflict_do_nothing(index_elements=[conversations.c.id])
+    )
+    if result.rowcount == 0:
+        return False
+    await _insert_messages(
+        connection, conversation.id, encode_messages(conversation.messages), start=0
+    )
+    return True
