@@ -191,6 +191,7 @@ def test_without_a_key_the_page_explains_how_to_add_one(
     assert fake.chat_requests() == []
     # A visitor's own key: the explanation goes away and the message can be sent.
     page.locator("#byok-key input").fill("sk-or-v1-VISITOR0000key0000cafe1234")
+    page.locator("#byok-remember input").check()  # kept after a reload
     page.get_by_role("button", name="Use my key").click()
     expect(page.locator("#byok-status")).to_contain_text("Key accepted")
     expect(page.locator("#key-notice")).to_be_hidden()

@@ -218,6 +218,7 @@ def test_visitor_key_is_used_for_their_requests_and_only_shown_masked(
         open_app(page, byok.url)
         page.get_by_text("Your OpenRouter key", exact=True).click()
         page.locator("#byok-key input").fill(visitor_key)
+        page.locator("#byok-remember input").check()  # kept after a reload
         page.get_by_role("button", name="Use my key").click()
         expect(page.locator("#byok-status")).to_contain_text("$7.50 of $10.00")
         expect(page.locator("#byok-status")).to_contain_text("sk-or-…1234")
@@ -240,6 +241,30 @@ def test_visitor_key_is_used_for_their_requests_and_only_shown_masked(
                 assert visitor_key not in path.read_text(errors="replace"), path
     finally:
         context.close()
+
+
+def test_a_key_not_remembered_lasts_only_as_long_as_the_page(
+    page: Page, app_factory: Callable[..., AppServer], fake: FakeOpenRouter
+) -> None:
+    byok = app_factory(
+        "byok-session",
+        OPENROUTER_API_KEY=TEST_API_KEY,
+        OPENROUTER_BASE_URL=fake.base_url,
+        ALLOW_USER_KEYS="true",
+    )
+    visitor_key = "sk-or-v1-VISITOR0000key0000beef5678"
+    open_app(page, byok.url)
+    page.get_by_text("Your OpenRouter key", exact=True).click()
+    page.locator("#byok-key input").fill(visitor_key)
+    page.get_by_role("button", name="Use my key").click()
+    expect(page.locator("#byok-status")).to_contain_text("for this page only")
+    chat_once(page, "On my key [[tokens=3]]")
+    assert fake.chat_requests()[-1].headers["authorization"] == f"Bearer {visitor_key}"
+
+    open_app(page, byok.url)  # a reload is a new page session: the key is gone
+    expect(page.locator("#byok-status")).to_contain_text("operator's key")
+    chat_once(page, "Back on the operator [[tokens=3]]")
+    assert fake.chat_requests()[-1].headers["authorization"] == f"Bearer {TEST_API_KEY}"
 
 
 def test_a_damaged_conversation_file_is_reported_not_fatal(

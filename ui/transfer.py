@@ -114,8 +114,13 @@ class TransferPanel:
 
 
 def _read_capped(path: Path, max_bytes: int) -> bytes:
-    """The upload's bytes; refused before reading when it is over the import limit."""
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ImportRejected(f"file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB")
-    return path.read_bytes()
+    """The upload's bytes, and the upload removed; refused when over the import limit."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ImportRejected(
+                f"file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB"
+            )
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)  # it holds private text: no need to wait for the sweep
