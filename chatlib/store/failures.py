@@ -10,6 +10,9 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from chatlib.errors import StorageError, StorageUnavailable
 
 Doing = Literal["save", "read", "delete", "move"]
+# What a database call can raise: SQLAlchemy's errors, and OSError from a driver's connect
+# (a refused or timed-out connection is not translated to a DBAPI error).
+DATABASE_ERRORS = (SQLAlchemyError, OSError)
 
 # PostgreSQL SQLSTATEs: disk full, out of memory / resources, read-only, no privilege.
 _PG_DISK_FULL = {"53100", "53000"}
@@ -29,6 +32,14 @@ def _codes(exc: BaseException) -> tuple[int | None, str | None]:
     )
 
 
+def error_code(exc: BaseException) -> str | None:
+    """The engine's code for a log line: "sqlite:13" (full), "pg:25006" (read-only)..."""
+    sqlite_code, sqlstate = _codes(exc)
+    if sqlite_code is not None:
+        return f"sqlite:{sqlite_code}"
+    return None if sqlstate is None else f"pg:{sqlstate}"
+
+
 def problem(exc: BaseException) -> str:
     """What went wrong, in the words the file store used."""
     sqlite_code, sqlstate = _codes(exc)
@@ -43,7 +54,7 @@ def problem(exc: BaseException) -> str:
     return f"a storage error occurred ({type(exc).__name__})"
 
 
-def storage_error(exc: SQLAlchemyError | OSError, doing: Doing) -> StorageError:
+def storage_error(exc: Exception, doing: Doing) -> StorageError:
     """The StorageError to raise for a database failure while `doing` something."""
     if doing == "read":
         # A chat open on a page goes on from memory (ConversationService._load_for_turn).

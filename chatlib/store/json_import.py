@@ -55,7 +55,7 @@ async def import_json_directory(store: SqlConversationStore, data_dir: Path) -> 
     """Import `data_dir`'s conversation files once; later calls return `already_done`.
 
     Holds the startup lock throughout, so of several processes one imports and the others
-    then find the marker. Raises StorageError only when the database refuses the writes.
+    then find the marker. A damaged file is skipped; a database failure is raised as is.
     """
     async with startup_lock(store.engine) as connection:
         done = await connection.execute(

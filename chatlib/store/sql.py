@@ -26,7 +26,6 @@ import orjson
 import structlog
 from sqlalchemy import ColumnElement, Row, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatlib.errors import (
@@ -51,7 +50,7 @@ from chatlib.storage import (
 )
 from chatlib.store import search
 from chatlib.store.engine import read_transaction, write_transaction
-from chatlib.store.failures import Doing, storage_error
+from chatlib.store.failures import DATABASE_ERRORS, Doing, error_code, storage_error
 from chatlib.store.schema import conversations, messages
 
 # One stored message: role, content, reasoning, meta (JSON text), created_at.
@@ -151,7 +150,7 @@ class SqlConversationStore:
         try:
             async with write_transaction(self._engine) as connection:
                 return await self._write(connection, owner_key, prepared, expected)
-        except SQLAlchemyError as exc:
+        except DATABASE_ERRORS as exc:
             raise self._failed(exc, "save", owner_key, conversation.id) from exc
 
     async def save_all(
@@ -163,7 +162,7 @@ class SqlConversationStore:
         try:
             async with write_transaction(self._engine) as connection:
                 return [await self._write(connection, owner_key, c, None) for c in prepared]
-        except SQLAlchemyError as exc:
+        except DATABASE_ERRORS as exc:
             raise self._failed(exc, "save", owner_key, None) from exc
 
     async def load(self, owner_key: str, conversation_id: str) -> Conversation:
@@ -181,7 +180,7 @@ class SqlConversationStore:
                 if row is None:
                     raise ConversationNotFound()
                 rows = await message_rows(connection, owner_key, conversation_id)
-        except SQLAlchemyError as exc:
+        except DATABASE_ERRORS as exc:
             raise self._failed(exc, "read", owner_key, conversation_id) from exc
         return self._decode(owner_key, row, rows)
 
@@ -213,7 +212,7 @@ class SqlConversationStore:
                 result = await connection.execute(
                     delete(conversations).where(*_owned(owner_key, conversation_id))
                 )
-        except SQLAlchemyError as exc:
+        except DATABASE_ERRORS as exc:
             raise self._failed(exc, "delete", owner_key, conversation_id) from exc
         return result.rowcount > 0
 
@@ -235,7 +234,7 @@ class SqlConversationStore:
                 if row is None:
                     raise ConversationNotFound()
                 rows = await message_rows(connection, owner_key, conversation_id)
-        except SQLAlchemyError as exc:
+        except DATABASE_ERRORS as exc:
             raise self._failed(exc, "save", owner_key, conversation_id) from exc
         return self._decode(owner_key, row, rows)
 
@@ -276,7 +275,7 @@ class SqlConversationStore:
                     .where(conversations.c.owner_key == from_owner_key)
                     .values(owner_key=to_owner_key)
                 )
-        except SQLAlchemyError as exc:
+        except DATABASE_ERRORS as exc:
             raise self._failed(exc, "move", from_owner_key, None) from exc
         moved = result.rowcount
         self._log.info(
@@ -334,7 +333,7 @@ class SqlConversationStore:
         try:
             async with self._engine.connect() as connection:
                 rows = (await connection.execute(statement)).all()
-        except SQLAlchemyError as exc:
+        except DATABASE_ERRORS as exc:
             raise self._failed(exc, "read", owner_key, None) from exc
         return [
             ConversationSummary(
@@ -364,7 +363,7 @@ class SqlConversationStore:
             raise ConversationCorrupt() from exc
 
     def _failed(
-        self, exc: SQLAlchemyError, doing: Doing, owner_key: str, conversation_id: str | None
+        self, exc: Exception, doing: Doing, owner_key: str, conversation_id: str | None
     ) -> Exception:
         # The driver's message may quote parameters (message text): log its type only.
         self._log.warning(
@@ -372,6 +371,7 @@ class SqlConversationStore:
             owner_key=owner_key,
             conversation_id=conversation_id,
             reason=type(getattr(exc, "orig", None) or exc).__name__,
+            code=error_code(exc),
         )
         return storage_error(exc, doing)
 
