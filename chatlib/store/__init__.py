@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from chatlib.storage import Conversation, ConversationSummary, ListResult
+from chatlib.storage import (
+    AsyncConversationStore,
+    Conversation,
+    ConversationSummary,
+    ListResult,
+)
 from chatlib.store.engine import create_engine_for, database_url, describe_url
 from chatlib.store.json_import import ImportReport, import_json_directory
 from chatlib.store.migrate import migrate
@@ -71,3 +76,12 @@ class ConversationStoreProtocol(Protocol):
     async def search(self, owner_key: str, query: str) -> builtins.list[ConversationSummary]: ...
 
     async def move_all(self, from_owner_key: str, to_owner_key: str) -> int: ...
+
+
+if TYPE_CHECKING:
+
+    def _both_stores_fit(
+        sql: SqlConversationStore, files: AsyncConversationStore
+    ) -> builtins.list[ConversationStoreProtocol]:
+        """Never called: mypy checks here that either store can stand behind the service."""
+        return [sql, files]
