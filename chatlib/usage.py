@@ -4,18 +4,25 @@ Each process appends to its own `usage-<process_id>.csv`, so replicas and restar
 write to the same file and the files can be synced to a dataset repo as they are.
 Reading is tolerant: rows that do not parse (a torn last line after a crash, a hand edit)
 are skipped, so one bad row never hides the rest.
+
+With a database (`SqlUsageLog`), each row also goes to its `usage` table, so every replica's
+turns add up on the dashboard (`summarize_usage_sql`); the CSV file is still written, is the
+durable copy a dataset repo keeps, and seeds an empty table (`import_usage_csv`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import math
 import operator
 import os
 import re
+import tempfile
 import threading
+import time
 import uuid
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping
@@ -23,11 +30,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import accumulate, islice
 from pathlib import Path
-from typing import Final, Literal, get_args
+from typing import IO, Any, Final, Literal, Protocol, cast, get_args
 
+import orjson
 import structlog
+from sqlalchemy import Row as SqlRow
+from sqlalchemy import insert, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatlib.messages import AnswerMeta
+from chatlib.store.engine import startup_lock, write_transaction
+from chatlib.store.schema import store_meta
+from chatlib.store.schema import usage as usage_table
 
 log = structlog.get_logger(__name__)
 
@@ -750,3 +765,165 @@ def _roll_up(
         ttft_ms=ttft_ms,
         status_counts=statuses,
     )
+
+
+# -- the usage table ---------------------------------------------------------------------------
+
+# What a database call can raise: SQLAlchemy's errors, and OSError from a driver's connect.
+_DATABASE_ERRORS = (SQLAlchemyError, OSError)
+# store_meta key remembering that the CSV files seeded the table.
+USAGE_IMPORT_MARKER: Final = "usage_csv_import"
+_TABLE_COLUMNS = tuple(usage_table.c[name] for name in USAGE_COLUMNS)
+# Text columns with a length limit (PostgreSQL refuses longer values): name -> limit.
+_COLUMN_LIMITS: Final = {
+    column.name: int(length)
+    for column in _TABLE_COLUMNS
+    if (length := getattr(column.type, "length", None)) is not None
+}
+_INSERT_BATCH = 1000  # rows per executemany when the CSV files seed the table
+_CSV_CHUNK_ROWS = 2000  # rows per worker-thread hop when the table is written out
+
+
+class UsageSink(Protocol):
+    """Where the chat service records turns: `UsageLog` (CSV) or `SqlUsageLog` (CSV + table)."""
+
+    async def record(self, record: UsageRecord) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _table_row(values: _Values) -> dict[str, Any]:
+    row = dict(zip(USAGE_COLUMNS, values, strict=True))
+    for name, limit in _COLUMN_LIMITS.items():
+        text = row[name]
+        if isinstance(text, str) and len(text) > limit:
+            row[name] = text[:limit]
+    return row
+
+
+def table_row(record: UsageRecord) -> dict[str, Any] | None:
+    """The record as a `usage` table row, exactly as its CSV row reads back; None if unreadable.
+
+    Going through the CSV line (sanitised cells, rounded numbers) makes the table hold what
+    the file holds, so a summary from either is the same, and a record the CSV reader would
+    skip is not inserted either.
+    """
+    line = format_usage_row(record).removesuffix("\n")
+    values = next(_parse_rows((line,), len(USAGE_COLUMNS), None, None), None)
+    return None if values is None else _table_row(values)
+
+
+class SqlUsageLog:
+    """One row per turn in the database's `usage` table, and the same row in this process's CSV.
+
+    The CSV row is written first and always (see `UsageLog`); a database that refuses the
+    insert is logged as `usage.db_write_failed` and never raised, so a turn never fails for
+    its usage row. The engine is shared (the conversation store's) and not closed here.
+    """
+
+    def __init__(self, engine: AsyncEngine, csv_log: UsageLog) -> None:
+        self.engine = engine
+        self.csv_log = csv_log
+
+    async def record(self, record: UsageRecord) -> None:
+        """Append the row to the CSV file, then insert it into the table."""
+        await self.csv_log.record(record)
+        row = table_row(record)
+        if row is None:
+            log.warning("usage.row_skipped", request_id=safe_cell(record.request_id))
+            return
+        try:
+            async with write_transaction(self.engine) as connection:
+                await connection.execute(insert(usage_table).values(**row))
+        except _DATABASE_ERRORS as exc:
+            # The driver's message may quote parameters: the exception's type is enough.
+            log.warning(
+                "usage.db_write_failed",
+                error=type(getattr(exc, "orig", None) or exc).__name__,
+                request_id=row["request_id"],
+            )
+
+    def close(self) -> None:
+        """Close the CSV file (the engine belongs to whoever created it)."""
+        self.csv_log.close()
+
+
+def _usage_select(owner: str | None) -> Any:
+    statement = select(*_TABLE_COLUMNS).order_by(usage_table.c.id)
+    if owner is not None:
+        statement = statement.where(usage_table.c.owner == owner)
+    return statement
+
+
+async def summarize_usage_sql(
+    engine: AsyncEngine,
+    *,
+    owner: str | None = None,
+    bucket_edges_ms: tuple[float, ...] = LATENCY_BUCKET_EDGES_MS,
+) -> UsageSummary:
+    """Summarise the `usage` table (every replica's turns), or one owner's rows of it.
+
+    The same one-pass summariser as the CSV path, so the same rows give the same numbers
+    (requests counted by `count`). The owner is in the WHERE clause; the summing runs in a
+    worker thread, leaving the event loop free.
+    """
+    async with engine.connect() as connection:
+        rows = (await connection.execute(_usage_select(owner))).all()
+    values = cast("list[_Values]", rows)
+    return await asyncio.to_thread(_summarize_rows, values, bucket_edges_ms)
+
+
+def _write_rows(handle: IO[bytes], rows: Iterable[SqlRow[Any]]) -> None:
+    handle.write("".join(format_usage_row(UsageRecord(**row._mapping)) for row in rows).encode())
+
+
+async def usage_csv_from_table(engine: AsyncEngine, path: Path) -> Path:
+    """Write the whole `usage` table to `path` as one CSV file (the operator's download).
+
+    Same header, columns and cell format as the per-process files (formulas neutralised),
+    rows in insertion order. The table is streamed, never held whole in memory; `path` is
+    replaced atomically, so a failed export leaves no half file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            await asyncio.to_thread(handle.write, HEADER_LINE.encode())
+            async with engine.connect() as connection:
+                result = await connection.stream(_usage_select(None))
+                async for partition in result.partitions(_CSV_CHUNK_ROWS):
+                    await asyncio.to_thread(_write_rows, handle, partition)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+async def import_usage_csv(engine: AsyncEngine, directory: Path) -> int | None:
+    """Seed the `usage` table from the CSV files in `directory`, once per database.
+
+    Returns how many rows went in, or None when an earlier start did it (a row in
+    `store_meta` remembers). Run it at startup after the store is migrated and before any
+    `SqlUsageLog` records: on a Space whose disk was wiped, the CSV files restored from the
+    dataset repo hold every turn, and a new SQLite database gets them back. Holds the
+    startup lock, so of several processes one imports and the others find the marker.
+    """
+    async with startup_lock(engine) as connection:
+        done = await connection.execute(
+            select(store_meta.c.value).where(store_meta.c.key == USAGE_IMPORT_MARKER)
+        )
+        if done.first() is not None:
+            return None
+        rows = await asyncio.to_thread(
+            lambda: [_table_row(values) for values in _rows_of_directory(directory, None)]
+        )
+        for start in range(0, len(rows), _INSERT_BATCH):
+            await connection.execute(insert(usage_table), rows[start : start + _INSERT_BATCH])
+        marker = {"rows": len(rows), "finished_at": time.time()}
+        await connection.execute(
+            insert(store_meta).values(key=USAGE_IMPORT_MARKER, value=orjson.dumps(marker).decode())
+        )
+    log.info("usage.csv_imported", rows=len(rows))
+    return len(rows)
