@@ -317,9 +317,12 @@ class SqlConversationStore:
             updated = await _update(connection, owner_key, conversation, None)
             if updated is None:
                 inserted = replace(conversation, revision=conversation.revision + 1)
-                if not await insert_conversation(connection, owner_key, inserted):
-                    raise ConversationNotFound()  # the id is another owner's
-                return inserted
+                if await insert_conversation(connection, owner_key, inserted):
+                    return inserted
+                # Taken meanwhile (the same chat saved by another process), or another owner's.
+                updated = await _update(connection, owner_key, conversation, None)
+                if updated is None:
+                    raise ConversationNotFound()
             revision = updated
         stored = await message_rows(connection, owner_key, conversation.id)
         await _write_messages(connection, owner_key, conversation.id, stored, conversation)
