@@ -91,7 +91,7 @@ class UploadGuard:
         if not decision.allowed:
             wait = max(1, math.ceil(decision.retry_after_seconds))
             log.info("upload.refused", reason="rate_limited", retry_after_s=wait)
-            await _respond(
+            await respond_json(
                 send,
                 429,
                 f"Too many uploads from your address: the limit is {decision.limit} per "
@@ -137,7 +137,7 @@ class UploadGuard:
             await self._too_large(send)
 
     async def _too_large(self, send: Send) -> None:
-        await _respond(
+        await respond_json(
             send,
             413,
             f"This file is too large: the limit is {_megabytes(self.max_file_bytes)}.",
@@ -153,7 +153,7 @@ def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-async def _respond(
+async def respond_json(
     send: Send,
     status: int,
     message: str,

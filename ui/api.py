@@ -101,6 +101,10 @@ def chat_endpoint(ctx: PageContext) -> Callable[..., AsyncIterator[str]]:
     return chat_api
 
 
+# How many values each public endpoint takes (REST callers may send fewer: see RequestGuard).
+API_INPUTS = {"chat": 5}
+
+
 def wire(ctx: PageContext) -> None:
     """Register the endpoint on the Blocks being built."""
     gr.api(chat_endpoint(ctx), api_name="chat", concurrency_limit=None)  # type: ignore[attr-defined]

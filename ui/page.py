@@ -11,6 +11,7 @@ import structlog
 from starlette.middleware import Middleware
 
 from chatlib.config import Settings
+from chatlib.request_guard import RequestGuard
 from chatlib.services import Services
 from chatlib.transfer import EXPORT_MAX_AGE_SECONDS
 from chatlib.upload_guard import UploadGuard
@@ -144,6 +145,7 @@ def launch_kwargs(settings: Settings, services: Services) -> dict[str, Any]:
         trusted_proxies=services.trusted_proxies,
         max_file_bytes=settings.max_upload_bytes,
     )
+    request_guard = Middleware(RequestGuard, api_inputs=api.API_INPUTS)
     return {
         "server_name": settings.host,
         "server_port": settings.port,
@@ -158,5 +160,6 @@ def launch_kwargs(settings: Settings, services: Services) -> dict[str, Any]:
         # Uploads are only ever imports: anything much bigger is refused before it is stored,
         # and each client may upload only so often (UPLOADS_PER_MIN).
         "max_file_size": settings.max_upload_bytes,
-        "app_kwargs": {"middleware": [upload_guard]},
+        # The first is outermost: a request that crashes the upload route is answered too.
+        "app_kwargs": {"middleware": [request_guard, upload_guard]},
     }

@@ -115,12 +115,6 @@ def test_all_five_inputs_over_plain_http_get_a_message_too(security_app: AppServ
     assert "Traceback" not in tail.new()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: /gradio_api/call/chat with fewer than five inputs ({'data': [null]}, "
-    "{'data': ['hi']}) answers {'error': null} and Gradio's validate_inputs logs a traceback "
-    "that echoes every input received, so the message text lands in the log.",
-)
 def test_a_message_alone_over_plain_http_is_answered_or_refused_with_a_reason(
     security_app: AppServer, fake: FakeOpenRouter
 ) -> None:
@@ -137,11 +131,6 @@ def test_a_message_alone_over_plain_http_is_answered_or_refused_with_a_reason(
     assert not [a for a in answers if '{"error": null}' in a]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT (Gradio): /gradio_api/queue/join with an fn_index the page does not have "
-    "raises KeyError in route_utils.get_fn: 500 and a traceback in the log.",
-)
 def test_an_unknown_event_number_is_a_client_error(security_app: AppServer) -> None:
     tail = LogTail(security_app)
     with http_from(security_app.url) as http:

@@ -130,12 +130,6 @@ def test_a_hostile_file_name_never_puts_a_file_outside_gradios_upload_folder(
     assert "Traceback" not in tail.new()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: a multipart part named 'files' with an empty file name (or no file at "
-    "all) makes Gradio's upload route raise TypeError: 500 and a traceback in the log; "
-    "UploadGuard passes it through (gradio/route_utils.py upload_fn).",
-)
 def test_a_files_part_that_is_no_file_is_refused_without_a_traceback(
     security_app: AppServer,
 ) -> None:
