@@ -125,6 +125,20 @@ _OPERATOR_TOKEN_MAX_CHARS = 200
 _URL_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
+_DATABASE_SCHEMES = ("postgresql://", "postgres://", "sqlite:///")
+
+
+def _database_url(raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    if not value.startswith(_DATABASE_SCHEMES) or any(c.isspace() for c in value):
+        raise ValueError(
+            "must be postgresql://user:password@host:port/database (or sqlite:///path)"
+        )
+    return value
+
+
 def _operator_token(raw: str) -> str | None:
     value = raw.strip()
     if not value:
@@ -305,6 +319,15 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "File uploads (imports) per minute per client IP; 0 disables.",
     ),
     EnvVar(
+        "DATABASE_URL",
+        "",
+        _database_url,
+        "Where conversations and usage are kept: empty for SQLite in DATA_DIR/chat.db, or "
+        "postgresql://user:password@host:port/db to share one database between replicas "
+        "(BROWSER_STATE_SECRET is then required).",
+        secret=True,
+    ),
+    EnvVar(
         "RATE_LIMIT_STORAGE_URI",
         "memory://",
         _text,
@@ -413,6 +436,7 @@ class Settings:
     rate_limit_requests_per_min_logged_in: int = 0
     key_checks_per_min: int = 3
     uploads_per_min: int = 10
+    database_url: str | None = dataclasses.field(default=None, repr=False)
     rate_limit_storage_uri: str = "memory://"
     enable_analytics: bool = True
     admin_users: str = ""
@@ -488,6 +512,11 @@ class Settings:
             except ValueError as exc:
                 shown = "<hidden>" if var.secret else repr(raw)
                 problems.append(f"{var.name} {exc}, got {shown}")
+        if values.get("database_url") and not values.get("browser_state_secret"):
+            problems.append(
+                "BROWSER_STATE_SECRET is required when DATABASE_URL is set: every replica "
+                "must recognise the same visitors"
+            )
         if problems:
             raise ConfigError(problems)
         if not values["host"]:

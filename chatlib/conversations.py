@@ -36,12 +36,12 @@ from chatlib.frames import TurnControl, run_to_end
 from chatlib.messages import History, format_cost, strip_last_turn, user_message_index
 from chatlib.storage import (
     NEW_CHAT_TITLE,
-    AsyncConversationStore,
     Conversation,
     ConversationSummary,
     ListResult,
     conversation_title,
 )
+from chatlib.store import ConversationStoreProtocol
 from chatlib.transfer import ExportFile, ExportFormat, build_export, parse_import, write_export
 
 __all__ = [
@@ -85,7 +85,7 @@ class ConversationService:
 
     def __init__(
         self,
-        store: AsyncConversationStore,
+        store: ConversationStoreProtocol,
         chat: ChatService,
         *,
         exports_dir: Path,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from chatlib.logging import SecretRedactor
 from chatlib.operator import OperatorGate
 from chatlib.ratelimit import IPNetwork, RateLimiter, effective_trusted_proxies
 from chatlib.retention import RetentionSweeper, ensure_private_dir
-from chatlib.storage import AsyncConversationStore, ConversationStore
+from chatlib.store import SqlConversationStore, create_engine_for, database_url, open_store
 from chatlib.transfer import EXPORT_MAX_AGE_SECONDS
 from chatlib.usage import UsageLog
 
@@ -50,6 +52,7 @@ class Services:
     browser_storage_key: str
     browser_secret: str
     trusted_proxies: tuple[IPNetwork, ...]
+    store: SqlConversationStore
     operator: OperatorGate
     session_keys: SessionKeys
     downloads_dir: Path
@@ -66,6 +69,7 @@ class Services:
         await self.catalog.aclose()
         await self.clients.aclose()
         await self.limiter.aclose()
+        await self.store.aclose()
         self.retention.stop()
         if self.usage is not None:
             self.usage.close()
@@ -118,6 +122,24 @@ def _limiter(settings: Settings) -> RateLimiter:
     )
 
 
+def _prepared_database(settings: Settings) -> str:
+    """Migrate the schema and import a JSON data folder once, before serving; the URL.
+
+    Done with an engine of its own on an event loop of its own (in a worker thread, so it
+    works whether or not a loop runs here): the serving engine's connections then belong to
+    the server's loop alone.
+    """
+    url = database_url(settings, settings.database_url)
+
+    async def prepare() -> None:
+        store = await open_store(url, data_dir=settings.data_dir)
+        await store.aclose()
+
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        worker.submit(asyncio.run, prepare()).result()
+    return url
+
+
 def create_services(
     settings: Settings,
     redactor: SecretRedactor | None = None,
@@ -147,7 +169,7 @@ def create_services(
     usage_dir = data_dir / "usage"
     usage = UsageLog(usage_dir) if settings.enable_analytics else None
     chat = ChatService(settings, clients, budget, limiter=limiter, usage=usage)
-    store = AsyncConversationStore(ConversationStore(data_dir))
+    store = SqlConversationStore(create_engine_for(_prepared_database(settings)))
     exports_dir = data_dir / "exports"
     conversations = ConversationService(
         store, chat, exports_dir=exports_dir, max_import_bytes=settings.max_import_bytes
@@ -164,6 +186,7 @@ def create_services(
         ),
         chat=chat,
         conversations=conversations,
+        store=store,
         catalog=catalog,
         clients=clients,
         redactor=redactor,

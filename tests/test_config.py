@@ -146,3 +146,21 @@ def test_readme_table_lists_every_variable() -> None:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     for var in ENV_VARS:
         assert f"`{var.name}`" in text, f"{var.name} missing from the README table"
+
+
+def test_a_shared_database_needs_the_shared_identity_secret() -> None:
+    with pytest.raises(ConfigError, match="BROWSER_STATE_SECRET is required"):
+        Settings.from_env({"DATABASE_URL": "postgresql://chat:pw@db:5432/chat"}, env_file=None)
+    settings = Settings.from_env(
+        {"DATABASE_URL": "postgresql://chat:pw@db:5432/chat", "BROWSER_STATE_SECRET": "s" * 32},
+        env_file=None,
+    )
+    assert settings.database_url == "postgresql://chat:pw@db:5432/chat"
+    assert "pw@" not in repr(settings)
+
+
+def test_a_database_url_of_another_kind_is_refused_without_showing_it() -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"DATABASE_URL": "mysql://root:hunter2@db/chat"}, env_file=None)
+    assert "DATABASE_URL must be postgresql://" in str(refused.value)
+    assert "hunter2" not in str(refused.value)
