@@ -29,11 +29,15 @@ run: install
 	$(BIN)/python app.py
 
 # Browser tests drive Debian's Chromium (Playwright cannot download its own here);
-# the shared rate-limit tests start a real redis-server.
+# the shared rate-limit tests start a real redis-server; the replica tests start their own
+# throwaway PostgreSQL cluster (tests/pg_server.py) and haproxy (tests/proxy_server.py) on
+# free loopback ports. Nothing is started here, and the tests use no system service.
 system-deps:
 	@missing=""; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then $(APT) update -qq && $(APT) install -y -qq $$missing; fi
 
 # Exactly the pre-commit hooks (ruff, ruff format, mypy, end of file, trailing whitespace,
@@ -51,11 +55,14 @@ test: install-dev system-deps lint
 screenshots: install-dev system-deps
 	$(BIN)/python -m tests.screenshots
 
-bench: install-dev
+# replicas.py puts two app processes behind a real haproxy: system-deps installs it.
+bench: install-dev system-deps
 	$(BIN)/python bench/stream_overhead.py
+	$(BIN)/python bench/replicas.py
 
-bench-all: install-dev
+bench-all: install-dev system-deps
 	$(BIN)/python bench/stream_overhead.py
+	$(BIN)/python bench/replicas.py
 	$(BIN)/python bench/storage_scaling.py
 	$(BIN)/python bench/usage_aggregation.py
 	$(BIN)/python bench/import_under_load.py

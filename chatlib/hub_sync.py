@@ -8,6 +8,9 @@ A Space's disk is wiped on every restart, so when HF_DATASET_REPO and HF_TOKEN a
    that changed every HF_SYNC_EVERY_MINUTES;
 3. `flush()`es once more on SIGTERM / normal exit (`install_signal_flush`).
 
+With conversations in a database, `before_push` (e.g. `chatlib.snapshot.snapshot_hook`) runs on
+the push thread before every push and writes the changed conversations out as these files first.
+
 Only `conversations/<owner>/<id>.json` and `usage/*.csv` are ever uploaded: never `secrets/`,
 `exports/`, index files, temp files or dot files. A conversation the app deletes (or moves to
 another owner) after this process saw it in sync is deleted from the repo too, so a restart does
@@ -168,8 +171,14 @@ class HubSync:
         every_minutes: float,
         api: HfApi | None = None,
         clock: Callable[[], float] = time.time,
+        before_push: Callable[[], object] | None = None,
     ) -> None:
-        """Configure the sync; nothing touches the network until `restore()` or `start()`."""
+        """Configure the sync; nothing touches the network until `restore()` or `start()`.
+
+        `before_push` runs on the push thread before each push (after a pending restore), to
+        bring the synced files up to date, e.g. exported from a database. Its failure is
+        logged as `hub.before_push_failed` and shown in `status`; the files are pushed anyway.
+        """
         problems = []
         if not _REPO_ID.fullmatch(repo_id):
             problems.append(f"HF_DATASET_REPO must look like 'owner/name', got {repo_id!r}")
@@ -188,6 +197,7 @@ class HubSync:
             endpoint=self.endpoint, token=token, library_name="openrouter-chat"
         )
         self._clock = clock
+        self._before_push = before_push
         # Held while synced files are scanned and read, and while a restore writes them.
         self._files_lock = threading.Lock()
         # One push or restore at a time (re-entrant: a push may run the pending restore).
@@ -210,7 +220,9 @@ class HubSync:
         return f"HubSync(repo_id={self.repo_id!r}, endpoint={self.endpoint!r})"
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> HubSync | None:
+    def from_settings(
+        cls, settings: Settings, *, before_push: Callable[[], object] | None = None
+    ) -> HubSync | None:
         """A HubSync for these settings, or None when sync is off (repo or token unset)."""
         if not settings.sync_enabled or not settings.hf_token:
             return None
@@ -220,6 +232,7 @@ class HubSync:
             settings.hf_token,
             endpoint=settings.hf_endpoint,
             every_minutes=settings.hf_sync_every_minutes,
+            before_push=before_push,
         )
 
     # ------------------------------------------------------------------ public
@@ -356,14 +369,34 @@ class HubSync:
                             "PublicRepo",
                         )
                     )
+                prepared = self._run_before_push()
                 files, commits = self._push_changes()
                 deleted = self._push_deletions()
             except Exception as exc:  # a failed push must never take the app down
                 return self._failed(self._describe(exc))
+            if prepared is not None:  # what was on disk is pushed, but it may be stale
+                return self._failed(prepared)
             self._update(last_success_at=self._clock(), last_error=None, pending=False)
             level = log.info if files or deleted else log.debug
             level("hub.push_ok", repo=self.repo_id, files=files, deleted=deleted, commits=commits)
             return True
+
+    def _run_before_push(self) -> _Problem | None:
+        """Run the `before_push` hook; the problem to report if it failed."""
+        if self._before_push is None:
+            return None
+        try:
+            self._before_push()
+        except Exception as exc:  # e.g. the database is down: push what is on disk anyway
+            # The exception's text may quote a database URL or data: its type is enough.
+            name = type(exc).__name__
+            log.error("hub.before_push_failed", repo=self.repo_id, error=name)
+            return _Problem(
+                f"Could not write the latest conversations out for the backup ({name}); will retry",
+                None,
+                name,
+            )
+        return None
 
     def _failed(self, problem: _Problem) -> bool:
         self._update(last_error=problem.message, pending=True)

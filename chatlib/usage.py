@@ -685,60 +685,77 @@ async def summarize_usage(directory: Path, *, owner: str | None = None) -> Usage
 
 
 def _summarize_rows(rows: Iterable[_Values], bucket_edges_ms: tuple[float, ...]) -> UsageSummary:
-    # One accumulator per (day, model, status) keeps the per-row work to a single update;
-    # days, models, statuses and totals are rolled up from the few hundred groups after.
-    # Requests are counted by each row's `count` (a throttled refusal row stands for several).
-    groups: dict[tuple[str, str, str], _Accumulator] = {}
-    latencies: list[float] = []
-    ttfts: list[float] = []
-    weighted_latencies: list[tuple[float, int]] = []
-    weighted_ttfts: list[tuple[float, int]] = []
-    add_latency, add_ttft = latencies.append, ttfts.append
-    for (
-        ts,
-        _,
-        _,
-        _,
-        model,
-        status,
-        _,
-        prompt,
-        completion,
-        reasoning,
-        cost,
-        ttft,
-        latency,
-        _,
-        n,
-    ) in rows:
-        key = (ts[:10], model, status)
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = _Accumulator()
-        group.requests += n
-        if cost is not None:
-            group.cost += cost
-        if prompt is not None:
-            group.prompt += prompt
-        if completion is not None:
-            group.completion += completion
-        if reasoning is not None:
-            group.reasoning += reasoning
-        if n == 1:
-            if latency is not None:
-                add_latency(latency)
-            if ttft is not None:
-                add_ttft(ttft)
-        else:
-            if latency is not None:
-                weighted_latencies.append((latency, n))
-            if ttft is not None:
-                weighted_ttfts.append((ttft, n))
-    return _roll_up(
-        groups,
-        latency_ms=_distribution(latencies, bucket_edges_ms, weighted_latencies),
-        ttft_ms=_distribution(ttfts, bucket_edges_ms, weighted_ttfts),
-    )
+    summarizer = _Summarizer()
+    summarizer.add(rows)
+    return summarizer.result(bucket_edges_ms)
+
+
+class _Summarizer:
+    """The one-pass summary, fed all at once (files) or in chunks (pages of the table)."""
+
+    def __init__(self) -> None:
+        # One accumulator per (day, model, status) keeps the per-row work to a single update;
+        # days, models, statuses and totals are rolled up from the few hundred groups after.
+        self.groups: dict[tuple[str, str, str], _Accumulator] = {}
+        self.latencies: list[float] = []
+        self.ttfts: list[float] = []
+        self.weighted_latencies: list[tuple[float, int]] = []
+        self.weighted_ttfts: list[tuple[float, int]] = []
+
+    def add(self, rows: Iterable[_Values]) -> None:
+        """Count these rows; requests by each row's `count` (a refusal row stands for several)."""
+        groups = self.groups
+        add_latency, add_ttft = self.latencies.append, self.ttfts.append
+        add_weighted_latency = self.weighted_latencies.append
+        add_weighted_ttft = self.weighted_ttfts.append
+        for (
+            ts,
+            _,
+            _,
+            _,
+            model,
+            status,
+            _,
+            prompt,
+            completion,
+            reasoning,
+            cost,
+            ttft,
+            latency,
+            _,
+            n,
+        ) in rows:
+            key = (ts[:10], model, status)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Accumulator()
+            group.requests += n
+            if cost is not None:
+                group.cost += cost
+            if prompt is not None:
+                group.prompt += prompt
+            if completion is not None:
+                group.completion += completion
+            if reasoning is not None:
+                group.reasoning += reasoning
+            if n == 1:
+                if latency is not None:
+                    add_latency(latency)
+                if ttft is not None:
+                    add_ttft(ttft)
+            else:
+                if latency is not None:
+                    add_weighted_latency((latency, n))
+                if ttft is not None:
+                    add_weighted_ttft((ttft, n))
+
+    def result(self, bucket_edges_ms: tuple[float, ...]) -> UsageSummary:
+        """The summary of every row added (sorts the timings: run it off the event loop)."""
+        return _roll_up(
+            self.groups,
+            latency_ms=_distribution(self.latencies, bucket_edges_ms, self.weighted_latencies),
+            ttft_ms=_distribution(self.ttfts, bucket_edges_ms, self.weighted_ttfts),
+        )
 
 
 def _roll_up(
@@ -781,7 +798,7 @@ _COLUMN_LIMITS: Final = {
     if (length := getattr(column.type, "length", None)) is not None
 }
 _INSERT_BATCH = 1000  # rows per executemany when the CSV files seed the table
-_CSV_CHUNK_ROWS = 2000  # rows per worker-thread hop when the table is written out
+_READ_CHUNK_ROWS = 250  # rows per turn of the event loop when the table is read
 
 
 class UsageSink(Protocol):
@@ -867,10 +884,15 @@ async def summarize_usage_sql(
     (requests counted by `count`). The owner is in the WHERE clause; the summing runs in a
     worker thread, leaving the event loop free.
     """
+    summarizer = _Summarizer()
     async with engine.connect() as connection:
-        rows = (await connection.execute(_usage_select(owner))).all()
-    values = cast("list[_Values]", rows)
-    return await asyncio.to_thread(_summarize_rows, values, bucket_edges_ms)
+        # Page by page, each counted and dropped: the event loop turns between pages, and
+        # no list of 100 000 rows grows for the garbage collector to walk (which stalled
+        # the loop for a quarter of a second).
+        result = await connection.stream(_usage_select(owner))
+        async for partition in result.partitions(_READ_CHUNK_ROWS):
+            summarizer.add(cast("list[_Values]", partition))
+    return await asyncio.to_thread(summarizer.result, bucket_edges_ms)
 
 
 def _write_rows(handle: IO[bytes], rows: Iterable[SqlRow[Any]]) -> None:
@@ -891,7 +913,7 @@ async def usage_csv_from_table(engine: AsyncEngine, path: Path) -> Path:
             await asyncio.to_thread(handle.write, HEADER_LINE.encode())
             async with engine.connect() as connection:
                 result = await connection.stream(_usage_select(None))
-                async for partition in result.partitions(_CSV_CHUNK_ROWS):
+                async for partition in result.partitions(_READ_CHUNK_ROWS):
                     await asyncio.to_thread(_write_rows, handle, partition)
         os.replace(temporary, path)
     except BaseException:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +201,160 @@ def test_pre_commit_hooks_run_offline_from_the_dev_tools(hooks: list[dict[str, A
         assert any(command in entry for entry in entries), f"no hook runs {command}"
     for package in ("pre-commit", "pre-commit-hooks", "ruff", "mypy"):
         pinned("requirements-dev.txt", package)
+
+
+# ------------------------------------------------- replicas: deploy/compose.yaml + haproxy.cfg
+
+DEPLOY = ROOT / "deploy"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """deploy/compose.yaml as YAML (variables like ${X:-default} stay as written)."""
+    data = yaml.safe_load((DEPLOY / "compose.yaml").read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def _service_env(service: dict[str, Any]) -> dict[str, str]:
+    environment = service.get("environment") or {}
+    if isinstance(environment, list):
+        environment = dict(item.partition("=")[::2] for item in environment)
+    return {str(key): str(value) for key, value in environment.items()}
+
+
+def test_compose_runs_postgres_redis_replicas_and_a_proxy(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) >= {"postgres", "redis", "app", "proxy"}
+    assert services["postgres"]["image"].startswith("postgres:16")
+    assert services["redis"]["image"].startswith("redis:7")
+    assert services["proxy"]["image"].startswith("haproxy:2.8")
+    assert "healthcheck" in services["postgres"] and "healthcheck" in services["redis"]
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in services["postgres"]["volumes"])
+    app = services["app"]
+    assert app["build"]["context"] == ".."
+    assert (
+        DEPLOY / app["build"]["context"] / app["build"].get("dockerfile", "Dockerfile")
+    ).is_file()
+    # `--scale app=N` needs replicas without a fixed name or a published host port.
+    assert "container_name" not in app and "ports" not in app
+    assert app["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_every_replica_shares_the_database_the_limits_and_the_secret(
+    compose: dict[str, Any],
+) -> None:
+    env = _service_env(compose["services"]["app"])
+    assert env["HOST"] == "0.0.0.0"
+    assert re.fullmatch(r"postgresql://chat:[^@]+@postgres:5432/chat", env["DATABASE_URL"])
+    assert env["RATE_LIMIT_STORAGE_URI"] == "redis://redis:6379/0"
+    # Required with no default: compose refuses to start without it.
+    assert re.fullmatch(r"\$\{BROWSER_STATE_SECRET:\?[^}]+\}", env["BROWSER_STATE_SECRET"])
+    assert env["OPENROUTER_API_KEY"].startswith("${OPENROUTER_API_KEY")
+    known = {var.name for var in ENV_VARS}
+    # DATABASE_URL until the SQL store lists it in chatlib.config.ENV_VARS.
+    assert set(env) - known <= {"DATABASE_URL"}
+
+
+def test_replicas_believe_x_forwarded_for_only_from_the_proxy(compose: dict[str, Any]) -> None:
+    from ipaddress import ip_address, ip_network
+
+    from chatlib.ratelimit import parse_trusted_proxies
+
+    services = compose["services"]
+    network_name, proxy_network = next(iter(services["proxy"]["networks"].items()))
+    proxy_address = ip_address(proxy_network["ipv4_address"])
+    ipam = compose["networks"][network_name]["ipam"]["config"][0]
+    subnet, dynamic = ip_network(ipam["subnet"]), ip_network(ipam["ip_range"])
+    assert proxy_address in subnet and proxy_address not in dynamic
+    trusted = parse_trusted_proxies(_service_env(services["app"])["TRUSTED_PROXIES"])
+    assert trusted and any(proxy_address in network for network in trusted)
+    assert all(network.subnet_of(subnet) for network in trusted)
+    for name in ("postgres", "redis", "app"):
+        networks = services[name]["networks"]
+        assert network_name in networks, f"{name} is not on the proxy's network"
+
+
+def test_the_proxy_publishes_7860_with_the_checked_in_config(compose: dict[str, Any]) -> None:
+    proxy = compose["services"]["proxy"]
+    assert "7860:7860" in [str(port) for port in proxy["ports"]]
+    source, _, target = proxy["volumes"][0].partition(":")
+    assert (DEPLOY / source).resolve() == DEPLOY / "haproxy.cfg"
+    assert target.startswith("/usr/local/etc/haproxy/haproxy.cfg")
+
+
+def _haproxy_directives() -> dict[str, list[str]]:
+    """section name ("defaults", "backend app", ...) -> its directive lines."""
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for raw in (DEPLOY / "haproxy.cfg").read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            current = line.strip()
+            sections[current] = []
+        else:
+            sections[current].append(" ".join(line.split()))
+    return sections
+
+
+def _seconds(value: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    match = re.fullmatch(r"(\d+)(ms|s|m|h|d)?", value)
+    assert match, value
+    return int(match.group(1)) * units[match.group(2) or "ms"]
+
+
+def test_haproxy_keeps_each_browser_on_its_replica_and_streams_for_long() -> None:
+    sections = _haproxy_directives()
+    defaults, backend = sections["defaults"], sections["backend app"]
+    assert "bind :7860" in sections["frontend web"]
+    assert "balance roundrobin" in backend
+    cookie = next(line for line in backend if line.startswith("cookie "))
+    assert cookie.split()[1:5] == ["SRV", "insert", "indirect", "nocache"]
+    assert "option forwardfor" in defaults
+    # Without it haproxy holds small SSE writes back (tests/test_proxy.py measures it).
+    assert "option http-no-delay" in backend
+    assert "option redispatch" in defaults
+    timeouts = {
+        line.split()[1]: _seconds(line.split()[2])
+        for line in defaults
+        if line.startswith("timeout ")
+    }
+    for name in ("server", "tunnel", "client"):
+        assert timeouts[name] >= 600, f"timeout {name} would cut long SSE answers"
+    assert any(line.startswith("option httpchk GET /gradio_api/info") for line in backend)
+    template = next(line for line in backend if line.startswith("server-template "))
+    assert template.split()[2:4] == ["10", "app:7860"]
+    assert "resolvers docker" in template and "init-addr none" in template
+    assert "nameserver dns 127.0.0.11:53" in sections["resolvers docker"]
+
+
+def _haproxy_check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+def test_haproxy_accepts_the_deploy_config_and_its_loopback_variant(tmp_path: Path) -> None:
+    from tests.proxy_server import loopback_config
+
+    # init-addr none: the check needs no DNS for `app`.
+    deployed = _haproxy_check(DEPLOY / "haproxy.cfg")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    variant = tmp_path / "loopback.cfg"
+    variant.write_text(
+        loopback_config(["127.0.0.1:1", "127.0.0.1:2"], 3, tmp_path / "admin.sock"),
+        encoding="utf-8",
+    )
+    checked = _haproxy_check(variant)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_make_test_installs_what_the_replica_tests_start() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    recipe = makefile.split("\nsystem-deps:", 1)[1].split("\n\n", 1)[0]
+    for package in ("postgresql", "haproxy", "redis-server", "chromium"):
+        assert f'missing="$$missing {package}"' in recipe

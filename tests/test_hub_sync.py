@@ -61,6 +61,7 @@ def make_sync(tmp_path: Path, hub: FakeHfHub) -> Iterator[Callable[..., HubSync]
         token: str = DEFAULT_TOKEN,
         every_minutes: float = 60.0,
         endpoint: str | None = None,
+        before_push: Callable[[], object] | None = None,
     ) -> HubSync:
         sync = HubSync(
             data_dir or tmp_path / "data",
@@ -68,6 +69,7 @@ def make_sync(tmp_path: Path, hub: FakeHfHub) -> Iterator[Callable[..., HubSync]
             token,
             endpoint=endpoint or hub.endpoint,
             every_minutes=every_minutes,
+            before_push=before_push,
         )
         made.append(sync)
         return sync
@@ -738,3 +740,53 @@ def test_sync_is_off_unless_repo_and_token_are_set(tmp_path: Path) -> None:
 def test_a_malformed_repo_id_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="HF_DATASET_REPO"):
         HubSync(tmp_path, "no-owner", DEFAULT_TOKEN, endpoint="http://x", every_minutes=1)
+
+
+# ------------------------------------------------------------ before_push
+
+
+def test_the_before_push_hook_writes_files_that_the_same_push_takes(
+    tmp_path: Path, hub: FakeHfHub, make_sync: Callable[..., HubSync]
+) -> None:
+    data_dir = tmp_path / "data"
+    owner, cid = hex_id(), hex_id()
+    relative = f"conversations/{owner}/{cid}.json"
+    calls: list[float] = []
+
+    def export_from_database() -> None:
+        calls.append(time.monotonic())
+        write(data_dir, relative, conversation(cid, float(len(calls)), f"version {len(calls)}"))
+
+    sync = make_sync(data_dir, before_push=export_from_database)
+    assert sync.flush(timeout=20)
+    assert hub.repo(DATASET).files[relative] == conversation(cid, 1.0, "version 1")
+    assert sync.flush(timeout=20)
+    assert hub.repo(DATASET).files[relative] == conversation(cid, 2.0, "version 2")
+    assert len(calls) == 2
+
+
+def test_a_failing_before_push_hook_still_pushes_what_is_on_disk_and_says_so(
+    tmp_path: Path, hub: FakeHfHub, make_sync: Callable[..., HubSync]
+) -> None:
+    data_dir = tmp_path / "data"
+    synced = seed_data_dir(data_dir)
+    database_up = False
+
+    def export_from_database() -> None:
+        if not database_up:
+            raise ConnectionRefusedError("postgresql://chat:hunter2@db:5432/chat refused")
+
+    sync = make_sync(data_dir, before_push=export_from_database)
+    with capture_logs() as logs:
+        assert not sync.flush(timeout=20)
+
+    remote = hub.repo(DATASET).files
+    assert all(remote[p] == data for p, data in synced.items())
+    status = sync.status
+    assert status.pending and status.last_error is not None
+    assert "latest conversations" in status.last_error
+    assert events(logs, "hub.before_push_failed")[0]["error"] == "ConnectionRefusedError"
+    assert "hunter2" not in repr(logs) and "hunter2" not in status.last_error
+    database_up = True
+    assert sync.flush(timeout=20)
+    assert sync.status.last_error is None and not sync.status.pending

@@ -30,7 +30,13 @@ from chatlib.errors import (
 from chatlib.frames import FrameBudget
 from chatlib.messages import AnswerMeta, ChatMessage
 from chatlib.storage import NEW_CHAT_TITLE, Conversation
-from chatlib.store import SqlConversationStore, create_engine_for, database_url, open_store
+from chatlib.store import (
+    SqlConversationStore,
+    create_engine_for,
+    database_url,
+    open_store,
+    prepare_database,
+)
 from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 from tests.pg_server import fresh_database, postgres_server, postgres_url  # noqa: F401
@@ -694,3 +700,20 @@ async def test_turns_through_the_conversation_service_keep_deletes_renames_and_n
     assert [s.title for s in (await service.list(ALICE, "SECOND")).conversations] == [
         "My own title"
     ]
+
+
+def test_a_database_prepared_before_the_server_starts_serves_on_the_servers_loop(
+    database: str, tmp_path: Path
+) -> None:
+    """How a synchronous startup wires it: migrate in one event loop, serve in another."""
+    asyncio.run(prepare_database(database, data_dir=tmp_path / "no-json-here"))
+    store = SqlConversationStore(create_engine_for(database), clock=FakeClock())
+
+    async def serve() -> Conversation:
+        try:
+            saved = await _chat(store, ALICE, "hello from the server's loop")
+            return await store.load(ALICE, saved.id)
+        finally:
+            await store.aclose()  # at shutdown, on the same loop
+
+    assert asyncio.run(serve()).title == "hello from the server's loop"

@@ -1,9 +1,12 @@
 """Persistence behind ConversationService: SQL (SQLite by default, PostgreSQL by URL).
 
-    store = await open_store(database_url(settings, settings.database_url),
-                             data_dir=settings.data_dir)
+    url = database_url(settings, settings.database_url)
+    store = await open_store(url, data_dir=settings.data_dir)  # on the serving event loop
     ...
     await store.aclose()
+
+or, from synchronous startup code, `asyncio.run(prepare_database(url, data_dir=...))` and
+then `SqlConversationStore(create_engine_for(url))`, which connects when first used.
 
 `ConversationStoreProtocol` is what the service needs; both this package's
 `SqlConversationStore` and the file store's `AsyncConversationStore` provide it.
@@ -25,7 +28,7 @@ from chatlib.store.engine import create_engine_for, database_url, describe_url
 from chatlib.store.json_import import ImportReport, import_json_directory
 from chatlib.store.migrate import migrate
 from chatlib.store.sql import SqlConversationStore
-from chatlib.store.startup import open_store
+from chatlib.store.startup import open_store, prepare_database
 
 __all__ = [
     "ConversationStoreProtocol",
@@ -37,6 +40,7 @@ __all__ = [
     "import_json_directory",
     "migrate",
     "open_store",
+    "prepare_database",
 ]
 
 

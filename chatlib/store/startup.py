@@ -55,6 +55,17 @@ async def open_store(
     return store
 
 
+async def prepare_database(url: str, *, data_dir: Path | None) -> None:
+    """Migrate and import (see `open_store`), then close every connection.
+
+    For a synchronous startup: run this with `asyncio.run(...)` before the server starts,
+    then build `SqlConversationStore(create_engine_for(url))`, which connects lazily on the
+    server's event loop (asyncpg connections cannot move from one loop to another).
+    """
+    store = await open_store(url, data_dir=data_dir)
+    await store.aclose()
+
+
 async def _waiting_for_others(operation: Callable[[], Awaitable[_T]], wait_seconds: float) -> _T:
     """Run `operation`, again while SQLite says another process holds the write lock.
 
