@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 
+import asyncpg
 import pytest
 
 from tests import pg_server
@@ -29,23 +29,12 @@ def _psql(url: str, sql: str) -> str:
 
 
 async def _query(url: str, sql: str) -> str:
-    """One value from `sql`, through the driver the store uses when installed, else psql."""
-    if importlib.util.find_spec("asyncpg") is not None:
-        import asyncpg
-
-        connection = await asyncpg.connect(url, timeout=10)
-        try:
-            return str(await connection.fetchval(sql))
-        finally:
-            await connection.close()
-    if importlib.util.find_spec("psycopg") is not None:
-        import psycopg
-
-        async with await psycopg.AsyncConnection.connect(url, connect_timeout=10) as connection:
-            cursor = await connection.execute(sql)
-            row = await cursor.fetchone()
-            return str(row[0] if row else None)
-    return _psql(url, sql)
+    """One value from `sql`, through the driver the store uses (asyncpg, pinned)."""
+    connection = await asyncpg.connect(url, timeout=10)
+    try:
+        return str(await connection.fetchval(sql))
+    finally:
+        await connection.close()
 
 
 async def test_the_app_user_connects_with_its_password_over_tcp(postgres_url: str) -> None:

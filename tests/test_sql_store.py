@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import structlog
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -37,6 +39,7 @@ from chatlib.store import (
     open_store,
     prepare_database,
 )
+from chatlib.store.schema import metadata
 from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 from tests.pg_server import fresh_database, postgres_server, postgres_url  # noqa: F401
@@ -717,3 +720,22 @@ def test_a_database_prepared_before_the_server_starts_serves_on_the_servers_loop
             await store.aclose()  # at shutdown, on the same loop
 
     assert asyncio.run(serve()).title == "hello from the server's loop"
+
+
+async def test_the_migrations_build_exactly_the_tables_the_code_uses(
+    store: SqlConversationStore,
+) -> None:
+    """schema.py and migrations/ agree (a column added to one needs a revision in the other)."""
+
+    def differences(connection: Any) -> list[Any]:
+        def ours(obj: Any, name: str | None, kind: str, reflected: bool, _: Any) -> bool:
+            # The search indexes are engine-specific DDL, not metadata: FTS5 tables, GIN indexes.
+            return not (name or "").startswith(("messages_fts", "alembic_")) and not (
+                kind == "index" and (name or "").endswith("_trgm")
+            )
+
+        context = MigrationContext.configure(connection, opts={"include_object": ours})
+        return compare_metadata(context, metadata)
+
+    async with store.engine.connect() as connection:
+        assert await connection.run_sync(differences) == []
