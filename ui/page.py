@@ -160,6 +160,9 @@ def launch_kwargs(settings: Settings, services: Services) -> dict[str, Any]:
         # Uploads are only ever imports: anything much bigger is refused before it is stored,
         # and each client may upload only so often (UPLOADS_PER_MIN).
         "max_file_size": settings.max_upload_bytes,
+        # Downloads (exports, the usage CSV) are written here; Gradio serves only files under
+        # the working folder, its own cache or these (DATA_DIR may be elsewhere, e.g. /data).
+        "allowed_paths": [str(services.downloads_dir)],
         # The first is outermost: a request that crashes the upload route is answered too.
         "app_kwargs": {"middleware": [request_guard, upload_guard]},
     }
