@@ -12,6 +12,8 @@ from chatlib.hub_sync import HubSync, install_signal_flush
 from chatlib.logging import configure_logging
 from chatlib.operator import local_base_url, startup_line
 from chatlib.services import Services, create_services
+from chatlib.snapshot import snapshot_hook
+from chatlib.store import database_url
 
 SYNC_FLUSH_TIMEOUT_S = 20.0
 
@@ -30,7 +32,9 @@ def start_services(settings: Settings) -> Services:
     # Gradio keeps uploads and download copies here; files older than an hour are swept.
     gradio_dir = Path(os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.data_dir / "gradio")))
     redactor = configure_logging(settings)
-    sync = HubSync.from_settings(settings)
+    # Before each push, the conversation files it sends are brought up to date with the database.
+    url = database_url(settings, settings.database_url)
+    sync = HubSync.from_settings(settings, before_push=snapshot_hook(url, settings.data_dir))
     if sync is not None:
         sync.restore()  # before serving: restored conversations must be there on first load
         sync.start()

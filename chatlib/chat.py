@@ -39,7 +39,7 @@ from chatlib.messages import (
     check_user_input,
 )
 from chatlib.ratelimit import RateLimiter
-from chatlib.usage import UsageLog, UsageRecord
+from chatlib.usage import UsageRecord, UsageSink
 
 log = structlog.get_logger(__name__)
 
@@ -141,7 +141,7 @@ class ChatService:
         budget: FrameBudget,
         *,
         limiter: RateLimiter | None = None,
-        usage: UsageLog | None = None,
+        usage: UsageSink | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
     ) -> None:

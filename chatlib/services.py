@@ -22,9 +22,10 @@ from chatlib.logging import SecretRedactor
 from chatlib.operator import OperatorGate
 from chatlib.ratelimit import IPNetwork, RateLimiter, effective_trusted_proxies
 from chatlib.retention import RetentionSweeper, ensure_private_dir
+from chatlib.snapshot import SNAPSHOT_STATE_NAME, write_snapshot
 from chatlib.store import SqlConversationStore, create_engine_for, database_url, open_store
 from chatlib.transfer import EXPORT_MAX_AGE_SECONDS
-from chatlib.usage import UsageLog
+from chatlib.usage import SqlUsageLog, UsageLog, UsageSink, import_usage_csv
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +46,7 @@ class Services:
     clients: ClientPool
     redactor: SecretRedactor
     limiter: RateLimiter
-    usage: UsageLog | None
+    usage: UsageSink | None
     usage_dir: Path
     exports_dir: Path
     server_secret: str
@@ -122,8 +123,11 @@ def _limiter(settings: Settings) -> RateLimiter:
     )
 
 
-def _prepared_database(settings: Settings) -> str:
-    """Migrate the schema and import a JSON data folder once, before serving; the URL.
+def _prepared_database(settings: Settings, usage_dir: Path) -> str:
+    """Migrate the schema and import a JSON data folder (and usage CSV files) once; the URL.
+
+    With the dataset sync on, the conversation files it pushes are brought up to date with
+    the database first (a chat deleted before this start must not come back from them).
 
     Done with an engine of its own on an event loop of its own (in a worker thread, so it
     works whether or not a loop runs here): the serving engine's connections then belong to
@@ -133,7 +137,13 @@ def _prepared_database(settings: Settings) -> str:
 
     async def prepare() -> None:
         store = await open_store(url, data_dir=settings.data_dir)
-        await store.aclose()
+        try:
+            await import_usage_csv(store.engine, usage_dir)
+            if settings.sync_enabled:
+                state = settings.data_dir / SNAPSHOT_STATE_NAME
+                await write_snapshot(store, settings.data_dir, state)
+        finally:
+            await store.aclose()
 
     with ThreadPoolExecutor(max_workers=1) as worker:
         worker.submit(asyncio.run, prepare()).result()
@@ -167,9 +177,9 @@ def create_services(
     catalog = _catalog(settings)
     limiter = _limiter(settings)
     usage_dir = data_dir / "usage"
-    usage = UsageLog(usage_dir) if settings.enable_analytics else None
+    store = SqlConversationStore(create_engine_for(_prepared_database(settings, usage_dir)))
+    usage = SqlUsageLog(store.engine, UsageLog(usage_dir)) if settings.enable_analytics else None
     chat = ChatService(settings, clients, budget, limiter=limiter, usage=usage)
-    store = SqlConversationStore(create_engine_for(_prepared_database(settings)))
     exports_dir = data_dir / "exports"
     conversations = ConversationService(
         store, chat, exports_dir=exports_dir, max_import_bytes=settings.max_import_bytes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,7 +11,8 @@ import gradio as gr
 import pandas as pd
 
 from chatlib.hub_sync import SyncStatus
-from chatlib.usage import UsageSummary, summarize, summarize_usage
+from chatlib.retention import ensure_private_dir
+from chatlib.usage import UsageSummary, summarize, summarize_usage_sql, usage_csv_from_table
 from chatlib.visitors import is_operator
 from ui.context import QUICK, PageContext
 from ui.errors import shown_as_toast
@@ -130,19 +132,22 @@ class UsagePanel:
             admin_user_names=ctx.settings.admin_user_names,
             token_ok=operator_ok is True,
         )
-        usage_dir = ctx.services.usage_dir
+        engine = ctx.services.store.engine
         updates = self.mine.show(
-            await summarize_usage(usage_dir, owner=visitor.owner_key), "Your usage"
+            await summarize_usage_sql(engine, owner=visitor.owner_key), "Your usage"
         )
         if not is_admin:
             return {**updates, self.admin_group: gr.update(visible=False)}
-        csv_files = sorted(usage_dir.glob("usage-*.csv"))
+        # One CSV of every replica's rows, in a private download folder (swept after an hour).
+        folder = ensure_private_dir(ctx.services.downloads_dir / secrets.token_hex(8))
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        csv_file = await usage_csv_from_table(engine, folder / f"usage-{stamp}.csv")
         return {
             **updates,
-            **self.everyone.show(await summarize_usage(usage_dir), "Whole app"),
+            **self.everyone.show(await summarize_usage_sql(engine), "Whole app"),
             self.admin_group: gr.update(visible=True),
             self.sync_status: sync_line(ctx.services.sync_status),
-            self.csv_download: gr.update(value=[str(p) for p in csv_files] or None),
+            self.csv_download: gr.update(value=[str(csv_file)]),
         }
 
     def wire(self, tab: gr.Tab) -> None:
