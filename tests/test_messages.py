@@ -170,3 +170,9 @@ def test_model_ids_system_prompts_and_temperatures_are_checked() -> None:
     for bad_temperature in (float("nan"), float("inf"), -0.1, 2.01, "warm", None):
         with pytest.raises(InputError, match="between 0 and 2"):
             check_temperature(bad_temperature)
+
+
+def test_a_question_saved_without_its_answer_shows_as_interrupted() -> None:
+    shown = to_display((ChatMessage("user", "Are you there?"),))
+    assert [m["role"] for m in shown] == ["user", "assistant"]
+    assert "interrupted" in shown[-1]["content"] and "Retry" in shown[-1]["content"]

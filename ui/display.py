@@ -8,6 +8,11 @@ from typing import Any
 
 from chatlib.messages import ChatMessage, format_answer_footer
 
+UNANSWERED = (
+    "> ⚠️ No answer was saved for this question: the server stopped while answering. "
+    "Retry to ask again.\n\n<sub>interrupted</sub>"
+)
+
 
 def to_display(history: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     """Messages in the chat component's format (role/content/metadata dicts).
@@ -39,4 +44,7 @@ def to_display(history: Sequence[ChatMessage]) -> list[dict[str, Any]]:
                 body += f"\n\n> ⚠️ {meta.error}"
             body += f"\n\n<sub>{html.escape(format_answer_footer(meta))}</sub>"
         shown.append({"role": "assistant", "content": body})
+    if history and history[-1].role == "user":
+        # Saved without its answer: the server stopped mid-answer (a crash, a replica gone).
+        shown.append({"role": "assistant", "content": UNANSWERED})
     return shown
