@@ -238,11 +238,17 @@ class ConversationService:
         """The owner's conversation; ConversationNotFound / ConversationCorrupt otherwise."""
         return await self._store.load(owner_key, conversation_id)
 
-    async def list(self, owner_key: str, query: str = "") -> ListResult:
-        """The owner's conversations, newest first; with `query`, those that contain it."""
+    async def list(
+        self, owner_key: str, query: str = "", *, limit: int | None = None
+    ) -> ListResult:
+        """The owner's conversations, newest first; with `query`, those that contain it.
+
+        `limit` keeps a list of thousands cheap to read and to show: only the most recent.
+        """
         if query.strip():
-            return ListResult(conversations=await self._store.search(owner_key, query.strip()))
-        return await self._store.list(owner_key)
+            found = await self._store.search(owner_key, query.strip())
+            return ListResult(conversations=found[:limit] if limit is not None else found)
+        return await self._store.list(owner_key, limit=limit)
 
     async def rename(self, owner_key: str, conversation_id: str | None, title: str) -> Conversation:
         """Give the owner's conversation a new title; its place in the list is kept.

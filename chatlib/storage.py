@@ -1040,9 +1040,12 @@ class AsyncConversationStore:
         """See `ConversationStore.load`."""
         return await asyncio.to_thread(self._store.load, owner_key, conversation_id)
 
-    async def list(self, owner_key: str) -> ListResult:
-        """See `ConversationStore.list`."""
-        return await asyncio.to_thread(self._store.list, owner_key)
+    async def list(self, owner_key: str, *, limit: int | None = None) -> ListResult:
+        """See `ConversationStore.list` (`limit`: only the most recent ones)."""
+        listed = await asyncio.to_thread(self._store.list, owner_key)
+        if limit is None:
+            return listed
+        return ListResult(conversations=listed.conversations[:limit], corrupt=listed.corrupt)
 
     async def delete(self, owner_key: str, conversation_id: str) -> bool:
         """See `ConversationStore.delete`."""

@@ -18,6 +18,7 @@ from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter
 from ui.errors import shown_as_toast
 from ui.page import Page
+from ui.sidebar import LISTED_CHATS
 
 
 @pytest.fixture
@@ -151,3 +152,30 @@ async def test_usage_tab_shows_only_the_visitors_own_totals(page: Page) -> None:
     shown = await page.usage.show(me, False, request(peer="203.0.113.9"), None)
     assert "1 request" in shown[page.usage.mine.totals]
     assert shown[page.usage.admin_group]["visible"] is False
+
+
+async def test_a_long_history_lists_the_latest_chats_and_search_finds_the_rest(
+    page: Page,
+) -> None:
+    me = visitor()
+    owner = page.ctx.visitor(me, None, request()).owner_key
+    chats = [
+        {
+            "title": f"Chat number {n}",
+            "model": "m",
+            "system_prompt": "",
+            "temperature": 0.3,
+            "created_at": 1_700_000_000 + n,
+            "updated_at": 1_700_000_000 + n,
+            "messages": [{"role": "user", "content": f"q{n}"}],
+        }
+        for n in range(LISTED_CHATS + 1)
+    ]
+    document = {"format": "openrouter-chat", "schema_version": 1, "conversations": chats}
+    await page.ctx.services.conversations.import_file(owner, json.dumps(document).encode())
+    listed = await page.sidebar.search("", None, me, request(), None)
+    assert len(listed[page.sidebar.conversation_list]["choices"]) == LISTED_CHATS
+    assert "search to find older ones" in listed[page.sidebar.notice]["value"]
+    oldest = await page.sidebar.search("Chat number 0", None, me, request(), None)
+    labels = [label for label, _ in oldest[page.sidebar.conversation_list]["choices"]]
+    assert labels and labels[0].startswith("Chat number 0")

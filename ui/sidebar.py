@@ -14,6 +14,7 @@ from ui.context import QUICK, PageContext, session_of
 from ui.errors import refuse, shown_as_toast
 
 Updates = dict[Any, Any]
+LISTED_CHATS = 200  # the sidebar's length: reading and drawing it stays cheap at any count
 
 
 class SidebarPanel:
@@ -64,10 +65,15 @@ class SidebarPanel:
 
         With `keep_selection` only the choices change: the page has moved to another chat.
         """
-        listed = await self.ctx.services.conversations.list(owner_key, query.strip())
+        listed = await self.ctx.services.conversations.list(
+            owner_key, query.strip(), limit=LISTED_CHATS + 1
+        )
         now = time.time()
-        choices = [(summary_label(s, now), s.id) for s in listed.conversations]
+        shown = listed.conversations[:LISTED_CHATS]
+        choices = [(summary_label(s, now), s.id) for s in shown]
         notice = ""
+        if len(listed.conversations) > LISTED_CHATS:
+            notice = f"Showing your {LISTED_CHATS} most recent chats: search to find older ones."
         if listed.corrupt:
             notice = (
                 f"⚠ {len(listed.corrupt)} conversation(s) could not be read (damaged files) "
@@ -78,7 +84,7 @@ class SidebarPanel:
         if keep_selection:
             chosen = gr.update(choices=choices)
         else:
-            ids = {s.id for s in listed.conversations}
+            ids = {s.id for s in shown}
             chosen = gr.update(choices=choices, value=selected if selected in ids else None)
         return {
             self.conversation_list: chosen,
