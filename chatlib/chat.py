@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -44,7 +42,6 @@ from chatlib.usage import UsageRecord, UsageSink
 log = structlog.get_logger(__name__)
 
 REFUSALS_RECORDED_EVERY_S = 10.0
-_MAX_REFUSING_CLIENTS = 20_000
 
 
 @dataclass(frozen=True)
@@ -153,8 +150,6 @@ class ChatService:
         self._budget = budget
         self._clock = clock
         self._running: dict[str, TurnControl] = {}
-        # Per client: when its last refusal was recorded, and how many since were not.
-        self._refusals: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
     def _resolve_key(self, visitor_key: str | None) -> str:
         """The visitor's own key (if allowed), else the operator's; else MissingApiKey."""
@@ -309,23 +304,19 @@ class ChatService:
         if decision.allowed:
             return
         # A client hammering past its limit must not fill the disk with rows and log lines:
-        # one of each per client per REFUSALS_RECORDED_EVERY_S, counting the ones left out.
-        key = request.rate_key
-        now = self._clock()
-        recorded_at, unrecorded = self._refusals.get(key, (-math.inf, 0))
-        if now - recorded_at < REFUSALS_RECORDED_EVERY_S:
-            self._refusals[key] = (recorded_at, unrecorded + 1)
-            decision.raise_if_refused()
-        self._refusals[key] = (now, 0)
-        self._refusals.move_to_end(key)
-        while len(self._refusals) > _MAX_REFUSING_CLIENTS:
-            self._refusals.popitem(last=False)
+        # one of each per client per REFUSALS_RECORDED_EVERY_S (across replicas), each row
+        # counting the refusals it stands for.
+        count = await self._limiter.refusals_to_record(
+            request.rate_key, every_seconds=REFUSALS_RECORDED_EVERY_S, now=self._wall_clock()
+        )
+        if count is None:
+            raise decision.refusal()
         log.info(
             "chat.rate_limited",
             request_id=request_id,
             limit=decision.limit,
             retry_after_s=round(decision.retry_after_seconds, 1),
-            unrecorded_since_last=unrecorded,
+            unrecorded_since_last=count - 1,
         )
         if self._usage is not None:
             await self._usage.record(
@@ -335,7 +326,7 @@ class ChatService:
                     conversation_id=request.conversation_id,
                     model=request.model,
                     at=self._wall_clock(),
-                    count=unrecorded + 1,
+                    count=count,
                 )
             )
         decision.raise_if_refused()

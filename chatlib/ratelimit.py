@@ -9,6 +9,7 @@ the pace it was used. Refused requests are not recorded and cost nothing.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ _ANONYMOUS_NAMESPACE = "ip"
 _LOGGED_IN_NAMESPACE = "user"
 _KEY_CHECK_NAMESPACE = "keycheck"
 _UPLOAD_NAMESPACE = "upload"
+_REFUSAL_ROWS_NAMESPACE = "refusal-rows"
+_PENDING_REFUSALS_EXPIRY_S = 24 * 3600
 KEY_CHECKS_DOING: Final = "checking OpenRouter keys"
 _STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
 
@@ -199,7 +202,11 @@ class RateDecision:
     def raise_if_refused(self, *, doing: str = "sending messages") -> None:
         """Raise RateLimited (with the wait and the limit) if this request was refused."""
         if not self.allowed:
-            raise RateLimited(self.retry_after_seconds, self.limit, doing=doing)
+            raise self.refusal(doing=doing)
+
+    def refusal(self, *, doing: str = "sending messages") -> RateLimited:
+        """The error that tells the visitor how long to wait."""
+        return RateLimited(self.retry_after_seconds, self.limit, doing=doing)
 
 
 def _async_storage_uri(storage_uri: str) -> str:
@@ -361,6 +368,36 @@ class RateLimiter:
     async def hit_upload(self, client_key: str) -> RateDecision:
         """Count one upload for `client_key` (a client IP) and say whether it may go ahead."""
         return await self._hit(self._upload_item, client_key, kind="upload")
+
+    async def refusals_to_record(
+        self, client_key: str, *, every_seconds: float, now: float
+    ) -> int | None:
+        """How many refusals of `client_key` one usage row should stand for now; None: not yet.
+
+        A client hammering past its limit gets one row per `every_seconds`, however many
+        replicas it reaches: every refusal adds to a pending count in the shared storage,
+        and the first refusal of each window (of wall-clock time `now`, the same on every
+        replica) takes that count and empties it. When the storage fails, each refusal is
+        its own row rather than lost.
+        """
+        if self._storage is None:
+            return 1
+        key = limit_key(client_key)
+        pending_key = f"{_REFUSAL_ROWS_NAMESPACE}/pending/{key}"
+        window = math.floor(now / every_seconds)
+        window_key = f"{_REFUSAL_ROWS_NAMESPACE}/window/{key}/{window}"
+        try:
+            async with asyncio.timeout(self._timeout):
+                pending = await self._storage.incr(pending_key, _PENDING_REFUSALS_EXPIRY_S)
+                expiry = max(1, math.ceil(2 * every_seconds))
+                if await self._storage.incr(window_key, expiry) != 1:
+                    return None
+                await self._storage.clear(pending_key)
+        except (StorageError, TimeoutError, OSError) as exc:
+            cause = exc.storage_error if isinstance(exc, StorageError) else exc
+            log.warning("ratelimit.storage_error", error=type(cause).__name__, limit_kind="rows")
+            return 1
+        return pending
 
     async def _hit(self, item: RateLimitItem | None, client_key: str, *, kind: str) -> RateDecision:
         if item is None or self._strategy is None:

@@ -19,6 +19,7 @@ from chatlib.ratelimit import RateLimiter
 from chatlib.usage import UsageLog, read_usage
 from tests.conftest import TEST_API_KEY, settings_for
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
+from tests.redis_server import redis_url  # noqa: F401 - fixture
 
 SECRET_TEXT = "my-very-private-message-4242"
 
@@ -169,6 +170,7 @@ async def test_a_client_hammering_past_its_limit_gets_one_row_per_10_s_that_coun
         limiter=limiter,
         usage=usage,
         clock=lambda: now[0],
+        wall_clock=lambda: now[0],
     )
     try:
         [f async for f in service.run_turn(_request("hi [[tokens=2]]", rate_key="ip"), ())]
@@ -182,3 +184,42 @@ async def test_a_client_hammering_past_its_limit_gets_one_row_per_10_s_that_coun
         usage.close()
 
     assert [r.count for r in rows] == [1, 3]  # the second row stands for the two left out too
+
+
+async def test_two_replicas_record_one_refusal_row_per_window_between_them(
+    fake: FakeOpenRouter,
+    tmp_path: Path,
+    redis_url: str,  # noqa: F811 - fixture
+) -> None:
+    # Both replicas share the limit and the row throttling through Redis.
+    settings = settings_for(fake, tmp_path)
+    now = [2000.0]
+    replicas, limiters, logs = [], [], []
+    for name in ("a", "b"):
+        pool = ClientPool(settings)
+        _POOLS.append(pool)
+        limiters.append(RateLimiter(f"{redis_url}/7", 1))
+        logs.append(UsageLog(tmp_path / "usage", process_id=name))
+        replicas.append(
+            ChatService(
+                settings,
+                pool,
+                FrameBudget(updates_per_second=300, min_interval_s=0.01),
+                limiter=limiters[-1],
+                usage=logs[-1],
+                wall_clock=lambda: now[0],
+            )
+        )
+    key = f"ip-{now[0]}-{id(replicas)}"
+    try:
+        [f async for f in replicas[0].run_turn(_request("hi [[tokens=2]]", rate_key=key), ())]
+        for n, step in enumerate((0.0, 1.0, 1.0, 1.0, 9.0)):  # refused at 0-3 s, then 12 s
+            now[0] += step
+            with pytest.raises(RateLimited):
+                await anext(replicas[n % 2].run_turn(_request("again", rate_key=key), ()))
+        rows = [r for r in read_usage(tmp_path / "usage") if r.status == "rate_limited"]
+    finally:
+        for limiter, log in zip(limiters, logs, strict=True):
+            await limiter.aclose()
+            log.close()
+    assert sorted(r.count for r in rows) == [1, 4]  # five refusals, two rows, one window each

@@ -597,6 +597,7 @@ async def test_a_client_hammering_past_its_limit_does_not_fill_the_disk(
         limiter=limiter,
         usage=usage_log,
         clock=lambda: now[0],
+        wall_clock=lambda: now[0],
     )
 
     async def ask() -> bool:
