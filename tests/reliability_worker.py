@@ -3,8 +3,9 @@
 Usage: python -m tests.reliability_worker DATA_DIR BASE_URL API_KEY
 
 This is the app's persistence path without the UI: `ConversationService` over
-`ChatService`, the real `ConversationStore` and `UsageLog` in DATA_DIR, answers streamed
-from the fake OpenRouter at BASE_URL. API turns of the real app save no conversation, and
+`ChatService`, the real `SqlConversationStore` (SQLite at DATA_DIR/chat.db, WAL) and
+`SqlUsageLog` (its table and a CSV file in DATA_DIR/usage), answers streamed from the fake
+OpenRouter at BASE_URL. API turns of the real app save no conversation, and
 driving the UI in a browser is too slow for twenty kill cycles, so the crash test kills this.
 
 The process imports everything once, then forks one chatting child per "run" line on
@@ -15,7 +16,7 @@ Protocol on stdout, one line each, flushed:
 
     ready                           imports done, waiting for "run"
     started <pid> <usage csv path>  a child is chatting (its usage rows go to that file)
-    saved <owner> <id> <n> <digest> a turn's final save is on disk: the first n messages
+    saved <owner> <id> <n> <digest> a turn's final save is committed: the first n messages
                                     of that conversation hash to digest
     deleting <owner> <id>           the conversation is about to be deleted on purpose
     exited <pid> <exit code>        the child is gone and reaped (-9 after a SIGKILL)
@@ -44,8 +45,9 @@ from chatlib.conversations import ConversationService, TurnRequest
 from chatlib.errors import ConversationNotFound
 from chatlib.frames import FrameBudget
 from chatlib.messages import ChatMessage
-from chatlib.storage import AsyncConversationStore, ConversationStore
-from chatlib.usage import UsageLog
+from chatlib.store import SqlConversationStore, create_engine_for, database_url
+from chatlib.store.startup import prepare_database
+from chatlib.usage import SqlUsageLog, UsageLog
 
 OWNERS = tuple(f"{n:032x}" for n in (0xA11CE, 0xB0B, 0xC4A2))
 TASKS_PER_OWNER = 2
@@ -118,18 +120,19 @@ async def chat_until_killed(data_dir: Path, base_url: str, api_key: str) -> None
         openrouter_max_retries=0,
         data_dir=data_dir,
     )
-    usage = UsageLog(data_dir / "usage")
+    # As `create_services`: the database was migrated before serving; connect lazily here.
+    store = SqlConversationStore(create_engine_for(database_url(data_dir)))
+    usage = SqlUsageLog(store.engine, UsageLog(data_dir / "usage"))
     chat = ChatService(
         settings,
         ClientPool(settings),
         FrameBudget(updates_per_second=300, min_interval_s=0.03),
         usage=usage,
     )
-    store = AsyncConversationStore(ConversationStore(data_dir))
     service = ConversationService(
         store, chat, exports_dir=data_dir / "exports", max_import_bytes=settings.max_import_bytes
     )
-    report("started", os.getpid(), usage.path)
+    report("started", os.getpid(), usage.csv_log.path)
     rng = random.Random()
     tasks = []
     for owner in OWNERS:
@@ -145,6 +148,8 @@ async def chat_until_killed(data_dir: Path, base_url: str, api_key: str) -> None
 
 def serve(data_dir: Path, base_url: str, api_key: str) -> None:
     """Fork a chatting child per "run" line; report how each one ended."""
+    # Migrated once, as the app does before serving; every connection is closed before a fork.
+    asyncio.run(prepare_database(database_url(data_dir), data_dir=None))
     report("ready")
     for line in sys.stdin:
         if line.strip() != "run":

@@ -10,6 +10,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from chatlib.usage import read_usage
+from tests import stored
 from tests.conftest import AppServer
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 
@@ -102,8 +103,8 @@ def test_the_api_neither_reads_nor_writes_stored_conversations(
     client: Client, app_server: AppServer
 ) -> None:
     client.predict("Nothing of this is stored [[tokens=3]]", api_name="/chat")
-    stored = list((app_server.workdir / ".data" / "conversations").rglob("*.json"))
-    assert stored == []
+    # The database exists (the read-only reader refuses a missing file) and holds no chat.
+    assert stored.conversations(app_server.workdir / ".data") == []
     api = client.view_api(return_format="dict", print_info=False)
     parameters = [p["parameter_name"] for p in api["named_endpoints"]["/chat"]["parameters"]]
     assert parameters == ["message", "model", "system_prompt", "temperature", "history"]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from chatlib.messages import ChatMessage
+from chatlib.storage import ConversationStore
+from tests import stored
 from tests.conftest import TEST_API_KEY, AppServer
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.ui import INPUT, last_answer, open_app, send, toast, user_messages, wait_until_idle
@@ -267,22 +271,59 @@ def test_a_key_not_remembered_lasts_only_as_long_as_the_page(
     assert fake.chat_requests()[-1].headers["authorization"] == f"Bearer {TEST_API_KEY}"
 
 
-def test_a_damaged_conversation_file_is_reported_not_fatal(
-    page: Page, app: AppServer, fake: FakeOpenRouter
+def old_data_folder(data_dir: Path, owner_key: str, questions: list[str], broken: str) -> str:
+    """Write chats as the file store (before the database) did, one file damaged; its id."""
+    files = ConversationStore(data_dir)
+    for question in [*questions, broken]:
+        chat = files.new_conversation("openai/gpt-4o", "", 0.3)
+        messages = (
+            ChatMessage(role="user", content=question),
+            ChatMessage(role="assistant", content=f"Answer to {question}"),
+        )
+        saved = files.save(owner_key, replace(chat, messages=messages))
+    damaged = data_dir / "conversations" / owner_key / f"{saved.id}.json"
+    damaged.write_bytes(damaged.read_bytes()[:40])  # torn, as by a crash mid-write
+    return saved.id
+
+
+def test_a_damaged_file_in_an_old_data_folder_is_skipped_and_logged_not_fatal(
+    page: Page, app_factory: Callable[..., AppServer], fake: FakeOpenRouter
 ) -> None:
-    open_app(page, app.url)
-    chat_once(page, "Keep me safe [[tokens=3]]")
-    new_chat(page)
-    chat_once(page, "Break me [[tokens=3]]")
-    expect(conversation_items(page)).to_have_count(2)
-    broken = max(
-        (app.workdir / ".data" / "conversations").rglob("*.json"),
-        key=lambda p: p.stat().st_mtime,
+    # An operator upgrades a data folder written by the file store: at its first start on
+    # it the app imports the files into its new database, once. The visitor's identity is
+    # learnt from a first chat; the folder is then written for it, without the database.
+    server = app_factory(
+        "old-folder", OPENROUTER_API_KEY=TEST_API_KEY, OPENROUTER_BASE_URL=fake.base_url
     )
-    broken.write_bytes(broken.read_bytes()[:40])
-    open_app(page, app.url)
-    expect(page.locator("#storage-notice")).to_contain_text("could not be read")
-    expect(conversation_items(page).filter(has_text="Keep me safe")).to_have_count(1)
+    data_dir = server.workdir / ".data"
+    open_app(page, server.url)
+    chat_once(page, "Who am I [[tokens=3]]")
+    owner_key = stored.find_saved(data_dir, "Who am I").owner_key
+    server.stop()
+    for database in data_dir.glob("chat.db*"):
+        database.unlink()
+    broken_id = old_data_folder(data_dir, owner_key, ["Keep me safe", "Me too"], "Break me")
+
+    server = server.restart()  # same port and server secret: the same visitor
+    try:
+        open_app(page, server.url)
+        expect(conversation_items(page)).to_have_count(2)
+        conversation_items(page).filter(has_text="Keep me safe").click()
+        expect(last_answer(page)).to_contain_text("Answer to Keep me safe")
+        expect(page.locator("#storage-notice")).not_to_be_visible()
+        chat_once(page, "Still working [[tokens=3]]")  # an imported chat goes on
+
+        imported = stored.conversations(data_dir, owner_key)
+        assert sorted(c.contents[0] for c in imported) == ["Keep me safe", "Me too"]
+        assert broken_id not in {c.id for c in imported}
+        events = [json.loads(line) for line in server.log_path.read_text().splitlines()]
+        skipped = [e for e in events if e["event"] == "store.import_skipped"]
+        assert [(e["owner_key"], e["conversation_id"]) for e in skipped] == [(owner_key, broken_id)]
+        report = [e for e in events if e["event"] == "store.json_imported"][-1]
+        assert (report["imported"], report["skipped"]) == (2, 1)
+        assert (data_dir / "conversations" / owner_key / f"{broken_id}.json").exists()
+    finally:
+        server.stop()
 
 
 def test_switching_mid_answer_keeps_the_answer_in_its_own_conversation(

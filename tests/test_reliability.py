@@ -32,6 +32,7 @@ import re
 import secrets
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -49,7 +50,6 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from chatlib.storage import ConversationStore
 from chatlib.usage import (
     USAGE_COLUMNS,
     UsageLog,
@@ -59,6 +59,7 @@ from chatlib.usage import (
     summarize_directory,
     utc_timestamp,
 )
+from tests import stored
 from tests.conftest import REPO, TEST_API_KEY, AppServer, start_app
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 from tests.reliability_worker import digest
@@ -266,37 +267,33 @@ def usage_statuses(usage_dir: Path, owner: str | None = None) -> Counter[str]:
 
 
 def check_conversations(data_dir: Path, expected: dict[tuple[str, str], tuple[int, str]]) -> int:
-    """Every conversation file loads, no listing reports damage, no reported save is lost.
+    """The database is intact, every conversation is whole, no reported save is lost.
 
-    `expected` maps (owner, id) to (message count, digest) as last reported saved: the file
-    must hold at least that many messages, the first ones unchanged. Returns files checked.
+    Whole: SQLite's integrity check passes, each conversation's message rows are numbered
+    0..n-1 with n the count the sidebar shows, and each message's metadata is JSON (an answer
+    cut off mid-stream reads as interrupted, never as still streaming). `expected` maps
+    (owner, id) to (message count, digest) as last reported saved: the conversation must
+    hold at least that many messages, the first ones unchanged. Returns conversations checked.
     """
-    store = ConversationStore(data_dir)
-    root = data_dir / "conversations"
-    files = sorted(root.glob("*/*.json"))
-    for path in files:
-        store.load(path.parent.name, path.stem)  # raises ConversationCorrupt if damaged
-    for owner_dir in sorted(p for p in root.glob("*") if p.is_dir()):
-        listed = store.list(owner_dir.name)
-        assert listed.corrupt == [], f"damaged after a crash: {listed.corrupt}"
+    assert stored.integrity(data_dir) == "ok"
+    saved = stored.conversations(data_dir)
+    for conversation in saved:
+        assert conversation.positions == tuple(range(conversation.message_count)), conversation
+        for message in conversation.messages:
+            assert message.role in ("user", "assistant"), conversation
+            assert (message.meta or {}).get("status") != "streaming", conversation
+    by_key = {(c.owner_key, c.id): c for c in saved}
     lost = []
     for (owner, conversation_id), (count, fingerprint) in sorted(expected.items()):
-        path = root / owner / f"{conversation_id}.json"
-        if not path.exists():
-            lost.append((conversation_id, "file missing"))
+        conversation = by_key.get((owner, conversation_id))
+        if conversation is None:
+            lost.append((conversation_id, "not in the database"))
             continue
-        messages = store.load(owner, conversation_id).messages
+        messages = conversation.messages
         if len(messages) < count or digest(messages[:count]) != fingerprint:
             lost.append((conversation_id, f"{len(messages)} messages, {count} were saved"))
     assert len(lost) == DATA_LOST, lost
-    return len(files)
-
-
-def find_saved(data_dir: Path, needle: str) -> Path:
-    """The one conversation file whose text contains `needle`."""
-    found = [p for p in (data_dir / "conversations").glob("*/*.json") if needle in p.read_text()]
-    assert len(found) == 1, found
-    return found[0]
+    return len(saved)
 
 
 # ---- browser helpers ---------------------------------------------------------------------
@@ -465,10 +462,13 @@ def test_two_visitors_streaming_at_once_each_see_only_their_own_answer(
             expect(page.locator("#chat")).not_to_contain_text(theirs.split()[0])
             expect(conversation_items(page)).to_have_count(1)
             expect(conversation_items(page).first).to_contain_text(mine.split()[0])
-        alice = find_saved(crowd_app.workdir / ".data", "Alice tulips " + tag)
-        bob = find_saved(crowd_app.workdir / ".data", "Bob volcanoes " + tag)
-        assert alice.parent != bob.parent  # two owners, one conversation each
-        assert "Bob" not in alice.read_text() and "Alice" not in bob.read_text()
+        data_dir = crowd_app.workdir / ".data"
+        alice = stored.find_saved(data_dir, "Alice tulips " + tag)
+        bob = stored.find_saved(data_dir, "Bob volcanoes " + tag)
+        assert alice.owner_key != bob.owner_key  # two owners, one conversation each
+        for owner in (alice, bob):
+            assert [c.id for c in stored.conversations(data_dir, owner.owner_key)] == [owner.id]
+        assert not alice.contains("Bob") and not bob.contains("Alice")
     finally:
         for context in contexts:
             context.close()
@@ -660,12 +660,7 @@ def test_3_sigkills_of_the_real_app_mid_answer_lose_no_saved_chat_or_usage_row(
             answered += sum(completed)
 
             check_conversations(data_dir, {})
-            conversation = find_saved(data_dir, finished)
-            messages = (
-                ConversationStore(data_dir)
-                .load(conversation.parent.name, conversation.stem)
-                .messages
-            )
+            messages = stored.find_saved(data_dir, finished).messages
             # The finished turn is whole; the question being answered was saved first.
             assert [m.content for m in messages[:2]] == [
                 f"{finished} [[tokens=5]]",
@@ -767,36 +762,25 @@ def troubled_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TroubledA
 
 
 @contextlib.contextmanager
-def data_fault(kind: str, data_dir: Path, owner_dir: Path) -> Iterator[str]:
-    """Break saving in one way; yields what the visitor should be told. Undone on exit."""
-    if kind == "not_a_directory":
-        # The conversations folder is replaced by a regular file: mkdir fails.
-        conversations = data_dir / "conversations"
-        aside = data_dir / "conversations.aside"
-        conversations.rename(aside)
-        conversations.write_text("not a directory")
+def data_fault(kind: str, data_dir: Path) -> Iterator[str]:
+    """Make the database refuse saves in one way; yields what the visitor should be told.
+
+    Undone on exit. There is no read-only fault: SQLite keeps chat.db and its -wal and
+    -shm files open, and `chattr +i` (or a chmod) of them or of the folder reaches only
+    connections opened afterwards; the app's pooled connections go on writing (tried by
+    hand), and an app started on such a folder does not start at all.
+    """
+    if kind == "locked":
+        # Another process holds SQLite's write lock: each of the app's writes waits its
+        # busy_timeout (5 s), then gives up. Readers are not blocked (WAL).
+        holder = sqlite3.connect(stored.database_path(data_dir), timeout=1, isolation_level=None)
         try:
-            yield "a storage error occurred"
+            holder.execute("BEGIN IMMEDIATE")
+            yield "the database is busy"
         finally:
-            conversations.unlink()
-            aside.rename(conversations)
-    elif kind == "read_only":
-        # Root ignores permissions; the immutable flag stops even root from adding files.
-        if os.geteuid() == 0:
-            if shutil.which("chattr") is None:
-                pytest.skip("running as root without chattr: cannot make a folder read-only")
-            subprocess.run(["chattr", "+i", str(owner_dir)], check=True, timeout=30)
-            try:
-                yield "read-only"
-            finally:
-                subprocess.run(["chattr", "-i", str(owner_dir)], check=True, timeout=30)
-        else:
-            owner_dir.chmod(0o500)
-            try:
-                yield "read-only"
-            finally:
-                owner_dir.chmod(0o700)
+            holder.close()  # rolls back the empty transaction: the lock is released
     elif kind == "disk_full":
+        # The write-ahead log grows with every commit; SQLite gets ENOSPC (SQLITE_FULL).
         filler = data_dir / "filler"
         fill_disk(filler)
         try:
@@ -808,7 +792,7 @@ def data_fault(kind: str, data_dir: Path, owner_dir: Path) -> Iterator[str]:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("fault", ["not_a_directory", "read_only", "disk_full"])
+@pytest.mark.parametrize("fault", ["locked", "disk_full"])
 def test_when_saving_fails_the_chat_goes_on_the_visitor_is_told_and_saved_chats_survive(
     fault: str, page: Page, troubled_app: TroubledApp
 ) -> None:
@@ -819,15 +803,16 @@ def test_when_saving_fails_the_chat_goes_on_the_visitor_is_told_and_saved_chats_
     before_q = f"Before the fault {tag}"
     open_app(page, url)
     chat_once(page, f"{before_q} [[tokens=4]]")
-    saved = find_saved(data_dir, before_q)
-    saved_bytes = saved.read_bytes()
-    owner, conversation_id = saved.parent.name, saved.stem
+    saved = stored.find_saved(data_dir, before_q)
+    owner, conversation_id = saved.owner_key, saved.id
     usage_before = {p: p.read_bytes() for p in (data_dir / "usage").glob("usage-*.csv")}
 
-    with data_fault(fault, data_dir, saved.parent) as reason:
+    with data_fault(fault, data_dir) as reason:
+        # Locked, the question's save, the usage row and the answer's save each wait the
+        # database's busy_timeout (5 s) before giving up: the whole answer shows after ~15 s.
         during = f"During the fault {tag}"
         send(page, f"{during} [[tokens=6]]")
-        expect(last_answer(page)).to_contain_text(expected_reply(during, 6))
+        expect(last_answer(page)).to_contain_text(expected_reply(during, 6), timeout=45_000)
         warning = toast(page, "Could not save the conversation").first
         expect(warning).to_be_visible()
         expect(warning).to_contain_text(reason)
@@ -836,18 +821,15 @@ def test_when_saving_fails_the_chat_goes_on_the_visitor_is_told_and_saved_chats_
         expect(user_messages(page)).to_have_count(0)
         fresh = f"Fresh during the fault {tag}"
         send(page, f"{fresh} [[tokens=3]]")
-        expect(last_answer(page)).to_contain_text(expected_reply(fresh, 3))
+        expect(last_answer(page)).to_contain_text(expected_reply(fresh, 3), timeout=45_000)
         wait_until_idle(page)
 
-    # What was saved before the fault is untouched, byte for byte, and still loads.
-    assert saved.read_bytes() == saved_bytes
-    store = ConversationStore(data_dir)
-    stored = store.load(owner, conversation_id)
-    assert [m.content for m in stored.messages] == [
-        f"{before_q} [[tokens=4]]",
-        expected_reply(before_q, 4),
-    ]
-    assert store.list(owner).corrupt == []
+    # What was saved before the fault is untouched: the same revision, title and messages,
+    # each with its metadata; the database is intact and the fresh chat left no trace.
+    assert stored.integrity(data_dir) == "ok"
+    assert stored.conversation(data_dir, owner, conversation_id) == saved
+    assert saved.contents == [f"{before_q} [[tokens=4]]", expected_reply(before_q, 4)]
+    assert [c.id for c in stored.conversations(data_dir, owner)] == [conversation_id]
     # After a reload the visitor finds it; saving works again without a restart.
     open_app(page, url)
     expect(conversation_items(page).filter(has_text=before_q)).to_have_count(1)
@@ -856,7 +838,7 @@ def test_when_saving_fails_the_chat_goes_on_the_visitor_is_told_and_saved_chats_
     expect(user_messages(page)).to_have_count(1)
     after = f"After the fault {tag}"
     chat_once(page, f"{after} [[tokens=3]]")
-    assert [m.content for m in store.load(owner, conversation_id).messages][2:] == [
+    assert stored.conversation(data_dir, owner, conversation_id).contents[2:] == [
         f"{after} [[tokens=3]]",
         expected_reply(after, 3),
     ]
@@ -1183,7 +1165,10 @@ def test_no_secret_reaches_logs_files_pages_or_api_responses(
 
     assert any(name.startswith(".data/usage/") for name in seen)
     assert any(name.startswith(".data/exports/") for name in seen)
-    assert any(name.startswith(".data/conversations/") for name in seen)
+    # The conversations are in the database (its pages, and those still in its write-ahead
+    # log), and the scan read them as raw bytes: the chat above is in there.
+    database = [seen.get(".data/chat.db", ""), seen.get(".data/chat.db-wal", "")]
+    assert any("Tell me a secret" in raw for raw in database)
     leaks = [
         (secret, where) for where, text in seen.items() for secret in SECRETS if secret in text
     ]
