@@ -37,13 +37,16 @@ def start_services(settings: Settings) -> Services:
     sync = HubSync.from_settings(settings, before_push=snapshot_hook(url, settings.data_dir))
     if sync is not None:
         sync.restore()  # before serving: restored conversations must be there on first load
-        sync.start()
-        install_signal_flush(sync, SYNC_FLUSH_TIMEOUT_S)
     try:
         services = create_services(settings, redactor, sync=sync, swept_dirs=(gradio_dir,))
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         raise SystemExit(2) from None
+    if sync is not None:
+        # Only now: the first push runs `before_push` at once, which reads the database that
+        # create_services has just migrated and filled from the restored files.
+        sync.start()
+        install_signal_flush(sync, SYNC_FLUSH_TIMEOUT_S)
     services.catalog.prefetch_in_thread()
     services.retention.start()
     return services

@@ -94,6 +94,13 @@ def hub() -> Iterator[FakeHfHub]:
     fake_hub.stop()
 
 
+def push_failures(app: AppServer) -> list[str]:
+    """The dataset sync's failed pushes in the app's log (each one shows in the operator view)."""
+    events = ('"hub.push_failed"', '"hub.before_push_failed"')
+    lines = app.log_path.read_text().splitlines()
+    return [line for line in lines if any(event in line for event in events)]
+
+
 @pytest.mark.e2e
 def test_a_visitor_finds_their_chats_after_the_space_restarts_with_an_empty_disk(
     browser: Browser,
@@ -130,6 +137,9 @@ def test_a_visitor_finds_their_chats_after_the_space_restarts_with_an_empty_disk
         assert any(n.startswith("conversations/") and n.endswith(".json") for n in names)
         assert any(n.startswith("usage/") for n in names)
         assert not any(n.startswith(("secrets/", "exports/")) for n in names)
+        # Every push went through: the first one at boot too (it runs before_push, which
+        # reads the database, so it must not start before the database is ready).
+        assert push_failures(first) == []
 
         second = start_app(tmp_path / "boot-2", env, port=first.port)
         open_app(page, second.url)
@@ -139,6 +149,8 @@ def test_a_visitor_finds_their_chats_after_the_space_restarts_with_an_empty_disk
         expect(page.locator('#chat [data-testid="user"]').first).to_contain_text(
             "Remember me across restarts"
         )
+        second.stop()  # SIGTERM: the shutdown flush pushes once more
+        assert push_failures(second) == []
     finally:
         context.close()
         first.stop()
