@@ -29,7 +29,13 @@ REDACTED = "[REDACTED]"
 LOG_ROTATION_WHEN = "MIDNIGHT"
 LOG_ROTATION_INTERVAL = 1
 LOG_BACKUP_COUNT = 7
+# Libraries that log request bodies or SQL parameters (message text, titles, owner keys) at
+# DEBUG: never below WARNING, whatever LOG_LEVEL says.
 _NOISY_LOGGERS = (
+    "aiosqlite",
+    "asyncpg",
+    "sqlalchemy",
+    "alembic",
     "httpx",
     "httpx2",
     "httpcore",

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from chatlib.catalog import ModelCatalog, http_catalog_fetcher
 from chatlib.chat import ChatService
 from chatlib.client import ClientPool, attribution_headers
 from chatlib.config import Settings
 from chatlib.conversations import ConversationService
+from chatlib.errors import ConfigError
 from chatlib.frames import FrameBudget
 from chatlib.hub_sync import HubSync, SyncStatus
 from chatlib.identity import browser_state_params, load_or_create_server_secret
@@ -23,7 +25,13 @@ from chatlib.operator import OperatorGate
 from chatlib.ratelimit import IPNetwork, RateLimiter, effective_trusted_proxies
 from chatlib.retention import RetentionSweeper, ensure_private_dir
 from chatlib.snapshot import SNAPSHOT_STATE_NAME, write_snapshot
-from chatlib.store import SqlConversationStore, create_engine_for, database_url, open_store
+from chatlib.store import (
+    SqlConversationStore,
+    create_engine_for,
+    database_url,
+    describe_url,
+    open_store,
+)
 from chatlib.transfer import EXPORT_MAX_AGE_SECONDS
 from chatlib.usage import SqlUsageLog, UsageLog, UsageSink, import_usage_csv
 
@@ -145,8 +153,16 @@ def _prepared_database(settings: Settings, usage_dir: Path) -> str:
         finally:
             await store.aclose()
 
-    with ThreadPoolExecutor(max_workers=1) as worker:
-        worker.submit(asyncio.run, prepare()).result()
+    try:
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            worker.submit(asyncio.run, prepare()).result()
+    except (SQLAlchemyError, OSError) as exc:
+        raise ConfigError(
+            [
+                f"The database {describe_url(url)} could not be opened or migrated "
+                f"({type(exc).__name__}). Check that DATA_DIR is writable, or DATABASE_URL."
+            ]
+        ) from None
     return url
 
 

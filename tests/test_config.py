@@ -9,6 +9,7 @@ import pytest
 
 from chatlib.config import ENV_VARS, Settings
 from chatlib.errors import ConfigError
+from chatlib.services import create_services
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -164,3 +165,16 @@ def test_a_database_url_of_another_kind_is_refused_without_showing_it() -> None:
         Settings.from_env({"DATABASE_URL": "mysql://root:hunter2@db/chat"}, env_file=None)
     assert "DATABASE_URL must be postgresql://" in str(refused.value)
     assert "hunter2" not in str(refused.value)
+
+
+def test_a_database_that_cannot_be_opened_stops_startup_with_a_message(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "DATA_DIR": str(tmp_path / "data"),
+            "DATABASE_URL": "sqlite:////proc/openrouter-chat/chat.db",  # never writable
+            "BROWSER_STATE_SECRET": "s" * 32,
+        },
+        env_file=None,
+    )
+    with pytest.raises(ConfigError, match="could not be opened or migrated.*DATA_DIR"):
+        create_services(settings)
