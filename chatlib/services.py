@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ UI_FRAME_INTERVAL_MS = 30
 # ...and all streams together share this many per second: the interval stretches as more
 # people stream at once.
 UI_UPDATES_PER_SECOND = 100
+SQLITE_PREFIX = "sqlite:///"
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,20 @@ def _limiter(settings: Settings) -> RateLimiter:
     )
 
 
+def _private_sqlite_file(url: str) -> None:
+    """An SQLite database holds every visitor's chats: only the app's user may read it.
+
+    SQLite gives its -wal and -shm files the main file's mode, so creating that one 0600
+    (before SQLite creates it 0644 under the usual umask) covers all three.
+    """
+    if not url.startswith(SQLITE_PREFIX):
+        return
+    path = Path(url.removeprefix(SQLITE_PREFIX))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    path.chmod(0o600)
+
+
 def _prepared_database(settings: Settings, usage_dir: Path) -> str:
     """Migrate the schema and import a JSON data folder (and usage CSV files) once; the URL.
 
@@ -142,6 +158,7 @@ def _prepared_database(settings: Settings, usage_dir: Path) -> str:
     the server's loop alone.
     """
     url = database_url(settings, settings.database_url)
+    _private_sqlite_file(url)
 
     async def prepare() -> None:
         store = await open_store(url, data_dir=settings.data_dir)

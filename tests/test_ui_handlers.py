@@ -179,3 +179,12 @@ async def test_a_long_history_lists_the_latest_chats_and_search_finds_the_rest(
     oldest = await page.sidebar.search("Chat number 0", None, me, request(), None)
     labels = [label for label, _ in oldest[page.sidebar.conversation_list]["choices"]]
     assert labels and labels[0].startswith("Chat number 0")
+
+
+async def test_the_database_of_everyones_chats_is_readable_by_the_app_alone(
+    page: Page, tmp_path: Path
+) -> None:
+    await send(page, visitor(), "Private words")
+    files = [p for p in (tmp_path / "data").glob("chat.db*") if p.is_file()]
+    assert {p.name for p in files} >= {"chat.db", "chat.db-wal"}
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o600"}
