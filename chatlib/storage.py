@@ -340,6 +340,22 @@ def _not_streaming(message: ChatMessage) -> ChatMessage:
     return replace(message, meta=replace(message.meta, status="interrupted"))
 
 
+def fresh_conversation(
+    model: str, system_prompt: str, temperature: float, *, now: float
+) -> Conversation:
+    """A new, empty, unsaved conversation titled "New chat" with a random id (no I/O)."""
+    return Conversation(
+        id=uuid.uuid4().hex,
+        title=NEW_CHAT_TITLE,
+        created_at=now,
+        updated_at=now,
+        model=model,
+        system_prompt=system_prompt,
+        temperature=temperature,
+        messages=(),
+    )
+
+
 @dataclass(frozen=True)
 class ListResult:
     """An owner's conversations, newest first, and the ids of files that could not be read."""
@@ -482,17 +498,7 @@ class ConversationStore:
 
     def new_conversation(self, model: str, system_prompt: str, temperature: float) -> Conversation:
         """A fresh, empty, unsaved conversation titled "New chat"."""
-        now = self._clock()
-        return Conversation(
-            id=uuid.uuid4().hex,
-            title=NEW_CHAT_TITLE,
-            created_at=now,
-            updated_at=now,
-            model=model,
-            system_prompt=system_prompt,
-            temperature=temperature,
-            messages=(),
-        )
+        return fresh_conversation(model, system_prompt, temperature, now=self._clock())
 
     def save(
         self,

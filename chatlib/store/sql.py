@@ -17,7 +17,6 @@ from __future__ import annotations
 import builtins
 import math
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
@@ -38,12 +37,12 @@ from chatlib.files import json_bytes
 from chatlib.messages import ChatMessage, clean_text
 from chatlib.storage import (
     MAX_TITLE_CHARS,
-    NEW_CHAT_TITLE,
     Conversation,
     ConversationSummary,
     ListResult,
     clean_title,
     conversation_title,
+    fresh_conversation,
     is_valid_conversation_id,
     is_valid_owner_key,
     parse_conversation,
@@ -116,17 +115,7 @@ class SqlConversationStore:
 
     def new_conversation(self, model: str, system_prompt: str, temperature: float) -> Conversation:
         """A fresh, empty, unsaved conversation titled "New chat" (no I/O)."""
-        now = self._clock()
-        return Conversation(
-            id=uuid.uuid4().hex,
-            title=NEW_CHAT_TITLE,
-            created_at=now,
-            updated_at=now,
-            model=model,
-            system_prompt=system_prompt,
-            temperature=temperature,
-            messages=(),
-        )
+        return fresh_conversation(model, system_prompt, temperature, now=self._clock())
 
     async def save(
         self,
