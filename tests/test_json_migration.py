@@ -17,22 +17,12 @@ from chatlib.storage import Conversation, ConversationStore
 from chatlib.store import SqlConversationStore, database_url, import_json_directory, open_store
 from chatlib.store.json_import import IMPORT_MARKER
 from chatlib.store.schema import store_meta
+from tests.clocks import FakeClock
 from tests.pg_server import fresh_database, postgres_server, postgres_url  # noqa: F401
 
 ALICE = "a1" * 16
 BOB = "b2" * 16
 CAROL = "c3" * 16
-
-
-class FakeClock:
-    """One second later at every reading."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        self.now += 1
-        return self.now
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -55,7 +45,7 @@ def _answer(text: str, **meta: object) -> ChatMessage:
 
 def _write_todays_folder(data_dir: Path) -> dict[str, list[Conversation]]:
     """A data folder as today's file store writes it: three owners, renamed, long, odd chats."""
-    files = ConversationStore(data_dir, clock=FakeClock())
+    files = ConversationStore(data_dir, clock=FakeClock(1_700_000_000.0))
     written: dict[str, list[Conversation]] = {ALICE: [], BOB: [], CAROL: []}
 
     def chat(owner: str, *messages: ChatMessage, **fields: object) -> Conversation:

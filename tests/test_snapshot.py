@@ -26,23 +26,13 @@ from chatlib.snapshot import (
 )
 from chatlib.storage import Conversation, ConversationStore
 from chatlib.store import SqlConversationStore, database_url, open_store
+from tests.clocks import FakeClock
 from tests.fakes.hf_hub import DEFAULT_TOKEN, FakeHfHub
 from tests.pg_server import fresh_database, postgres_server, postgres_url  # noqa: F401
 
 ALICE = "a1" * 16
 BOB = "b2" * 16
 DATASET = "fake-user/chat-data"
-
-
-class FakeClock:
-    """A clock that advances one second per reading, so every save is later than the last."""
-
-    def __init__(self, start: float = 1_750_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        self.now += 1
-        return self.now
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -40,23 +40,13 @@ from chatlib.store import (
     prepare_database,
 )
 from chatlib.store.schema import metadata
+from tests.clocks import FakeClock
 from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 from tests.pg_server import fresh_database, postgres_server, postgres_url  # noqa: F401
 
 ALICE = "a1" * 16
 BOB = "b2" * 16
-
-
-class FakeClock:
-    """A clock that advances one second per reading, so every save is later than the last."""
-
-    def __init__(self, start: float = 1_750_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        self.now += 1
-        return self.now
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -38,21 +38,11 @@ from chatlib.storage import (
     auto_title,
     clean_title,
 )
+from tests.clocks import FakeClock
 
 REPO = Path(__file__).resolve().parent.parent
 ALICE = "a1" * 16
 BOB = "b2" * 16
-
-
-class FakeClock:
-    """A clock that advances one second per reading, so every save is later than the last."""
-
-    def __init__(self, start: float = 1_750_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        self.now += 1
-        return self.now
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from chatlib.transfer import (
     parse_import,
     write_export,
 )
+from tests.clocks import FakeClock
 
 ALICE = "a1" * 16
 BOB = "b2" * 16
@@ -38,15 +39,6 @@ CORPUS_LIMITS: dict[str, Any] = {
     "max_messages": 20,
     "max_message_chars": 1000,
 }
-
-
-class FakeClock:
-    def __init__(self, start: float = 1_750_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        self.now += 1
-        return self.now
 
 
 @pytest.fixture
