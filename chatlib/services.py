@@ -158,7 +158,6 @@ def _prepared_database(settings: Settings, usage_dir: Path) -> str:
     the server's loop alone.
     """
     url = database_url(settings, settings.database_url)
-    _private_sqlite_file(url)
 
     async def prepare() -> None:
         store = await open_store(url, data_dir=settings.data_dir)
@@ -171,6 +170,7 @@ def _prepared_database(settings: Settings, usage_dir: Path) -> str:
             await store.aclose()
 
     try:
+        _private_sqlite_file(url)
         with ThreadPoolExecutor(max_workers=1) as worker:
             worker.submit(asyncio.run, prepare()).result()
     except (SQLAlchemyError, OSError) as exc:
