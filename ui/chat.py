@@ -135,8 +135,7 @@ class ChatPanel:
             updates: Updates = {
                 self.chatbot: to_display(first.conversation.messages),
                 self.ctx.conversation_id: shown_id,
-                self.send_btn: gr.update(visible=False),
-                self.stop_btn: gr.update(visible=True),
+                **self._streaming_buttons(),
             }
             if clear_input:
                 updates[self.textbox] = ""
@@ -165,7 +164,9 @@ class ChatPanel:
                 updates.update(await self._viewed(turn))
             if not frame.done:
                 if updates:
-                    yield updates
+                    # Said again in every frame: a browser that merges frames arriving
+                    # together keeps the last one's, and Stop must stay on screen.
+                    yield {**updates, **self._streaming_buttons()}
                 continue
             if frame.error is not None and watching:
                 warn(frame.error)
@@ -180,6 +181,10 @@ class ChatPanel:
                 await self.sidebar.refreshed(turn.owner_key, selected, keep_selection=not watching)
             )
             yield updates
+
+    def _streaming_buttons(self) -> Updates:
+        """Stop shown, Send hidden: an answer is streaming."""
+        return {self.send_btn: gr.update(visible=False), self.stop_btn: gr.update(visible=True)}
 
     async def _viewed(self, turn: TurnRequest) -> Updates:
         """The chat area showing what the page has open now."""
