@@ -34,11 +34,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatlib.errors import ConversationCorrupt, ConversationNotFound
-from chatlib.files import atomic_write, json_bytes
+from chatlib.files import atomic_write
 from chatlib.storage import (
     CONVERSATIONS_DIR,
-    SCHEMA_VERSION,
     Conversation,
+    conversation_file_bytes,
     is_valid_conversation_id,
     is_valid_owner_key,
 )
@@ -74,16 +74,6 @@ class SnapshotReport:
     unchanged: int = 0  # changed in the database, but the file already held these bytes
     removed: int = 0  # files of deleted or moved conversations
     failed: int = 0  # unreadable rows: their files are left as they were, retried next time
-
-
-def conversation_file_bytes(conversation: Conversation) -> bytes:
-    """The conversation as the file store writes it: `schema_version`, `to_dict()`, `revision`."""
-    document = {
-        "schema_version": SCHEMA_VERSION,
-        **conversation.to_dict(),
-        "revision": conversation.revision,
-    }
-    return json_bytes(document)
 
 
 async def write_snapshot(

@@ -340,6 +340,16 @@ def _not_streaming(message: ChatMessage) -> ChatMessage:
     return replace(message, meta=replace(message.meta, status="interrupted"))
 
 
+def conversation_file_bytes(conversation: Conversation) -> bytes:
+    """The conversation's file: `schema_version`, `to_dict()`, `revision` (the sync's too)."""
+    document = {
+        "schema_version": SCHEMA_VERSION,
+        **conversation.to_dict(),
+        "revision": conversation.revision,
+    }
+    return json_bytes(document)
+
+
 def fresh_conversation(
     model: str, system_prompt: str, temperature: float, *, now: float
 ) -> Conversation:
@@ -760,15 +770,10 @@ class ConversationStore:
         """Write the file, then index it; the caller holds the owner's lock."""
         directory = self._owner_dir(owner_key)
         path = directory / f"{conversation.id}.json"
-        document = {
-            "schema_version": SCHEMA_VERSION,
-            **conversation.to_dict(),
-            "revision": conversation.revision,
-        }
         try:
             self._ensure_dir(directory)
             is_new = not path.exists()
-            stamp = atomic_write(path, json_bytes(document))
+            stamp = atomic_write(path, conversation_file_bytes(conversation))
         except OSError as exc:
             self._log.warning(
                 "storage.save_failed",
