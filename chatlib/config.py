@@ -102,6 +102,17 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _log_json(raw: str) -> str:
+    value = raw.strip().lower()
+    if value in ("1", "yes", "on"):
+        value = "true"
+    if value in ("0", "no", "off"):
+        value = "false"
+    if value not in ("auto", "true", "false"):
+        raise ValueError("must be auto, true or false")
+    return value
+
+
 def _host(raw: str) -> str:
     value = raw.strip()
     if not value or any(c.isspace() or c in "/?#" for c in value):
@@ -214,7 +225,13 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar("PORT", "7860", _integer(1, 65535), "Port the server listens on."),
     EnvVar("LOG_LEVEL", "INFO", _choice(_LOG_LEVELS), "DEBUG, INFO, WARNING or ERROR."),
-    EnvVar("LOG_JSON", "true", _bool, "true: one JSON object per log line; false: console."),
+    EnvVar(
+        "LOG_JSON",
+        "auto",
+        _log_json,
+        "true: one JSON object per log line; false: readable console lines; auto: console "
+        "in a terminal, JSON otherwise (and always on a Space).",
+    ),
     EnvVar("LOG_PATH", "logs/app.log", _path, "Log file (rotated); its directory is created."),
     EnvVar(
         "REQUEST_TIMEOUT_SECONDS",
@@ -279,6 +296,13 @@ ENV_VARS: tuple[EnvVar, ...] = (
         _bool,
         "Let visitors paste their own OpenRouter key (always allowed when "
         "OPENROUTER_API_KEY is unset). The key stays in their browser.",
+    ),
+    EnvVar(
+        "MAX_UNATTENDED_ANSWERS",
+        "3",
+        _integer(0, 1000),
+        "Answers a visitor may leave generating with no page open on them (closed or "
+        "reloaded tab); past this, the oldest unattended one is stopped (and saved).",
     ),
     EnvVar(
         "MAX_IMPORT_BYTES",
@@ -418,7 +442,7 @@ class Settings:
     host: str = LOCAL_HOST
     port: int = 7860
     log_level: str = "INFO"
-    log_json: bool = True
+    log_json: str = "auto"
     log_path: Path = Path("logs/app.log")
     request_timeout_seconds: float = 60.0
     connect_timeout_seconds: float = 10.0
@@ -430,6 +454,7 @@ class Settings:
     data_dir: Path = Path(".data")
     browser_state_secret: str | None = dataclasses.field(default=None, repr=False)
     allow_user_keys: bool = False
+    max_unattended_answers: int = 3
     max_import_bytes: int = 5_000_000
     trusted_proxies: str = ""
     rate_limit_requests_per_min: int = 20

@@ -106,7 +106,9 @@ class ConversationService:
 
     # -- turns -------------------------------------------------------------------------------
 
-    def turn(self, request: TurnRequest) -> AsyncGenerator[ConversationFrame]:
+    def turn(
+        self, request: TurnRequest, control: TurnControl | None = None
+    ) -> AsyncGenerator[ConversationFrame]:
         """Answer in the owner's conversation (a new one without an id), saving as it goes.
 
         Raises ChatError before the first frame when the turn is refused (nothing is saved
@@ -115,8 +117,10 @@ class ConversationService:
         place of its answer; "edit" asks `user_text` in place of the `edit_index`th question
         and everything after it. If the consumer leaves mid-answer (closes the iterator, or
         its task is cancelled), the answer is stopped and saved in the background.
+        `control` lets its owner stop the turn (`control.stop()`); a request without a
+        `session_key` is then reachable only through it.
         """
-        control = TurnControl()
+        control = control or TurnControl()
         return run_to_end(self._turn(request, control), control)
 
     def stop(self, session_key: str) -> bool:

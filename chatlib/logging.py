@@ -114,7 +114,7 @@ def configure_logging(
     ]
     renderer: Processor = (
         structlog.processors.JSONRenderer()
-        if settings.log_json
+        if settings.log_json != "false"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     formatter = structlog.stdlib.ProcessorFormatter(

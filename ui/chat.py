@@ -65,8 +65,12 @@ class ChatPanel:
                 autofocus=True,
                 elem_id="message-input",
             )
-            self.send_btn = gr.Button("Send", variant="primary", scale=1, min_width=80)
-            self.stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=80, visible=False)
+            self.send_btn = gr.Button(
+                "Send", variant="primary", scale=1, min_width=80, elem_id="send-btn"
+            )
+            self.stop_btn = gr.Button(
+                "Stop", variant="stop", scale=1, min_width=80, visible=False, elem_id="stop-btn"
+            )
 
     def render_settings(self) -> None:
         """The model picker, system prompt and temperature (the right-hand column)."""
