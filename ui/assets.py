@@ -2,6 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def _static(suffix: str) -> str:
+    """Every `ui/static/*<suffix>` file, in name order, joined (one per feature)."""
+    return "\n".join(p.read_text("utf-8") for p in sorted(STATIC_DIR.glob(f"*{suffix}")))
+
+
+def head_html() -> str:
+    """The page's <head> additions: each static script, run once when the page opens.
+
+    Scripts use event delegation on `document` (Gradio renders the app after they run).
+    """
+    return "".join(f"<script>\n{script}\n</script>" for script in _scripts())
+
+
+def _scripts() -> list[str]:
+    return [p.read_text("utf-8") for p in sorted(STATIC_DIR.glob("*.js"))]
+
 CSS = """
 #app-header h1 { margin: 0; font-size: 1.6rem; }
 #app-header p { margin: 0.2rem 0 0; opacity: 0.75; }
@@ -23,6 +44,7 @@ CSS = """
   #chat { height: 56vh !important; }
 }
 """
+CSS += _static(".css")
 
 OPERATOR_KEY_HELP = """- **Operator:** put `OPENROUTER_API_KEY=sk-or-...` in a `.env` file next to
   `app.py` (or add it as a Space secret: *Settings → Variables and secrets*) and restart."""

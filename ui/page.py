@@ -17,7 +17,7 @@ from chatlib.transfer import EXPORT_MAX_AGE_SECONDS
 from chatlib.upload_guard import UploadGuard
 from chatlib.visitors import BrowserIdentity
 from ui import api
-from ui.assets import CLOSE_SIDEBAR_ON_PHONES_JS, CSS
+from ui.assets import CLOSE_SIDEBAR_ON_PHONES_JS, CSS, head_html
 from ui.chat import ChatPanel
 from ui.context import QUICK, PageContext, session_of
 from ui.own_key import KeyNotice, OwnKeyPanel
@@ -153,6 +153,7 @@ def launch_kwargs(settings: Settings, services: Services) -> dict[str, Any]:
         "theme": gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"),
         "css": CSS,
         "js": CLOSE_SIDEBAR_ON_PHONES_JS,
+        "head": head_html(),
         "ssr_mode": False,
         "footer_links": ["api"],
         "share": settings.share,
