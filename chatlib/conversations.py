@@ -325,7 +325,9 @@ class ConversationService:
         refuses; the owner's conversations are as they were in both cases.
         """
         parsed = await asyncio.to_thread(parse_import, data, max_bytes=self._max_import_bytes)
-        return len(await self._store.save_all(owner_key, parsed))
+        now = self._clock()  # the sidebar marks imported chats
+        marked = [replace(conversation, imported_at=now) for conversation in parsed]
+        return len(await self._store.save_all(owner_key, marked))
 
     async def has_conversations(self, owner_key: str) -> bool:
         """Whether the owner has any conversation (offer to move them at login)."""

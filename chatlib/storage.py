@@ -176,6 +176,7 @@ class ConversationSummary:
     updated_at: float
     message_count: int
     total_cost_usd: float
+    imported_at: float | None = None  # Unix seconds; set when it came from an import file
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ class Conversation:
     temperature: float
     messages: tuple[ChatMessage, ...] = ()
     revision: int = 0  # bumped by every save; stored in the file, never exported
+    imported_at: float | None = None  # Unix seconds: created by an import (None: chatted here)
 
     @property
     def total_cost_usd(self) -> float:
@@ -210,11 +212,12 @@ class Conversation:
             updated_at=self.updated_at,
             message_count=len(self.messages),
             total_cost_usd=self.total_cost_usd,
+            imported_at=self.imported_at,
         )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: the body of a stored file and of an exported conversation."""
-        return {
+        data: dict[str, Any] = {
             "id": self.id,
             "title": self.title,
             "created_at": self.created_at,
@@ -224,6 +227,9 @@ class Conversation:
             "temperature": self.temperature,
             "messages": [m.to_dict() for m in self.messages],
         }
+        if self.imported_at is not None:
+            data["imported_at"] = self.imported_at
+        return data
 
     @classmethod
     def from_dict(cls, data: object) -> Conversation:
@@ -304,7 +310,14 @@ def parse_conversation(
         temperature=temperature,
         messages=messages,
         revision=0 if strict else _revision(item.get("revision", 0), where),
+        # An import's own mark is set by whoever imports (now); a file's claim is not taken.
+        imported_at=None if strict else _optional_time(item, "imported_at", where),
     )
+
+
+def _optional_time(item: dict[str, Any], name: str, where: str) -> float | None:
+    value = item.get(name)
+    return None if value is None else number_field(value, where, name)
 
 
 def _dates(item: dict[str, Any], where: str, strict: bool, now: float) -> tuple[float, float]:
@@ -392,6 +405,8 @@ class _IndexEntry:
                 message_count=self.summary.message_count,
                 total_cost_usd=self.summary.total_cost_usd,
             )
+            if self.summary.imported_at is not None:
+                record["imported_at"] = self.summary.imported_at
         return json_bytes(record, orjson.OPT_APPEND_NEWLINE)
 
 
@@ -435,12 +450,14 @@ def _index_entry(conversation_id: str, record: dict[str, Any]) -> _IndexEntry | 
     created_at = record.get("created_at")
     updated_at = record.get("updated_at")
     total_cost_usd = record.get("total_cost_usd")
+    imported_at = record.get("imported_at")
     if not (
         type(title) is str
         and type(message_count) is int
         and _is_number(created_at)
         and _is_number(updated_at)
         and _is_number(total_cost_usd)
+        and (imported_at is None or _is_number(imported_at))
     ):
         return None
     summary = ConversationSummary(
@@ -450,6 +467,7 @@ def _index_entry(conversation_id: str, record: dict[str, Any]) -> _IndexEntry | 
         updated_at=float(updated_at),  # type: ignore[arg-type]
         message_count=message_count,
         total_cost_usd=float(total_cost_usd),  # type: ignore[arg-type]
+        imported_at=None if imported_at is None else float(imported_at),
     )
     return _IndexEntry(conversation_id, file_stamp, summary)
 

@@ -345,8 +345,13 @@ async def test_export_one_chat_or_all_of_them_and_bring_them_back(
     assert len(orjson.loads(everything.data)["conversations"]) == 2
     assert len(list((tmp_path / "exports").rglob("*.json"))) == 2  # the kept copies
     assert await conversations.import_file(STRANGER, everything.data) == 2
-    titles = sorted(s.title for s in (await conversations.list(STRANGER)).conversations)
-    assert titles == ["Where is the treasure?", "Who buried it?"]
+    imported = (await conversations.list(STRANGER)).conversations
+    assert sorted(s.title for s in imported) == ["Where is the treasure?", "Who buried it?"]
+    # The sidebar marks imported chats; chats made here carry no mark.
+    assert all(s.imported_at is not None for s in imported)
+    assert all(s.imported_at is None for s in (await conversations.list(OWNER)).conversations)
+    reopened = await conversations.open(STRANGER, imported[0].id)
+    assert reopened.imported_at == imported[0].imported_at
 
 
 async def test_an_import_that_fills_the_disk_half_way_leaves_nothing_behind(

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import structlog
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event, text
@@ -39,6 +40,7 @@ from chatlib.store import (
     open_store,
     prepare_database,
 )
+from chatlib.store.migrate import alembic_config
 from chatlib.store.schema import metadata
 from tests.clocks import FakeClock
 from tests.conftest import settings_for
@@ -494,6 +496,23 @@ async def test_an_import_that_fails_midway_stores_nothing(store: SqlConversation
     assert len((await store.list(ALICE)).conversations) == 3
 
 
+async def test_imported_conversations_carry_their_mark_into_the_list(
+    store: SqlConversationStore,
+) -> None:
+    here = await _chat(store, ALICE, "made here")
+    brought = replace(
+        store.new_conversation("m/x", "", 0.3),
+        messages=(ChatMessage("user", "from a file"),),
+        imported_at=1_760_000_000.0,
+    )
+    [imported] = await store.save_all(ALICE, [brought])
+
+    marks = {s.id: s.imported_at for s in (await store.list(ALICE)).conversations}
+    assert marks == {here.id: None, imported.id: 1_760_000_000.0}
+    assert (await store.load(ALICE, imported.id)).imported_at == 1_760_000_000.0
+    assert [s.imported_at for s in await store.search(ALICE, "from a file")] == [1_760_000_000.0]
+
+
 def _on_every_connection(engine: AsyncEngine, statement: str) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _run(dbapi_connection: Any, _record: Any) -> None:
@@ -606,10 +625,59 @@ async def test_two_processes_starting_at_once_migrate_once(database: str) -> Non
             assert await store.load(ALICE, chat.id) == chat
         async with stores[1].engine.connect() as connection:
             versions = (await connection.execute(text("SELECT * FROM alembic_version"))).all()
-        assert [tuple(v) for v in versions] == [("0001",)]
+        assert [tuple(v) for v in versions] == [("0002",)]
     finally:
         for store in stores:
             await store.aclose()
+
+
+async def _database_at_first_revision(database: str) -> None:
+    """A database as the first release left it: revision 0001, one chat of two messages."""
+    engine = create_engine_for(database)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0001"))
+            await connection.execute(
+                text(
+                    "INSERT INTO conversations VALUES (:id, :owner, 'Old chat', 1.0, 2.0, "
+                    "'m/x', '', 0.3, 4, 2, 0.5)"
+                ),
+                {"id": "c" * 32, "owner": ALICE},
+            )
+            for position, (role, content, meta) in enumerate(
+                [("user", "an old question", None), ("assistant", "an old answer", _OLD_META)]
+            ):
+                await connection.execute(
+                    text(
+                        "INSERT INTO messages (conversation_id, position, role, content, "
+                        "reasoning, meta, created_at) VALUES (:c, :p, :r, :t, '', :m, 1.0)"
+                    ),
+                    {"c": "c" * 32, "p": position, "r": role, "t": content, "m": meta},
+                )
+    finally:
+        await engine.dispose()
+
+
+_OLD_META = '{"model":"m/x","status":"complete","cost_usd":0.5}'
+
+
+async def test_a_database_from_the_first_release_migrates_without_losing_anything(
+    database: str, opened: Callable[[], Any]
+) -> None:
+    await _database_at_first_revision(database)
+    store: SqlConversationStore = await opened()  # migrates to the newest revision
+
+    old = await store.load(ALICE, "c" * 32)
+    assert [(m.role, m.content) for m in old.messages] == [
+        ("user", "an old question"),
+        ("assistant", "an old answer"),
+    ]
+    assert old.revision == 4 and old.total_cost_usd == 0.5 and old.imported_at is None
+    [summary] = (await store.list(ALICE)).conversations
+    assert (summary.title, summary.message_count, summary.imported_at) == ("Old chat", 2, None)
+    # Search still follows new messages (SQLite: the full-text triggers survived).
+    await store.save(ALICE, _more(old, "a brand new question"), expected=old)
+    assert [s.id for s in await store.search(ALICE, "brand new")] == [old.id]
 
 
 def test_database_urls_name_the_engine_and_never_echo_a_password(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """The tables, as SQLAlchemy Core metadata (the migrations under `migrations/` create them).
 
 Dates are Unix seconds (UTC) as doubles, like `Conversation`; message metadata is JSON text.
-`conversations` carries the summary columns the list shows, so listing never reads messages.
+`conversations` carries the summary columns the list shows, so listing never reads messages
+(nor `branches`, the inactive versions of messages, read only when a conversation is opened).
+`messages` holds the active branch, in order: what search and the list's counts see.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ conversations = Table(
     Column("revision", Integer, nullable=False),
     Column("message_count", Integer, nullable=False),
     Column("total_cost_usd", Double, nullable=False),
+    Column("imported_at", Double, nullable=True),  # Unix seconds; NULL: chatted here
+    # The inactive versions of messages (JSON text, NULL: none), read only with the messages.
+    Column("branches", Text, nullable=True),
     # The list's order, per owner: an index scan, never a sort of every conversation.
     Index("ix_conversations_owner_updated", "owner_key", "updated_at", "created_at", "id"),
 )
@@ -53,6 +58,9 @@ messages = Table(
         nullable=False,
     ),
     Column("position", Integer, nullable=False),
+    # The message's id within its conversation (ChatMessage.id), stable across saves; NULL
+    # only for rows an older version of the app wrote (read as the position's default id).
+    Column("node_id", String(64), nullable=True),
     Column("role", String(16), nullable=False),
     Column("content", Text, nullable=False),
     Column("reasoning", Text, nullable=False),

@@ -62,6 +62,7 @@ _SUMMARY_COLUMNS = (
     conversations.c.updated_at,
     conversations.c.message_count,
     conversations.c.total_cost_usd,
+    conversations.c.imported_at,
 )
 _MESSAGE_COLUMNS = (
     messages.c.role,
@@ -335,6 +336,7 @@ class SqlConversationStore:
                 updated_at=row.updated_at,
                 message_count=row.message_count,
                 total_cost_usd=row.total_cost_usd,
+                imported_at=row.imported_at,
             )
             for row in rows
         ]
@@ -419,6 +421,7 @@ def decode_conversation(row: Row[Any], rows: Sequence[MessageRow]) -> Conversati
         "system_prompt": row.system_prompt,
         "temperature": row.temperature,
         "revision": row.revision,
+        "imported_at": row.imported_at,
         "messages": [
             {
                 "role": role,
@@ -443,6 +446,7 @@ def _conversation_values(conversation: Conversation) -> dict[str, Any]:
         "temperature": conversation.temperature,
         "message_count": len(conversation.messages),
         "total_cost_usd": conversation.total_cost_usd,
+        "imported_at": conversation.imported_at,
     }
 
 
