@@ -21,6 +21,7 @@ from chatlib.frames import FrameBudget
 from chatlib.hub_sync import HubSync, SyncStatus
 from chatlib.identity import browser_state_params, load_or_create_server_secret
 from chatlib.keys import SessionKeys
+from chatlib.live import LiveAnswers
 from chatlib.logging import SecretRedactor
 from chatlib.operator import OperatorGate
 from chatlib.ratelimit import IPNetwork, RateLimiter, effective_trusted_proxies
@@ -52,6 +53,7 @@ class Services:
 
     chat: ChatService
     conversations: ConversationService
+    live: LiveAnswers
     catalog: ModelCatalog
     clients: ClientPool
     redactor: SecretRedactor
@@ -77,6 +79,7 @@ class Services:
 
     async def aclose(self) -> None:
         """Release network resources and files."""
+        await self.live.aclose()  # answers still being written are stopped and saved first
         await self.catalog.aclose()
         await self.clients.aclose()
         await self.limiter.aclose()
@@ -229,6 +232,7 @@ def create_services(
         ),
         chat=chat,
         conversations=conversations,
+        live=LiveAnswers(conversations, max_unattended_per_owner=settings.max_unattended_answers),
         store=store,
         catalog=catalog,
         clients=clients,
