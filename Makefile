@@ -59,6 +59,7 @@ screenshots: install-dev system-deps
 bench: install-dev system-deps
 	$(BIN)/python bench/stream_overhead.py
 	$(BIN)/python bench/replicas.py
+	$(BIN)/python bench/live_answers.py
 
 bench-all: install-dev system-deps
 	$(BIN)/python bench/stream_overhead.py
