@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -21,61 +22,147 @@ log = structlog.get_logger(__name__)
 MAX_CATALOG_BYTES = 8 * 1024 * 1024
 MAX_MODELS = 5000
 _MAX_FIELD = 200
+_MAX_NAME = 40  # a modality or parameter name
+_MAX_NAMES = 64
+_MAX_PRICE_PER_TOKEN = 1.0  # USD; anything above is a mistake, not a price
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """One model as the picker shows it."""
+    """One model as the picker shows it, with what the catalog says it can do."""
 
     id: str
     name: str
     context_length: int | None = None
-    prompt_price_per_m: float | None = None
-    completion_price_per_m: float | None = None
+    prompt_price_per_m: float | None = None  # USD per million input tokens
+    completion_price_per_m: float | None = None  # USD per million output tokens
+    input_modalities: tuple[str, ...] = ("text",)
+    output_modalities: tuple[str, ...] = ("text",)
+    supported_parameters: tuple[str, ...] = ()
 
     @property
     def is_free(self) -> bool:
-        """True when both input and output are priced at zero."""
-        return self.prompt_price_per_m == 0 and self.completion_price_per_m == 0
+        """Both prices are zero, or the id is a `:free` variant."""
+        both_zero = self.prompt_price_per_m == 0 and self.completion_price_per_m == 0
+        return both_zero or self.id.endswith(":free")
+
+    @property
+    def vision(self) -> bool:
+        """It reads images."""
+        return "image" in self.input_modalities
+
+    @property
+    def reasoning(self) -> bool:
+        """It can think before answering (takes the `reasoning` parameter)."""
+        return "reasoning" in self.supported_parameters
+
+    @property
+    def image_output(self) -> bool:
+        """It can draw images."""
+        return "image" in self.output_modalities
 
     @property
     def label(self) -> str:
-        """Name, context length and price, as one line of plain text."""
+        """'OpenAI: GPT-4o (openai/gpt-4o) · 128K ctx · $2.50/$10 per M', as plain text.
+
+        The id is in the label because the picker's own search matches labels only.
+        """
         parts = [f"{self.name} ({self.id})" if self.name != self.id else self.id]
         if self.context_length:
-            parts.append(_format_context(self.context_length))
+            parts.append(f"{format_context(self.context_length)} ctx")
         if self.is_free:
             parts.append("free")
         elif self.prompt_price_per_m is not None and self.completion_price_per_m is not None:
             parts.append(
-                f"${_format_price(self.prompt_price_per_m)} in / "
-                f"${_format_price(self.completion_price_per_m)} out per 1M"
+                f"${format_price(self.prompt_price_per_m)}/"
+                f"${format_price(self.completion_price_per_m)} per M"
             )
         return " · ".join(parts)
 
 
-def _format_context(tokens: int) -> str:
+def format_context(tokens: int) -> str:
+    """128000 -> '128K', 1048576 -> '1M', 2000000 -> '2M'."""
     if tokens >= 1_000_000:
-        return f"{tokens / 1_000_000:g}M ctx"
-    return f"{round(tokens / 1000):g}K ctx"
+        return f"{round(tokens / 1_000_000, 1):g}M"
+    if tokens >= 1000:
+        return f"{round(tokens / 1000):g}K"
+    return str(tokens)
 
 
-def _format_price(per_m: float) -> str:
-    return f"{per_m:.2f}" if per_m >= 0.1 else f"{per_m:.3f}".rstrip("0").rstrip(".")
+def format_price(per_m: float) -> str:
+    """USD per million tokens: '10', '2.50', '0.15', '0.075'."""
+    if per_m >= 1 and abs(per_m - round(per_m)) < 1e-9:
+        return f"{round(per_m)}"
+    if per_m >= 0.1:
+        return f"{per_m:.2f}"
+    return f"{per_m:.3g}"
 
 
-# Shown when the live catalog cannot be fetched; prices are indicative only.
+def _fallback(
+    model_id: str,
+    name: str,
+    context: int,
+    prices: tuple[float, float],
+    *,
+    vision: bool = False,
+    reasoning: bool = False,
+) -> ModelInfo:
+    return ModelInfo(
+        model_id,
+        name,
+        context,
+        prompt_price_per_m=prices[0],
+        completion_price_per_m=prices[1],
+        input_modalities=("text", "image") if vision else ("text",),
+        supported_parameters=("temperature", "reasoning") if reasoning else ("temperature",),
+    )
+
+
+# Shown when the live catalog cannot be fetched; prices (USD per million tokens) are indicative.
 FALLBACK_MODELS: tuple[ModelInfo, ...] = (
-    ModelInfo("openai/gpt-4o", "OpenAI: GPT-4o", 128_000),
-    ModelInfo("openai/gpt-4o-mini", "OpenAI: GPT-4o-mini", 128_000),
-    ModelInfo("anthropic/claude-sonnet-4.5", "Anthropic: Claude Sonnet 4.5", 1_000_000),
-    ModelInfo("anthropic/claude-3.5-haiku", "Anthropic: Claude 3.5 Haiku", 200_000),
-    ModelInfo("google/gemini-2.5-flash", "Google: Gemini 2.5 Flash", 1_048_576),
-    ModelInfo("google/gemini-2.5-pro", "Google: Gemini 2.5 Pro", 1_048_576),
-    ModelInfo("meta-llama/llama-3.3-70b-instruct", "Meta: Llama 3.3 70B Instruct", 131_072),
-    ModelInfo("deepseek/deepseek-r1", "DeepSeek: R1", 163_840),
-    ModelInfo("mistralai/mistral-small-3.2-24b-instruct", "Mistral: Small 3.2 24B", 131_072),
-    ModelInfo("qwen/qwen3-235b-a22b", "Qwen: Qwen3 235B A22B", 131_072),
+    _fallback("openai/gpt-4o", "OpenAI: GPT-4o", 128_000, (2.5, 10), vision=True),
+    _fallback("openai/gpt-4o-mini", "OpenAI: GPT-4o-mini", 128_000, (0.15, 0.6), vision=True),
+    _fallback(
+        "anthropic/claude-sonnet-4.5",
+        "Anthropic: Claude Sonnet 4.5",
+        1_000_000,
+        (3, 15),
+        vision=True,
+        reasoning=True,
+    ),
+    _fallback(
+        "anthropic/claude-3.5-haiku", "Anthropic: Claude 3.5 Haiku", 200_000, (0.8, 4), vision=True
+    ),
+    _fallback(
+        "google/gemini-2.5-flash",
+        "Google: Gemini 2.5 Flash",
+        1_048_576,
+        (0.3, 2.5),
+        vision=True,
+        reasoning=True,
+    ),
+    _fallback(
+        "google/gemini-2.5-pro",
+        "Google: Gemini 2.5 Pro",
+        1_048_576,
+        (1.25, 10),
+        vision=True,
+        reasoning=True,
+    ),
+    _fallback(
+        "meta-llama/llama-3.3-70b-instruct", "Meta: Llama 3.3 70B Instruct", 131_072, (0.13, 0.4)
+    ),
+    _fallback("deepseek/deepseek-r1", "DeepSeek: R1", 163_840, (0.4, 2), reasoning=True),
+    _fallback(
+        "mistralai/mistral-small-3.2-24b-instruct",
+        "Mistral: Small 3.2 24B",
+        131_072,
+        (0.05, 0.1),
+        vision=True,
+    ),
+    _fallback(
+        "qwen/qwen3-235b-a22b", "Qwen: Qwen3 235B A22B", 131_072, (0.13, 0.6), reasoning=True
+    ),
 )
 
 
@@ -87,16 +174,56 @@ def _clean_text(value: Any, limit: int = _MAX_FIELD) -> str | None:
 
 
 def _price_per_m(pricing: Any, key: str) -> float | None:
+    """USD per million tokens from a per-token price string; None if absent or nonsense.
+
+    (OpenRouter marks variable pricing, e.g. its auto router, with "-1": unknown here.)
+    """
     if not isinstance(pricing, dict):
         return None
     raw = pricing.get(key)
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        return None
     try:
-        value = float(raw) if isinstance(raw, str | int | float) else None
+        value = float(raw)
     except ValueError:
         return None
-    if value is None or value < 0 or value != value:
+    if not math.isfinite(value) or value < 0 or value > _MAX_PRICE_PER_TOKEN:
         return None
-    return value * 1_000_000
+    return round(value * 1_000_000, 6)
+
+
+def _names(value: Any, limit: int = _MAX_NAMES) -> tuple[str, ...]:
+    """A list of short names (modalities, parameters); anything else is dropped."""
+    if not isinstance(value, list):
+        return ()
+    names = (_clean_text(v, _MAX_NAME) for v in value[:limit])
+    return tuple(dict.fromkeys(n.lower() for n in names if n))
+
+
+def parse_model(item: Any) -> ModelInfo | None:
+    """One `/models` entry, or None when it is unusable (no id, an id with spaces)."""
+    if not isinstance(item, dict):
+        return None
+    model_id = _clean_text(item.get("id"))
+    if model_id is None or any(c.isspace() for c in model_id):
+        return None
+    context = item.get("context_length")
+    architecture = item.get("architecture")
+    if not isinstance(architecture, dict):
+        architecture = {}
+    inputs = _names(architecture.get("input_modalities")) or ("text",)
+    outputs = _names(architecture.get("output_modalities")) or ("text",)
+    valid_context = isinstance(context, int) and not isinstance(context, bool) and context > 0
+    return ModelInfo(
+        id=model_id,
+        name=_clean_text(item.get("name")) or model_id,
+        context_length=context if valid_context else None,
+        prompt_price_per_m=_price_per_m(item.get("pricing"), "prompt"),
+        completion_price_per_m=_price_per_m(item.get("pricing"), "completion"),
+        input_modalities=inputs,
+        output_modalities=outputs,
+        supported_parameters=_names(item.get("supported_parameters")),
+    )
 
 
 def parse_catalog(payload: bytes) -> tuple[ModelInfo, ...]:
@@ -110,22 +237,71 @@ def parse_catalog(payload: bytes) -> tuple[ModelInfo, ...]:
         raise ValueError("catalog has no 'data' list")
     models: dict[str, ModelInfo] = {}
     for item in items[:MAX_MODELS]:
-        if not isinstance(item, dict):
-            continue
-        model_id = _clean_text(item.get("id"))
-        if model_id is None or any(c.isspace() for c in model_id):
-            continue
-        context = item.get("context_length")
-        models[model_id] = ModelInfo(
-            id=model_id,
-            name=_clean_text(item.get("name")) or model_id,
-            context_length=context if isinstance(context, int) and context > 0 else None,
-            prompt_price_per_m=_price_per_m(item.get("pricing"), "prompt"),
-            completion_price_per_m=_price_per_m(item.get("pricing"), "completion"),
-        )
+        model = parse_model(item)
+        if model is not None:
+            models[model.id] = model
     if not models:
         raise ValueError("catalog lists no usable model")
     return tuple(sorted(models.values(), key=lambda m: m.name.lower()))
+
+
+# -- filtering, for the picker ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelFilter:
+    """What a visitor asked the picker for; the defaults let every model through."""
+
+    free: bool = False
+    vision: bool = False
+    reasoning: bool = False
+    min_context: int = 0
+    max_price_per_m: float | None = None  # both input and output at most this
+    query: str = ""
+
+    def accepts(self, model: ModelInfo) -> bool:
+        """True when `model` passes every filter that is set."""
+        if (self.free and not model.is_free) or (self.vision and not model.vision):
+            return False
+        if self.reasoning and not model.reasoning:
+            return False
+        if self.min_context and (model.context_length or 0) < self.min_context:
+            return False
+        if self.max_price_per_m is not None and not _within_price(model, self.max_price_per_m):
+            return False
+        words = self.query.lower().split()
+        haystack = f"{model.id} {model.name}".lower()
+        return all(word in haystack for word in words)
+
+
+def _within_price(model: ModelInfo, max_per_m: float) -> bool:
+    if model.is_free:
+        return True
+    prices = (model.prompt_price_per_m, model.completion_price_per_m)
+    return all(p is not None and p <= max_per_m for p in prices)
+
+
+def filter_models(models: Sequence[ModelInfo], wanted: ModelFilter) -> list[ModelInfo]:
+    """The models that pass `wanted`, in the order given."""
+    return [m for m in models if wanted.accepts(m)]
+
+
+def model_choices(
+    models: Sequence[ModelInfo], wanted: ModelFilter, keep: Sequence[str] = ()
+) -> list[tuple[str, str]]:
+    """(label, id) pairs of the models passing `wanted`; the ids in `keep` always stay.
+
+    `keep` is the chosen model and the default: filtered out, or a custom id that is in no
+    catalog, they still show (first) so the current choice is never lost.
+    """
+    shown = filter_models(models, wanted)
+    shown_ids = {m.id for m in shown}
+    by_id = {m.id: m for m in models}
+    kept: list[tuple[str, str]] = []
+    for model_id in dict.fromkeys(i for i in keep if i and i not in shown_ids):
+        known = by_id.get(model_id)
+        kept.append((known.label if known else model_id, model_id))
+    return kept + [(m.label, m.id) for m in shown]
 
 
 def http_catalog_fetcher(

@@ -370,6 +370,16 @@ async def test_midstream_error_after_partial_text(router: FakeOpenRouter) -> Non
 
 
 @pytest.mark.asyncio
+async def test_midstream_error_can_say_the_credit_ran_out(router: FakeOpenRouter) -> None:
+    text = "stream then run dry [[midstream_error=3]] [[midstream_code=402]]"
+    partial, error = await collect_until_error(router, text)
+    assert partial == expected_reply(text, 3)
+    assert isinstance(error, openai.APIError)
+    assert isinstance(error.body, dict) and error.body["code"] == 402
+    assert "Insufficient credits" in str(error)
+
+
+@pytest.mark.asyncio
 async def test_drop_aborts_connection_after_partial_text(router: FakeOpenRouter) -> None:
     text = "stream then drop [[drop=4]] [[reasoning=2]]"
     partial, error = await collect_until_error(router, text)
@@ -615,6 +625,23 @@ def test_catalog_contents(router: FakeOpenRouter) -> None:
     for free in ("meta-llama/llama-3.3-8b-instruct:free", "deepseek/deepseek-r1:free"):
         assert set(models[free]["pricing"].values()) == {"0"}
     assert "reasoning" in models["deepseek/deepseek-r1"]["supported_parameters"]
+
+    # Varied capabilities, for the picker's filters (and attachments, reasoning effort).
+    def has(model: dict[str, Any], where: str, what: str) -> bool:
+        return what in model["architecture"][where]
+
+    vision = [m for m in models.values() if has(m, "input_modalities", "image")]
+    text_only = [m for m in models.values() if not has(m, "input_modalities", "image")]
+    assert len(vision) >= 3 and len(text_only) >= 3
+    assert [m["id"] for m in models.values() if has(m, "output_modalities", "image")] == [
+        "google/gemini-2.5-flash-image"
+    ]
+    reasoning = [m for m in models.values() if "reasoning" in m["supported_parameters"]]
+    assert 3 <= len(reasoning) < len(models)
+    free = [m for m in models.values() if m["id"].endswith(":free")]
+    assert any(has(m, "input_modalities", "image") for m in free)
+    assert len({m["context_length"] for m in models.values()}) >= 6
+    assert len({m["pricing"]["prompt"] for m in models.values()}) >= 6
     assert models["evil/model"]["name"] == "<img src=x onerror=alert(1)>Evil <b>Model</b>"
     assert len(CATALOG) == len(models)
     assert router.catalog_requests and router.requests == []

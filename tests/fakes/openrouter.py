@@ -53,6 +53,7 @@ DIRECTIVE_KEYS = frozenset(
         "reasoning",
         "error",
         "midstream_error",
+        "midstream_code",
         "stall",
         "drop",
         "garbage",
@@ -111,6 +112,7 @@ def _model(
     image: str = "0",
     cache_read: str = "0",
     inputs: Sequence[str] = ("text",),
+    outputs: Sequence[str] = ("text",),
     moderated: bool = False,
     params: Sequence[str] = _COMMON_PARAMS,
     hf_id: str | None = None,
@@ -125,9 +127,9 @@ def _model(
         "description": description,
         "context_length": context,
         "architecture": {
-            "modality": "+".join(inputs) + "->text",
+            "modality": "+".join(inputs) + "->" + "+".join(outputs),
             "input_modalities": list(inputs),
-            "output_modalities": ["text"],
+            "output_modalities": list(outputs),
             "tokenizer": tokenizer,
             "instruct_type": None,
         },
@@ -360,6 +362,49 @@ CATALOG: tuple[dict[str, Any], ...] = (
         params=_REASONING_PARAMS,
     ),
     _model(
+        "google/gemma-3-27b-it:free",
+        "Google: Gemma 3 27B (free)",
+        created=1741756359,
+        description="Gemma 3 is Google's open multimodal model; a free, rate-limited variant.",
+        context=96000,
+        max_completion=8192,
+        tokenizer="Gemini",
+        prompt="0",
+        completion="0",
+        inputs=("text", "image"),
+        params=_OPEN_PARAMS,
+        hf_id="google/gemma-3-27b-it",
+    ),
+    _model(
+        "google/gemini-2.5-flash-image",
+        "Google: Gemini 2.5 Flash Image (Nano Banana) — image generation, editing and "
+        "multi-turn visual conversation",
+        created=1759870431,
+        description="Gemini 2.5 Flash Image draws and edits images from text and pictures.",
+        context=32768,
+        max_completion=8192,
+        tokenizer="Gemini",
+        prompt="0.0000003",
+        completion="0.0000025",
+        image="0.001238",
+        inputs=("image", "text"),
+        outputs=("image", "text"),
+    ),
+    _model(
+        "openai/o4-mini-high",
+        "OpenAI: o4 Mini High",
+        created=1744820942,
+        description="o4-mini-high is o4-mini with reasoning effort set to high.",
+        context=200000,
+        max_completion=100000,
+        tokenizer="GPT",
+        prompt="0.0000011",
+        completion="0.0000044",
+        inputs=("image", "text", "file"),
+        moderated=True,
+        params=[p for p in _REASONING_PARAMS if p != "temperature"],
+    ),
+    _model(
         "evil/model",
         "<img src=x onerror=alert(1)>Evil <b>Model</b>",
         created=1700000000,
@@ -395,6 +440,7 @@ class _Plan:
     reasoning: int
     error: int | None = None
     midstream_error: int | None = None
+    midstream_code: int = 502
     stall: int | None = None
     drop: int | None = None
     garbage: int | None = None
@@ -498,8 +544,8 @@ def _parse_directive(key: str, value: str) -> Any:
     number = int(value)
     if number < 0:
         raise ValueError(f"{key} must be non-negative")
-    if key == "error" and not 400 <= number <= 599:
-        raise ValueError("error must be an HTTP status between 400 and 599")
+    if key in ("error", "midstream_code") and not 400 <= number <= 599:
+        raise ValueError(f"{key} must be an HTTP status between 400 and 599")
     return number
 
 
@@ -528,6 +574,16 @@ def _error(code: int, message: str, metadata: Mapping[str, Any] | None = None) -
     if metadata is not None:
         error["metadata"] = dict(metadata)
     return _json({"error": error}, status=code)
+
+
+def _midstream_error(code: int) -> dict[str, Any]:
+    """The `error` of a mid-stream error chunk with this code."""
+    if code == 402:
+        return {
+            "code": 402,
+            "message": "Insufficient credits. Add more using https://openrouter.ai/settings/credits",
+        }
+    return {"code": code, "message": "Provider disconnected unexpectedly"}
 
 
 def _bearer(request: Request) -> str:
@@ -1049,17 +1105,22 @@ class FakeOpenRouter(Fake):
                 buf += fmt.event({"choices": [], "usage": gen.usage()})
                 yield bytes(buf + DONE_LINE)
                 return
-            async for part in self._fault(fault[0], buf, fmt, scope):
+            async for part in self._fault(fault[0], buf, fmt, scope, plan):
                 yield part
         finally:
             self._active_streams -= 1
 
     async def _fault(
-        self, kind: str, buf: bytearray, fmt: _StreamFormat, scope: Mapping[str, Any]
+        self,
+        kind: str,
+        buf: bytearray,
+        fmt: _StreamFormat,
+        scope: Mapping[str, Any],
+        plan: _Plan,
     ) -> AsyncIterator[bytes]:
         """Yield the bytes of a stream fault and carry it out."""
         if kind == "midstream_error":
-            error = {"code": 502, "message": "Provider disconnected unexpectedly"}
+            error = _midstream_error(plan.midstream_code)
             choice = {"index": 0, "delta": {"content": ""}, "finish_reason": "error"}
             yield bytes(buf + fmt.event({"error": error, "choices": [choice]}) + DONE_LINE)
         elif kind == "garbage":
