@@ -131,8 +131,8 @@ _STATUS_ERRORS: dict[int, _ErrorRow] = {
     ),
     402: (
         errors.InsufficientCredits,
-        "The OpenRouter account is out of credits (402). Add credits at "
-        "https://openrouter.ai/settings/credits or choose a free model.",
+        f"The OpenRouter account is {errors.OUT_OF_CREDITS}. Add credits at "
+        f"{errors.ADD_CREDITS_URL} (or choose a free model), then retry.",
         "insufficient_credits",
     ),
     403: (
@@ -215,10 +215,22 @@ def map_api_error(exc: openai.APIError, *, model: str, started: bool) -> errors.
     body = _error_body(exc)
     detail = _upstream_message(body, "the provider reported an error")
     code = body.get("code")
+    if code == 402:
+        return _credit_ran_out()
     return errors.StreamInterrupted(
         f"The answer was interrupted: {detail}. The text so far is kept; retry to try again.",
         status=code if isinstance(code, int) else None,
         code="midstream_error",
+    )
+
+
+def _credit_ran_out() -> errors.InsufficientCredits:
+    """A 402 error chunk after the answer started: the text so far is kept."""
+    return errors.InsufficientCredits(
+        f"The OpenRouter account ran {errors.OUT_OF_CREDITS} mid-answer; the text so far is "
+        f"kept. Add credits at {errors.ADD_CREDITS_URL} (or choose a free model), then retry.",
+        status=402,
+        code="insufficient_credits",
     )
 
 
@@ -582,6 +594,8 @@ def _stream_error(exc: Exception, *, idle_timeout: float) -> errors.UpstreamErro
             "is kept; retry to try again.",
             code="stalled",
         )
+    if isinstance(exc, _MidStreamError) and exc.status == 402:
+        return _credit_ran_out()
     if isinstance(exc, _MidStreamError):
         return errors.StreamInterrupted(
             f"The answer was interrupted: {exc.detail}. The text so far is kept; retry to "

@@ -65,7 +65,18 @@ class AuthenticationFailed(UpstreamError):
 
 
 class InsufficientCredits(UpstreamError):
-    """402: the account behind the key has no credits left."""
+    """402: the account behind the key has no credits left (before or during an answer)."""
+
+
+# Every out-of-credit message says this, so an answer saved with one (status "interrupted",
+# the stored schema's own word) can be told apart for its footer without a new stored field.
+OUT_OF_CREDITS = "out of credits (402)"
+ADD_CREDITS_URL = "https://openrouter.ai/settings/credits"
+
+
+def is_out_of_credits(error_text: str | None) -> bool:
+    """True when an answer's saved error says the OpenRouter account ran out of credit."""
+    return error_text is not None and OUT_OF_CREDITS in error_text
 
 
 class ModerationFlagged(UpstreamError):

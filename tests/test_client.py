@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -15,6 +16,7 @@ from openai import AsyncOpenAI
 from chatlib import client as client_module
 from chatlib import errors
 from chatlib.catalog import http_catalog_fetcher
+from chatlib.chat import ChatService, TurnRequest
 from chatlib.client import (
     ClientPool,
     Finished,
@@ -29,6 +31,9 @@ from chatlib.client import (
     stream_chat,
 )
 from chatlib.config import Settings
+from chatlib.frames import FrameBudget
+from chatlib.messages import AnswerMeta, format_answer_footer
+from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 
 
@@ -334,3 +339,73 @@ async def test_a_last_line_without_a_line_end_still_counts() -> None:
     events = await _stream(_scripted([_chunk("cut "), _chunk("short").rstrip(b"\n")]), "hi")
     assert _text(events) == "cut short"  # kept, and reported as cut short
     assert isinstance(events[-1], StreamFailed)
+
+
+# -- 402: out of credit, before the answer or in the middle of it --------------------------
+
+
+async def test_credit_running_out_mid_answer_keeps_the_text_and_says_how_to_add_more(
+    fake: FakeOpenRouter,
+) -> None:
+    prompt = "spend it all [[tokens=20]] [[midstream_error=6]] [[midstream_code=402]]"
+    events = await _collect(fake, prompt)
+    assert _text(events) == expected_reply("spend it all", 6)
+    failure = events[-1]
+    assert isinstance(failure, StreamFailed)
+    assert isinstance(failure.error, errors.InsufficientCredits)
+    assert (failure.error.status, failure.error.code) == (402, "insufficient_credits")
+    assert "kept" in failure.error.user_message
+    assert errors.ADD_CREDITS_URL in failure.error.user_message
+    assert errors.is_out_of_credits(failure.error.user_message)
+
+
+async def _last_answer_footer(fake: FakeOpenRouter, tmp_path: Path, text: str) -> str:
+    settings = settings_for(fake, tmp_path)
+    pool = ClientPool(settings)
+    try:
+        service = ChatService(
+            settings, pool, FrameBudget(updates_per_second=300, min_interval_s=0.01)
+        )
+        request = TurnRequest(
+            owner_key="o",
+            conversation_id=None,
+            user_text=text,
+            model="openai/gpt-4o",
+            system_prompt="",
+            temperature=0.3,
+        )
+        frames = [frame async for frame in service.run_turn(request, ())]
+    finally:
+        await pool.aclose()
+    meta = frames[-1].answer.meta
+    assert meta is not None and meta.error is not None
+    return format_answer_footer(meta)
+
+
+@pytest.mark.parametrize(
+    "directives",
+    ["[[error=402]]", "[[tokens=20]] [[midstream_error=4]] [[midstream_code=402]]"],
+)
+async def test_an_answer_cut_by_a_402_is_marked_failed_out_of_credit(
+    fake: FakeOpenRouter, tmp_path: Path, directives: str
+) -> None:
+    footer = await _last_answer_footer(fake, tmp_path, f"hello {directives}")
+    assert footer.endswith("failed: out of credit")
+    assert "interrupted" not in footer
+
+
+async def test_other_mid_answer_failures_still_say_interrupted(
+    fake: FakeOpenRouter, tmp_path: Path
+) -> None:
+    footer = await _last_answer_footer(fake, tmp_path, "hi [[tokens=20]] [[midstream_error=4]]")
+    assert footer.endswith("interrupted")
+
+
+def test_an_older_saved_402_answer_reads_as_out_of_credit_too() -> None:
+    # Saved before this change (or imported): status "interrupted" and the 402 text.
+    old_error = (
+        "The OpenRouter account is out of credits (402). Add credits at "
+        "https://openrouter.ai/settings/credits or choose a free model."
+    )
+    meta = AnswerMeta(model="m", status="interrupted", error=old_error)
+    assert format_answer_footer(meta).endswith("failed: out of credit")
