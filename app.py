@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TextIO
+
+import structlog
 
 from chatlib.config import Settings
 from chatlib.errors import ConfigError
@@ -16,6 +19,13 @@ from chatlib.snapshot import snapshot_hook
 from chatlib.store import database_url
 
 SYNC_FLUSH_TIMEOUT_S = 20.0
+NO_KEY_LINE = (
+    "No OPENROUTER_API_KEY is set: messages can only be sent with a visitor's own key "
+    "(visitors can paste theirs under 'Your OpenRouter key'). To set the operator key, put "
+    "OPENROUTER_API_KEY=sk-or-... in a .env file next to app.py (on a Space: a secret in "
+    "Settings -> Variables and secrets) and restart."
+)
+log = structlog.get_logger("app")
 
 
 def read_settings() -> Settings:
@@ -27,11 +37,25 @@ def read_settings() -> Settings:
         raise SystemExit(2) from None
 
 
+def warn_if_no_key(settings: Settings, out: TextIO) -> bool:
+    """With no operator key: a warning event, and one line for whoever started the app."""
+    if settings.openrouter_api_key:
+        return False
+    log.warning(
+        "startup.no_api_key",
+        effect="messages need a visitor's own key",
+        fix="set OPENROUTER_API_KEY (.env or a Space secret) and restart",
+    )
+    out.write(f"{NO_KEY_LINE}\n")
+    return True
+
+
 def start_services(settings: Settings) -> Services:
     """Logging, the dataset sync (restored before serving) and the shared services."""
     # Gradio keeps uploads and download copies here; files older than an hour are swept.
     gradio_dir = Path(os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.data_dir / "gradio")))
     redactor = configure_logging(settings)
+    warn_if_no_key(settings, sys.stdout)
     # Before each push, the conversation files it sends are brought up to date with the database.
     url = database_url(settings, settings.database_url)
     sync = HubSync.from_settings(settings, before_push=snapshot_hook(url, settings.data_dir))

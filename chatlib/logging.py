@@ -99,10 +99,42 @@ def _drop_color_message(
     return event_dict
 
 
+def _formatter(
+    shared: list[Processor], redactor: SecretRedactor, renderer: Processor
+) -> logging.Formatter:
+    """stdlib records and structlog events alike: scrubbed, then rendered by `renderer`."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redactor, renderer],
+    )
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def console_wants_json(settings: Settings, stream: TextIO) -> bool:
+    """Whether the console gets JSON lines: LOG_JSON=true, or auto unless a person reads it.
+
+    auto means readable lines in a terminal, JSON when the stream is a pipe or a file (log
+    collectors) and always on a Space, whose log viewer is read as a stream.
+    """
+    if settings.log_json == "auto":
+        return settings.on_space or not _is_tty(stream)
+    return settings.log_json != "false"
+
+
 def configure_logging(
     settings: Settings, *, stream: TextIO | None = None, redactor: SecretRedactor | None = None
 ) -> SecretRedactor:
-    """Send structlog and stdlib logs to stderr and a rotating file, one format for both."""
+    """Send structlog and stdlib logs to stderr (`stream`) and a rotating file.
+
+    The file is always JSON; the console is JSON or readable lines as LOG_JSON says (see
+    `console_wants_json`), colored only on a terminal. Secrets are scrubbed from both.
+    """
     redactor = redactor or SecretRedactor([settings.openrouter_api_key or ""])
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -112,15 +144,13 @@ def configure_logging(
         _drop_color_message,
         structlog.processors.format_exc_info,
     ]
-    renderer: Processor = (
-        structlog.processors.JSONRenderer()
-        if settings.log_json != "false"
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redactor, renderer],
-    )
+    console = stream or sys.stderr
+
+    json_formatter = _formatter(shared, redactor, structlog.processors.JSONRenderer())
+    console_formatter = json_formatter
+    if not console_wants_json(settings, console):
+        readable = structlog.dev.ConsoleRenderer(colors=_is_tty(console))
+        console_formatter = _formatter(shared, redactor, readable)
     settings.log_path.parent.mkdir(parents=True, exist_ok=True)
     file_handler = logging.handlers.TimedRotatingFileHandler(
         settings.log_path,
@@ -130,13 +160,14 @@ def configure_logging(
         encoding="utf-8",
         utc=True,
     )
-    console_handler = logging.StreamHandler(stream or sys.stderr)
+    console_handler = logging.StreamHandler(console)
+    console_handler.setFormatter(console_formatter)
+    file_handler.setFormatter(json_formatter)  # the file is for machines: always JSON
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
     for handler in (console_handler, file_handler):
-        handler.setFormatter(formatter)
         root.addHandler(handler)
     level = logging.getLevelName(settings.log_level)
     root.setLevel(level)
