@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from chatlib.messages import ChatMessage
 from chatlib.storage import ConversationStore
@@ -40,10 +41,19 @@ def new_chat(page: Page) -> None:
     expect(user_messages(page)).to_have_count(0)
 
 
-def open_section(page: Page, name: str) -> None:
-    """Open a collapsed sidebar section (an accordion) by its title."""
-    section = page.locator("#sidebar").get_by_text(name, exact=True)
-    section.click()
+def chat_menu(page: Page, title: str) -> Locator:
+    """Open the ⋯ menu of the listed chat titled `title` (its start will do); the menu."""
+    page.get_by_role("button", name=f"Actions for {title}").first.click()
+    menu = page.get_by_role("menu")
+    expect(menu).to_be_visible()
+    return menu
+
+
+def send_action(page: Page, payload: str) -> None:
+    """Send raw text through the ⋯ menus' hidden channel, as a forged page script would."""
+    page.evaluate(
+        "(payload) => window.orchat.send('chat-action', 'chat-action-send', payload)", payload
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +87,41 @@ def test_conversations_are_listed_switched_renamed_deleted_and_survive_restart(
         conversation_items(page).filter(has_text="Paris trip").click()
         expect(user_messages(page).first).to_contain_text("Paris trip plans")
         expect(user_messages(page)).to_have_count(1)
+        conversation_items(page).filter(has_text="Python decorators").click()
+        expect(user_messages(page).first).to_contain_text("Python decorators")
 
-        # Rename it.
-        open_section(page, "Manage this chat")
-        page.locator("#rename-box input").fill("Holiday in France")
-        page.locator("#rename-box input").press("Enter")  # or the Rename button
+        # Rename the other chat from its ⋯ menu, in place: the open chat stays open.
+        chat_menu(page, "Paris trip plans").get_by_role("menuitem", name="Rename").click()
+        rename = page.locator("#conversation-list .chat-rename")
+        expect(rename).to_have_value("Paris trip plans [[tokens=4]]")
+        expect(rename).to_be_focused()
+        rename.fill("Holiday in France")
+        rename.press("Enter")
         expect(conversation_items(page).filter(has_text="Holiday in France")).to_have_count(1)
+        expect(page.get_by_role("radio", checked=True)).to_have_accessible_name(
+            re.compile("^Python decorators")
+        )
+        expect(user_messages(page).first).to_contain_text("Python decorators")
 
-        # Reload: same list.
-        open_app(page, server.url)
-        expect(conversation_items(page)).to_have_count(2)
+        # The keyboard: Enter on ⋯ opens the menu at its first item, arrows move, Esc closes
+        # (handled, so the page's own Esc shortcut leaves it alone) and focus comes back.
+        page.evaluate(
+            "() => { window.escapes = []; window.addEventListener('keydown', (e) => "
+            "e.key === 'Escape' && window.escapes.push(e.defaultPrevented)); }"
+        )
+        actions = page.get_by_role("button", name="Actions for Holiday in France")
+        actions.focus()
+        actions.press("Enter")
+        expect(actions).to_have_attribute("aria-expanded", "true")
+        expect(page.get_by_role("menuitem", name="Rename")).to_be_focused()
+        page.keyboard.press("ArrowDown")
+        expect(page.get_by_role("menuitem", name="Export JSON")).to_be_focused()
+        page.keyboard.press("Escape")
+        expect(page.get_by_role("menu")).to_have_count(0)
+        expect(actions).to_be_focused()
+        expect(actions).to_have_attribute("aria-expanded", "false")
+        assert page.evaluate("() => window.escapes") == [True]
+        expect(user_messages(page).first).to_contain_text("Python decorators")
 
         # Restart the server on the same port and data: same list, same messages.
         server = server.restart()
@@ -95,11 +130,11 @@ def test_conversations_are_listed_switched_renamed_deleted_and_survive_restart(
         conversation_items(page).filter(has_text="Holiday in France").click()
         expect(user_messages(page).first).to_contain_text("Paris trip plans")
 
-        # Delete it, with confirmation; we land on a fresh chat and the other one stays.
-        open_section(page, "Manage this chat")
-        page.get_by_role("button", name="Delete this chat").click()
-        expect(page.locator("#confirm-delete").first).to_contain_text("Holiday in France")
-        page.get_by_role("button", name="Yes, delete it").click()
+        # Delete the open chat, confirmed in its menu: a fresh chat shows, the other stays.
+        menu = chat_menu(page, "Holiday in France")
+        menu.get_by_role("menuitem", name="Delete").click()
+        expect(menu).to_contain_text("Delete “Holiday in France”?")
+        menu.get_by_role("menuitem", name="Yes, delete").click()
         expect(conversation_items(page)).to_have_count(1)
         expect(conversation_items(page)).to_contain_text("Python decorators")
         expect(user_messages(page)).to_have_count(0)
@@ -127,22 +162,31 @@ def test_another_visitor_sees_none_of_my_conversations(
         expect(other.locator("#storage-notice")).to_contain_text("No chat matches")
         expect(conversation_items(other)).to_have_count(0)
         assert "quokka7731" not in other.content()
+
+        # Forged menu actions through the hidden channel: my chat's id, then junk. They are
+        # handled in order, each refused; the last one's refusal says they are all done.
+        mine_id = page.locator("#conversation-list input[type=radio]").first.get_attribute("value")
+        send_action(other, json.dumps({"action": "delete", "id": mine_id}))
+        expect(toast(other, "does not exist")).to_be_visible()
+        send_action(other, json.dumps({"action": "rename", "id": mine_id, "title": "pwned"}))
+        send_action(other, '{"action": "drop tables", "id": 1}')
+        expect(toast(other, "That chat action was refused (action:")).to_be_visible()
+        open_app(page, app.url)
+        expect(conversation_items(page).filter(has_text="My secret plans")).to_have_count(1)
+        expect(conversation_items(page).filter(has_text="pwned")).to_have_count(0)
     finally:
         mine.close()
         theirs.close()
 
 
-def test_export_then_import_round_trips(
+def test_export_downloads_in_one_click_and_import_marks_the_copy(
     page: Page, app: AppServer, fake: FakeOpenRouter, tmp_path: Path
 ) -> None:
     open_app(page, app.url)
     chat_once(page, "Remember the llama [[tokens=3]]")
-    open_section(page, "Export / import")
-    page.get_by_role("button", name="Export this chat (JSON)").click()
-    link = page.locator("#export-file a").first
-    expect(link).to_be_visible()
+    menu = chat_menu(page, "Remember the llama")
     with page.expect_download() as download_info:
-        link.click()
+        menu.get_by_role("menuitem", name="Export JSON").click()
     download = download_info.value
     assert download.suggested_filename.startswith("chat_")
     exported = tmp_path / download.suggested_filename
@@ -150,12 +194,22 @@ def test_export_then_import_round_trips(
     document = json.loads(exported.read_text())
     assert document["conversations"][0]["messages"][0]["content"].startswith("Remember the llama")
     assert TEST_API_KEY not in exported.read_text()
+    expect(page.get_by_role("menu")).to_have_count(0)
+
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Export all").click()
+    everything = json.loads(Path(download_info.value.path()).read_text())
+    assert [c["title"] for c in everything["conversations"]] == [
+        document["conversations"][0]["title"]
+    ]
 
     with page.expect_file_chooser() as chooser:
         page.locator("#import-button").click()
     chooser.value.set_files(str(exported))
     expect(toast(page, "Imported 1 conversation")).to_be_visible()
-    expect(conversation_items(page).filter(has_text="Remember the llama")).to_have_count(2)
+    llamas = conversation_items(page).filter(has_text="Remember the llama")
+    expect(llamas).to_have_count(2)
+    expect(llamas.filter(has_text="⤓ imported")).to_have_count(1)
 
 
 def test_a_malicious_import_is_refused_with_a_reason(
@@ -186,7 +240,6 @@ def test_a_malicious_import_is_refused_with_a_reason(
         )
     )
     open_app(page, app.url)
-    open_section(page, "Export / import")
     with page.expect_file_chooser() as chooser:
         page.locator("#import-button").click()
     chooser.value.set_files(str(evil))

@@ -1137,12 +1137,9 @@ def test_no_secret_reaches_logs_files_pages_or_api_responses(
     send(page, "Break midway [[tokens=9]] [[midstream_error=3]]")
     expect(toast(page, "interrupted").first).to_be_visible()
     wait_until_idle(page)
-    page.locator("#sidebar").get_by_text("Export / import", exact=True).click()
-    page.get_by_role("button", name="Export this chat (JSON)").click()
-    link = page.locator("#export-file a").first
-    expect(link).to_be_visible()
+    page.get_by_role("button", name="Actions for Tell me a secret").click()
     with page.expect_download() as download_info:
-        link.click()
+        page.get_by_role("menuitem", name="Export JSON").click()
     exported = tmp_path / "export.json"
     download_info.value.save_as(exported)
     seen["export download"] = exported.read_text()

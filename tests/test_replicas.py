@@ -142,9 +142,9 @@ def test_a_delete_on_one_replica_is_seen_on_the_other(
     open_app(other, cluster.url)  # the same visitor (same browser profile), other replica
     assert cluster.replica_of(context) == "app2"
     conversation_items(other).filter(has_text="Delete me everywhere").click()
-    other.locator("#manage").click()
-    other.get_by_role("button", name="Delete this chat").click()
-    other.get_by_role("button", name="Yes, delete it").click()
+    other.get_by_role("button", name="Actions for Delete me everywhere").click()
+    other.get_by_role("menuitem", name="Delete").click()
+    other.get_by_role("menuitem", name="Yes, delete").click()
     expect(conversation_items(other).filter(has_text="Delete me everywhere")).to_have_count(0)
     cluster.pin(context, "app1")
     open_app(page, cluster.url)

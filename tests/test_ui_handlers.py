@@ -90,7 +90,8 @@ async def test_another_visitors_chat_id_opens_nothing_and_changes_nothing(page: 
     for handler, args in (
         (page.chat.open_conversation, (chat_id,)),
         (page.sidebar.rename, ("pwned", chat_id)),
-        (page.sidebar.confirm_delete, (chat_id,)),
+        (page.sidebar.delete, (chat_id, None)),
+        (page.sidebar.act, (json.dumps({"action": "delete", "id": chat_id}), None, "")),
         (page.chat.undo, (chat_id,)),
         (page.transfer.export, ("current", chat_id)),
     ):

@@ -1,20 +1,84 @@
-"""The conversation list: new chat, search, switch, rename, delete, and the login move offer."""
+"""The conversation list: new chat, search, switch, each chat's ⋯ menu, the login move offer.
+
+The ⋯ menu (ui/static/sidebar.js) sends one action at a time through a hidden textbox and
+button, as JSON `{action, id, title?}`. That text is untrusted: it is parsed strictly here,
+and every action looks the chat up again by the caller's identity.
+"""
 
 from __future__ import annotations
 
-import html
+import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import gradio as gr
+import pydantic
+import structlog
 
 from chatlib.conversations import summary_label
+from chatlib.storage import MAX_TITLE_CHARS, ConversationSummary, is_valid_conversation_id
 from chatlib.visitors import BrowserIdentity
 from ui.context import QUICK, PageContext, session_of
 from ui.errors import refuse, shown_as_toast
 
+if TYPE_CHECKING:
+    from ui.transfer import TransferPanel
+
 Updates = dict[Any, Any]
+log = structlog.get_logger(__name__)
 LISTED_CHATS = 200  # the sidebar's length: reading and drawing it stays cheap at any count
+MAX_ACTION_CHARS = 4 * MAX_TITLE_CHARS + 200  # a rename's title (escaped) and the rest
+IMPORTED_MARK = "⤓ imported"
+# The menu's element ids (ui/static/sidebar.js uses them).
+ACTION_BOX_ID = "chat-action"
+ACTION_BUTTON_ID = "chat-action-send"
+TITLES_ID = "conversation-titles"
+
+
+class ChatAction(pydantic.BaseModel):
+    """One ⋯ menu action, as the page sends it: nothing more, nothing less."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    action: Literal["rename", "delete", "export-json", "export-markdown"]
+    id: str
+    title: str | None = pydantic.Field(default=None, max_length=4 * MAX_TITLE_CHARS)
+
+    @pydantic.field_validator("id")
+    @classmethod
+    def _an_id(cls, value: str) -> str:
+        if not is_valid_conversation_id(value):
+            raise ValueError("must be a conversation id (32 lowercase hex characters)")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _title_with_rename_only(self) -> ChatAction:
+        if (self.action == "rename") != (self.title is not None):
+            raise ValueError("a title comes with 'rename', and only with it")
+        return self
+
+
+def parse_action(payload: str) -> ChatAction:
+    """The menu's action; refused (a toast naming the field and the rule) unless well formed."""
+    if len(payload) > MAX_ACTION_CHARS:
+        _refuse_action(f"it is {len(payload)} characters; the limit is {MAX_ACTION_CHARS}")
+    try:
+        return ChatAction.model_validate_json(payload)
+    except pydantic.ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the request"
+        _refuse_action(f"{where}: {first['msg']}")
+
+
+def _refuse_action(reason: str) -> NoReturn:
+    log.info("sidebar.action_refused", reason=reason[:200])
+    refuse(f"That chat action was refused ({reason[:200]}). Reload the page and try again.")
+
+
+def sidebar_label(summary: ConversationSummary, now: float) -> str:
+    """The list's line for a chat: `summary_label`, marked when the chat was imported."""
+    label = summary_label(summary, now)
+    return f"{label} · {IMPORTED_MARK}" if summary.imported_at is not None else label
 
 
 class SidebarPanel:
@@ -34,6 +98,11 @@ class SidebarPanel:
         self.conversation_list = gr.Radio(
             choices=[], show_label=False, elem_id="conversation-list", container=False
         )
+        # For the ⋯ menus: each listed chat's plain title, by id (JSON).
+        self.titles = gr.Textbox("{}", visible="hidden", elem_id=TITLES_ID, max_lines=1)
+        # The menu's channel to the server (see ui/static/sidebar.js).
+        self.action_box = gr.Textbox(visible="hidden", elem_id=ACTION_BOX_ID, max_lines=1)
+        self.action_btn = gr.Button(visible="hidden", elem_id=ACTION_BUTTON_ID)
         self.notice = gr.Markdown(visible=False, elem_id="storage-notice")
         with gr.Group(visible=False, elem_id="migrate-row") as self.migrate_row:
             gr.Markdown(
@@ -42,21 +111,11 @@ class SidebarPanel:
             )
             self.move_btn = gr.Button("Move them to my account", size="sm")
             self.keep_btn = gr.Button("Keep them separate", size="sm")
-        with gr.Accordion("Manage this chat", open=False, elem_id="manage"):
-            self.rename_box = gr.Textbox(
-                label="Rename", placeholder="New name", max_lines=1, elem_id="rename-box"
-            )
-            self.rename_btn = gr.Button("Rename", size="sm")
-            self.delete_btn = gr.Button("Delete this chat", size="sm", variant="stop")
-            with gr.Group(visible=False, elem_id="confirm-delete") as self.confirm_row:
-                self.confirm_text = gr.Markdown()
-                self.confirm_btn = gr.Button("Yes, delete it", size="sm", variant="stop")
-                self.cancel_btn = gr.Button("Cancel", size="sm")
 
     @property
     def list_outputs(self) -> list[Any]:
         """What `refreshed` updates."""
-        return [self.conversation_list, self.notice]
+        return [self.conversation_list, self.notice, self.titles]
 
     async def refreshed(
         self, owner_key: str, selected: str | None, query: str = "", *, keep_selection: bool = False
@@ -70,7 +129,7 @@ class SidebarPanel:
         )
         now = time.time()
         shown = listed.conversations[:LISTED_CHATS]
-        choices = [(summary_label(s, now), s.id) for s in shown]
+        choices = [(sidebar_label(s, now), s.id) for s in shown]
         notice = ""
         if len(listed.conversations) > LISTED_CHATS:
             notice = f"Showing your {LISTED_CHATS} most recent chats: search to find older ones."
@@ -89,6 +148,7 @@ class SidebarPanel:
         return {
             self.conversation_list: chosen,
             self.notice: gr.update(value=notice, visible=bool(notice)),
+            self.titles: json.dumps({s.id: s.title for s in shown}, ensure_ascii=False),
         }
 
     # ---- handlers ------------------------------------------------------------------------
@@ -104,6 +164,25 @@ class SidebarPanel:
         visitor = self.ctx.visitor(browser_value, profile, request)
         return await self.refreshed(visitor.owner_key, conversation_id, query)
 
+    async def act(
+        self,
+        payload: str,
+        open_id: str | None,
+        query: str,
+        browser_value: Any,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None,
+    ) -> Updates:
+        """One ⋯ menu action on a listed chat; `open_id` is the chat the page shows."""
+        action = parse_action(payload or "")
+        if action.action == "rename":
+            title = action.title or ""
+            return await self.rename(title, action.id, browser_value, request, profile, query)
+        if action.action == "delete":
+            return await self.delete(action.id, open_id, browser_value, request, profile, query)
+        what = "current" if action.action == "export-json" else "markdown"
+        return await self.transfer.export(what, action.id, browser_value, request, profile)
+
     async def rename(
         self,
         title: str,
@@ -111,56 +190,38 @@ class SidebarPanel:
         browser_value: Any,
         request: gr.Request,
         profile: gr.OAuthProfile | None,
+        query: str = "",
     ) -> Updates:
-        if conversation_id is None:
-            refuse("Send a message first, then rename the chat.")
+        """Rename one of the caller's chats; the page stays on whatever chat it shows."""
         visitor = self.ctx.visitor(browser_value, profile, request)
         renamed = await self.ctx.services.conversations.rename(
             visitor.owner_key, conversation_id, title
         )
         gr.Info(f"Renamed to “{renamed.title}”.")
-        return {self.rename_box: "", **await self.refreshed(visitor.owner_key, conversation_id)}
+        return await self.refreshed(visitor.owner_key, None, query, keep_selection=True)
 
-    async def ask_delete(
+    async def delete(
         self,
-        conversation_id: str | None,
+        conversation_id: str,
+        open_id: str | None,
         browser_value: Any,
         request: gr.Request,
         profile: gr.OAuthProfile | None,
+        query: str = "",
     ) -> Updates:
-        if conversation_id is None:
-            refuse("There is no saved chat to delete here.")
-        visitor = self.ctx.visitor(browser_value, profile, request)
-        conversation = await self.ctx.services.conversations.open(
-            visitor.owner_key, conversation_id
-        )
-        return {
-            self.confirm_row: gr.update(visible=True),
-            self.confirm_text: f"Delete **{html.escape(conversation.title)}**? "
-            "This cannot be undone.",
-        }
-
-    async def confirm_delete(
-        self,
-        conversation_id: str | None,
-        browser_value: Any,
-        request: gr.Request,
-        profile: gr.OAuthProfile | None,
-    ) -> Updates:
-        hidden = {self.confirm_row: gr.update(visible=False)}
-        if conversation_id is None:
-            return hidden
+        """Delete one of the caller's chats (confirmed in the menu); if open, a new chat shows."""
         visitor = self.ctx.visitor(browser_value, profile, request)
         conversations = self.ctx.services.conversations
         title = (await conversations.open(visitor.owner_key, conversation_id)).title
         await conversations.delete(visitor.owner_key, conversation_id)
-        conversations.view(session_of(request), None)
         gr.Info(f"Deleted “{title}”.")
+        if conversation_id != open_id:
+            return await self.refreshed(visitor.owner_key, None, query, keep_selection=True)
+        conversations.view(session_of(request), None)
         return {
-            **hidden,
             self.chat_area: [],
             self.ctx.conversation_id: None,
-            **await self.refreshed(visitor.owner_key, None),
+            **await self.refreshed(visitor.owner_key, None, query),
         }
 
     async def move_anonymous(
@@ -202,26 +263,6 @@ class SidebarPanel:
             outputs=self.list_outputs,
             **QUICK,
         )
-        gr.on(
-            [self.rename_btn.click, self.rename_box.submit],
-            shown_as_toast(self.rename),
-            inputs=[self.rename_box, ctx.conversation_id, *identity],
-            outputs=[self.rename_box, *self.list_outputs],
-            **QUICK,
-        )
-        self.delete_btn.click(
-            shown_as_toast(self.ask_delete),
-            inputs=[ctx.conversation_id, *identity],
-            outputs=[self.confirm_row, self.confirm_text],
-            **QUICK,
-        )
-        self.cancel_btn.click(lambda: gr.update(visible=False), outputs=[self.confirm_row], **QUICK)
-        self.confirm_btn.click(
-            shown_as_toast(self.confirm_delete),
-            inputs=[ctx.conversation_id, *identity],
-            outputs=[self.confirm_row, chat_area, ctx.conversation_id, *self.list_outputs],
-            **QUICK,
-        )
         self.move_btn.click(
             shown_as_toast(self.move_anonymous),
             inputs=identity,
@@ -234,3 +275,21 @@ class SidebarPanel:
             outputs=[self.migrate_row, ctx.browser_state],
             **QUICK,
         )
+
+    def wire_menu(self, transfer: TransferPanel) -> None:
+        """Connect the ⋯ menus' channel; exports go through `transfer` (downloaded at once)."""
+        self.transfer = transfer
+        ctx = self.ctx
+        acted = self.action_btn.click(
+            shown_as_toast(self.act),
+            inputs=[self.action_box, ctx.conversation_id, self.search_box, ctx.browser_state],
+            outputs=[
+                self.chat_area,
+                ctx.conversation_id,
+                transfer.export_file,
+                *self.list_outputs,
+            ],
+            trigger_mode="multiple",  # a second action sent before the first is done still runs
+            **QUICK,
+        )
+        transfer.download_when_ready(acted)

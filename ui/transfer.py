@@ -1,11 +1,15 @@
-"""Export this chat or all chats (JSON, Markdown) and import a JSON export."""
+"""Export a chat or all chats (JSON, Markdown), downloaded in one click; import a JSON export.
+
+One chat is exported from its ⋯ menu in the list (ui/sidebar.py); "Export all" and "Import"
+are the buttons at the bottom of the sidebar.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import gradio as gr
 
@@ -13,7 +17,11 @@ from chatlib.errors import ImportRejected
 from chatlib.transfer import write_export
 from ui.context import QUICK, PageContext
 from ui.errors import refuse, shown_as_toast, unchanged
-from ui.sidebar import SidebarPanel
+
+if TYPE_CHECKING:
+    from gradio.events import Dependency
+
+    from ui.sidebar import SidebarPanel
 
 Updates = dict[Any, Any]
 Format = Literal["json", "markdown"]
@@ -23,25 +31,39 @@ EXPORTS: dict[str, tuple[bool, Format]] = {
     "markdown": (False, "markdown"),
     "all": (True, "json"),
 }
+# Runs in the browser after an export: download the file just made, then forget it, so that
+# an export that was refused (nothing new here) downloads nothing.
+DOWNLOAD_JS = """
+(file) => {
+  if (file && file.url) {
+    const link = document.createElement("a");
+    link.href = file.url;
+    link.download = file.orig_name || "";
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+  }
+  return null;
+}
+"""
 
 
 class TransferPanel:
-    """The "Export / import" accordion of the sidebar."""
+    """ "Export all" and "Import" at the bottom of the sidebar, and every export's download."""
 
     def __init__(self, ctx: PageContext, downloads_dir: Path) -> None:
         self.ctx = ctx
         # Downloads are copied from here into Gradio's cache, which drops files after an hour.
         self.downloads_dir = downloads_dir
-        with gr.Accordion("Export / import", open=False, elem_id="transfer"):
-            self.export_json_btn = gr.Button("Export this chat (JSON)", size="sm")
-            self.export_md_btn = gr.Button("Export this chat (Markdown)", size="sm")
-            self.export_all_btn = gr.Button("Export all my chats (JSON)", size="sm")
-            self.export_file = gr.File(
-                label="Download", visible=False, interactive=False, elem_id="export-file"
+        with gr.Row(elem_id="transfer", equal_height=True):
+            self.export_all_btn = gr.Button(
+                "Export all", size="sm", min_width=0, elem_id="export-all"
             )
             self.import_btn = gr.UploadButton(
-                "Import JSON…", file_types=[".json"], size="sm", elem_id="import-button"
+                "Import…", file_types=[".json"], size="sm", min_width=0, elem_id="import-button"
             )
+        # Never shown: DOWNLOAD_JS hands the file to the browser as soon as it is written.
+        self.export_file = gr.File(visible="hidden", interactive=False, elem_id="export-file")
 
     async def export(
         self,
@@ -70,7 +92,7 @@ class TransferPanel:
             )
         except OSError:
             refuse("The download could not be prepared: the server's disk refused the file.")
-        return {self.export_file: gr.update(value=str(download), visible=True)}
+        return {self.export_file: gr.update(value=str(download))}
 
     async def import_file(
         self,
@@ -90,21 +112,28 @@ class TransferPanel:
         gr.Info(f"Imported {saved} conversation(s).")
         return await self.sidebar.refreshed(visitor.owner_key, None)
 
+    def download_when_ready(self, event: Dependency) -> None:
+        """After `event` (which may write `export_file`), the browser downloads the file."""
+        event.then(
+            None,
+            inputs=[self.export_file],
+            outputs=[self.export_file],
+            js=DOWNLOAD_JS,
+            **QUICK,
+        )
+
     def wire(self, sidebar: SidebarPanel) -> None:
-        """Connect the buttons; an import refreshes `sidebar`'s list."""
+        """Connect the buttons and the chats' menus; an import refreshes `sidebar`'s list."""
         self.sidebar = sidebar
         ctx = self.ctx
-        for button, what in (
-            (self.export_json_btn, "current"),
-            (self.export_md_btn, "markdown"),
-            (self.export_all_btn, "all"),
-        ):
-            button.click(
-                shown_as_toast(self.export),
-                inputs=[gr.State(what), ctx.conversation_id, ctx.browser_state],
-                outputs=[self.export_file],
-                **QUICK,
-            )
+        exported = self.export_all_btn.click(
+            shown_as_toast(self.export),
+            inputs=[gr.State("all"), gr.State(None), ctx.browser_state],
+            outputs=[self.export_file],
+            **QUICK,
+        )
+        self.download_when_ready(exported)
+        sidebar.wire_menu(self)
         self.import_btn.upload(
             shown_as_toast(self.import_file),
             inputs=[self.import_btn, ctx.browser_state],

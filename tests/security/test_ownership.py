@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import gradio as gr
@@ -13,6 +14,11 @@ from ui.errors import shown_as_toast
 from ui.page import Page
 
 SECRET = "My secret plan [[tokens=2]]"
+
+
+def menu(action: str, chat_id: str, **more: str) -> str:
+    """A ⋯ menu action as the page sends it."""
+    return json.dumps({"action": action, "id": chat_id, **more})
 
 
 async def owners_view(page: Page, owner: dict[str, Any], chat_id: str) -> tuple[Any, str]:
@@ -39,8 +45,10 @@ async def test_another_visitors_chat_id_is_refused_by_every_handler(
         "export markdown": (page.transfer.export, ("markdown", chat_id)),
         "undo": (page.chat.undo, (chat_id,)),
         "rename": (page.sidebar.rename, ("pwned", chat_id)),
-        "delete (ask)": (page.sidebar.ask_delete, (chat_id,)),
-        "delete": (page.sidebar.confirm_delete, (chat_id,)),
+        "delete": (page.sidebar.delete, (chat_id, None)),
+        "menu rename": (page.sidebar.act, (menu("rename", chat_id, title="pwned"), None, "")),
+        "menu delete": (page.sidebar.act, (menu("delete", chat_id), None, "")),
+        "menu export": (page.sidebar.act, (menu("export-json", chat_id), None, "")),
         "open": (page.chat.open_conversation, (chat_id,)),
     }
     for name, (handler, args) in calls.items():
