@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import structlog
 
+from chatlib import branches
 from chatlib.chat import ChatService, TurnRequest
 from chatlib.client import Clock
 from chatlib.errors import (
@@ -33,7 +34,13 @@ from chatlib.errors import (
     StorageUnavailable,
 )
 from chatlib.frames import TurnControl, run_to_end
-from chatlib.messages import History, format_cost, strip_last_turn, user_message_index
+from chatlib.messages import (
+    ChatMessage,
+    History,
+    format_cost,
+    strip_last_turn,
+    user_message_index,
+)
 from chatlib.storage import (
     NEW_CHAT_TITLE,
     Conversation,
@@ -74,10 +81,26 @@ class ConversationFrame:
 class _Prepared:
     """A turn's starting point: where it writes and what it asks after what."""
 
-    conversation: Conversation  # as stored, or new and unsaved
+    conversation: Conversation  # as stored (the replaced versions kept), or new and unsaved
     stored: Conversation | None  # what the question's save expects to find (None: new)
     history: History  # the messages before the question
     request: TurnRequest  # with the question to ask (retry: the last one again)
+    ids: tuple[str, str] = ("", "")  # the question's and the answer's, fixed for the turn
+    question: ChatMessage | None = None  # retry: the stored question, asked again
+
+    def identified(self, history: History) -> History:
+        """`history` with this turn's question and answer under their ids in every frame.
+
+        Retry asks the stored question again: it stays that node, written when it was.
+        """
+        at = len(self.history)
+        turn = list(history[at:])
+        if turn and not turn[0].id:
+            written = turn[0].created_at if self.question is None else self.question.created_at
+            turn[0] = replace(turn[0], id=self.ids[0], created_at=written)
+        if len(turn) > 1 and not turn[1].id:
+            turn[1] = replace(turn[1], id=self.ids[1])
+        return (*history[:at], *turn)
 
 
 class ConversationService:
@@ -146,15 +169,16 @@ class ConversationService:
             temperature=float(request.temperature),
         )
         owner_key = request.owner_key
+        shown = start.identified(first.history)
         saved, save_error = await self._save(
-            owner_key, replace(base, messages=first.history[:-1]), start.stored
+            owner_key, replace(base, messages=shown[:-1]), start.stored
         )
         # What the answer's save expects to find: the question as saved, else what was.
         expected = start.stored if save_error is not None else saved
         self.view(request.session_key, conversation.id)  # a turn starts where the visitor is
-        yield ConversationFrame(replace(base, messages=first.history), save_error=save_error)
+        yield ConversationFrame(replace(base, messages=shown), save_error=save_error)
         async for frame in frames:
-            current = replace(base, messages=frame.history)
+            current = replace(base, messages=start.identified(frame.history))
             if not frame.done:
                 yield ConversationFrame(current)
                 continue
@@ -186,22 +210,29 @@ class ConversationService:
             fresh = self._store.new_conversation(
                 request.model.strip(), request.system_prompt, request.temperature
             )
-            return _Prepared(fresh, None, (), request)
+            return _Prepared(fresh, None, (), request, _new_ids(fresh))
         stored = await self._load_for_turn(request.owner_key, request.conversation_id)
         messages = stored.messages
+        ids = _new_ids(stored)
         if request.action == "retry":
             history, question = strip_last_turn(messages)
             if question is None:
                 raise InputError(NO_RETRY)
-            return _Prepared(stored, stored, history, replace(request, user_text=question))
+            asked = messages[len(history)]
+            # The old answers stay, as other versions of the answer to this question.
+            forked = branches.fork(stored, len(history) + 1)
+            retried = replace(request, user_text=question)
+            return _Prepared(forked, stored, history, retried, (asked.id, ids[1]), asked)
         if request.action == "edit":
             index = None
             if request.edit_index is not None and request.edit_index >= 0:
                 index = user_message_index(messages, request.edit_index)
             if index is None:
                 raise InputError(NOT_EDITABLE)
-            return _Prepared(stored, stored, messages[:index], request)
-        return _Prepared(stored, stored, messages, request)
+            # The old question and all after it stay, as another version of the question.
+            forked = branches.fork(stored, index)
+            return _Prepared(forked, stored, messages[:index], request, ids)
+        return _Prepared(stored, stored, messages, request, ids)
 
     async def _load_for_turn(self, owner_key: str, conversation_id: str) -> Conversation:
         """The owner's conversation; while the data folder cannot be read, the last one seen.
@@ -280,8 +311,25 @@ class ConversationService:
         earlier, question = strip_last_turn(stored.messages)
         if question is None:
             return stored, None
-        updated = replace(stored, messages=earlier)
+        updated = branches.drop_from(stored, len(earlier))
         return await self._store.save(owner_key, updated, expected=stored), question
+
+    async def switch_version(
+        self, owner_key: str, conversation_id: str, message_index: int, step: int
+    ) -> Conversation:
+        """Show another version of `messages[message_index]` (step -1: previous, +1: next).
+
+        The active path then follows that version down to where it was last seen; the
+        result is saved and returned. InputError when the message has no such version,
+        ConversationNotFound for a conversation this owner does not have,
+        ConversationChanged if another tab changed the chat meanwhile (nothing is changed).
+        Switching does not move the chat up the list.
+        """
+        stored = await self._store.load(owner_key, conversation_id)
+        switched = branches.switch(stored, message_index, step)
+        saved = await self._store.save(owner_key, switched, touch=False, expected=stored)
+        self._seen(owner_key, saved)
+        return saved
 
     async def export(
         self, owner_key: str, conversation_id: str | None, fmt: ExportFormat
@@ -354,6 +402,13 @@ class ConversationService:
         if session_key is None or session_key not in self._viewing:
             return True
         return self._viewing[session_key] == conversation_id
+
+
+def _new_ids(conversation: Conversation) -> tuple[str, str]:
+    """Ids for a turn's question and answer that no message of `conversation` has."""
+    taken = {m.id for m in conversation.messages} | {n.id for n in conversation.branches}
+    question_id = branches.new_id(taken)
+    return question_id, branches.new_id({*taken, question_id})
 
 
 def _has_question(history: History) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -74,10 +75,15 @@ class ChatMessage:
     reasoning: str = ""
     meta: AnswerMeta | None = field(default=None)
     created_at: float | None = None  # Unix time (UTC seconds)
+    # Stable within its conversation once saved ("" until then; see chatlib.branches). Not
+    # compared: two messages are equal by what they say, whatever node holds them.
+    id: str = field(default="", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         data: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.id:
+            data["id"] = self.id
         if self.reasoning:
             data["reasoning"] = self.reasoning
         if self.meta is not None:
@@ -397,6 +403,7 @@ def parse_message(
         reject(f"{where} content is {len(content):,} characters; the limit is {max_chars:,}")
     reasoning = raw.get("reasoning")
     created_at = raw.get("created_at")
+    message_id = raw.get("id")
     meta = raw.get("meta")
     if meta is not None and not isinstance(meta, dict):
         reject(f"{where}, field 'meta' is {describe(meta)}, expected an object")
@@ -408,7 +415,19 @@ def parse_message(
         created_at=None
         if created_at is None
         else timestamp_field(created_at, where, "created_at", strict=strict),
+        id="" if message_id is None else message_id_field(message_id, where),
     )
+
+
+_MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def message_id_field(value: object, where: str, name: str = "id") -> str:
+    """A message id: 1 to 64 letters, digits, '-' or '_' (ids end up in the page's state)."""
+    text = text_field(value, where, name)
+    if _MESSAGE_ID_RE.fullmatch(text) is None:
+        reject(f"{where}, field '{name}' is {show(text)}, expected 1 to 64 letters, digits, - or _")
+    return text
 
 
 def _parse_meta(raw: dict[str, Any], where: str, strict: bool, model: str | None) -> AnswerMeta:

@@ -46,6 +46,7 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
+from chatlib.branches import Branches, BranchNode, prune, same_tree, with_ids
 from chatlib.errors import (
     ConversationChanged,
     ConversationCorrupt,
@@ -70,10 +71,12 @@ from chatlib.messages import (
     ImportLimits,
     describe,
     identifier_field,
+    message_id_field,
     number_field,
     parse_message,
     reject,
     required,
+    show,
     text_field,
     timestamp_field,
 )
@@ -193,13 +196,16 @@ class Conversation:
     messages: tuple[ChatMessage, ...] = ()
     revision: int = 0  # bumped by every save; stored in the file, never exported
     imported_at: float | None = None  # Unix seconds: created by an import (None: chatted here)
+    # The inactive versions of messages, least recently active first (see chatlib.branches).
+    branches: Branches = ()
 
     @property
     def total_cost_usd(self) -> float:
-        """Sum of the known costs of every answer."""
+        """Sum of the known costs of every answer, other versions included (all were paid)."""
+        every = (*self.messages, *(n.message for n in self.branches))
         return math.fsum(
             m.meta.cost_usd
-            for m in self.messages
+            for m in every
             if m.meta is not None and isinstance(m.meta.cost_usd, int | float)
         )
 
@@ -229,6 +235,10 @@ class Conversation:
         }
         if self.imported_at is not None:
             data["imported_at"] = self.imported_at
+        if self.branches:
+            # Beside `messages` (still the active path, flat): older versions of the app read
+            # that and ignore this key, so they import the branch that was shown.
+            data["branches"] = [n.to_dict() for n in self.branches]
         return data
 
     @classmethod
@@ -297,10 +307,14 @@ def parse_conversation(
         )
         for n, raw in enumerate(raw_messages, 1)
     )
+    branches = _parse_branches(item, where, limits, model, len(messages))
+    messages = with_ids(messages, branches)
+    if branches:
+        check_tree(messages, branches, where, strict=strict)
     title = item.get("title") if strict else required(item, "title", where)
     if title is not None or not strict:
         title = text_field(title, where, "title")
-    return Conversation(
+    conversation = Conversation(
         id=uuid.uuid4().hex if strict else text_field(required(item, "id", where), where, "id"),
         title=conversation_title(title or "", messages) if strict else str(title),
         created_at=created_at,
@@ -312,7 +326,62 @@ def parse_conversation(
         revision=0 if strict else _revision(item.get("revision", 0), where),
         # An import's own mark is set by whoever imports (now); a file's claim is not taken.
         imported_at=None if strict else _optional_time(item, "imported_at", where),
+        branches=branches,
     )
+    return prune(conversation)
+
+
+def _parse_branches(
+    item: dict[str, Any], where: str, limits: ImportLimits | None, model: str, active: int
+) -> Branches:
+    """The inactive versions: message objects with their `id` and `parent_id`."""
+    raw_nodes = item.get("branches")
+    if raw_nodes is None:
+        return ()
+    if not isinstance(raw_nodes, list):
+        reject(f"{where}, field 'branches' is {describe(raw_nodes)}, expected a list")
+    if limits is not None and active + len(raw_nodes) > limits.max_messages:
+        reject(
+            f"{where} has {active + len(raw_nodes):,} messages with their other versions; "
+            f"the limit is {limits.max_messages:,}"
+        )
+    nodes: list[BranchNode] = []
+    for n, raw in enumerate(raw_nodes, 1):
+        at = f"{where}, other version {n}"
+        message = parse_message(raw, where=at, limits=limits, model=model)
+        message_id_field(required(raw, "id", at), at)
+        parent_id = required(raw, "parent_id", at)
+        if parent_id is not None:
+            parent_id = message_id_field(parent_id, at, "parent_id")
+        nodes.append(BranchNode(parent_id, _not_streaming(message)))
+    return tuple(nodes)
+
+
+def check_tree(
+    messages: Sequence[ChatMessage], branches: Branches, where: str, *, strict: bool
+) -> None:
+    """Ids are unique; strictly, every parent exists and no parent links form a cycle.
+
+    Our own stored rows are not held to the last two: what is not reachable is dropped.
+    """
+    seen: set[str] = set()
+    for n, message in enumerate((*messages, *(b.message for b in branches)), 1):
+        if message.id in seen:
+            place = f"message {n}" if n <= len(messages) else f"other version {n - len(messages)}"
+            reject(f"{where}, {place} has the id {show(message.id)}, which another message has")
+        seen.add(message.id)
+    if not strict:
+        return
+    parents = {b.id: b.parent_id for b in branches}
+    for n, node in enumerate(branches, 1):
+        at = f"{where}, other version {n}"
+        if node.parent_id is not None and node.parent_id not in seen:
+            reject(f"{at} has parent_id {show(node.parent_id)}, which no message has")
+        link, steps = node.parent_id, 0
+        while link in parents:  # up through inactive nodes until an active one or the top
+            link, steps = parents[link], steps + 1
+            if steps > len(parents):
+                reject(f"{at} is in a cycle of parent_id links")
 
 
 def _optional_time(item: dict[str, Any], name: str, where: str) -> float | None:
@@ -556,6 +625,7 @@ class ConversationStore:
                 raise ValueError(f"conversation {name} must be finite")
         saved = replace(
             conversation,
+            messages=with_ids(conversation.messages, conversation.branches),
             title=conversation_title(conversation.title, conversation.messages),
             updated_at=self._clock() if touch else conversation.updated_at,
         )
@@ -578,7 +648,7 @@ class ConversationStore:
             return conversation  # saving puts a readable conversation back
         if stored.revision == expected.revision:
             return replace(conversation, revision=stored.revision)
-        if stored.messages != expected.messages:
+        if not same_tree(stored, expected):
             raise ConversationChanged()
         return replace(conversation, title=stored.title, revision=stored.revision)
 

@@ -14,11 +14,21 @@ Export format (schema_version 1)::
             {"role": "user" | "assistant" | "system", "content": "...",
              "reasoning": "...", "created_at": <unix s>,
              "meta": {"model": "...", "status": "complete", "prompt_tokens": 12,
-                      "completion_tokens": 30, "cost_usd": 0.0012, ...}}
+                      "completion_tokens": 30, "cost_usd": 0.0012, ...},
+             "id": "<message id>"}
+          ],
+          "branches": [
+            {"id": "<message id>", "parent_id": "<message id>" | null, "role": ..., ...}
           ]
         }
       ]
     }
+
+`messages` is the branch on screen, flat, as before versions existed, so older versions of
+the app import it (they ignore `branches` and ids). `branches` (optional) holds the other
+versions of messages: a message object plus its parent's id (null: a version of the first
+message). Import checks the tree: unique ids, known parents, no cycles, and counts every
+version against the message limit.
 
 Import also takes a single conversation object or a list of them. Ids in the file are ignored:
 every imported conversation gets a new id, so an import never overwrites anything and nothing
@@ -39,6 +49,7 @@ from typing import Any, Literal
 
 import orjson
 
+from chatlib.branches import versions_of
 from chatlib.errors import ImportRejected
 from chatlib.files import atomic_write, json_bytes
 from chatlib.messages import (
@@ -166,8 +177,12 @@ def export_markdown(conversation: Conversation) -> str:
         lines.append("- System prompt:")
         lines.append("")
         lines.extend(f"  > {line}" for line in conversation.system_prompt.splitlines())
-    for message in conversation.messages:
-        lines.extend(["", "---", "", _markdown_heading(message), ""])
+    # The branch on screen; a message with other versions says which one this is.
+    for message, (k, n) in zip(conversation.messages, versions_of(conversation), strict=True):
+        heading = _markdown_heading(message)
+        if n > 1:
+            heading += f" — version {k} of {n}"
+        lines.extend(["", "---", "", heading, ""])
         if message.reasoning:
             lines.append("> *Thinking*")
             lines.append(">")

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from chatlib import branches
 from chatlib.hub_sync import HubSync
 from chatlib.messages import AnswerMeta, ChatMessage
 from chatlib.snapshot import (
@@ -125,6 +126,27 @@ async def test_saved_conversations_become_the_file_stores_files_and_import_back_
     # A new, empty database imports them at startup as they were.
     restored = await opened(new_database(), data_dir)
     assert await _everything(restored, ALICE, BOB) == await _everything(store, ALICE, BOB)
+
+
+async def test_a_branched_imported_chat_comes_back_from_the_snapshot_with_every_version(
+    new_database: Callable[[], str], opened: Callable[..., Any], tmp_path: Path
+) -> None:
+    store = await opened(new_database())
+    chat = await _chat(store, ALICE, "Tell me a joke")
+    retried = branches.fork(chat, 1)  # what retry does: the old answer stays a version
+    answer = ChatMessage("assistant", "Another joke", created_at=1_750_000_009.0)
+    retried = replace(retried, messages=(*retried.messages, answer), imported_at=1_760_000_000.0)
+    saved = await store.save(ALICE, retried, expected=chat)
+    shown = await store.save(ALICE, branches.switch(saved, 1, -1), expected=saved)
+    data_dir = tmp_path / "data"
+
+    await write_snapshot(store, data_dir, data_dir / SNAPSHOT_STATE_NAME)
+    restored = await opened(new_database(), data_dir)
+
+    back = await restored.load(ALICE, chat.id)
+    assert branches.same_tree(back, shown) and back.imported_at == 1_760_000_000.0
+    assert branches.versions_of(back) == ((1, 1), (1, 2))
+    assert branches.switch(back, 1, +1).messages[1].content == "Another joke"
 
 
 def test_the_export_format_is_what_the_file_store_writes(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chatlib.branches import switch, versions_of
 from chatlib.chat import ChatService
 from chatlib.client import ClientPool
 from chatlib.conversations import ConversationFrame, ConversationService, TurnRequest
@@ -673,11 +674,15 @@ async def test_a_database_from_the_first_release_migrates_without_losing_anythin
         ("assistant", "an old answer"),
     ]
     assert old.revision == 4 and old.total_cost_usd == 0.5 and old.imported_at is None
+    ids = [m.id for m in old.messages]
+    assert len(set(ids)) == 2 and all(ids)
+    assert [m.id for m in (await store.load(ALICE, "c" * 32)).messages] == ids  # stable
     [summary] = (await store.list(ALICE)).conversations
     assert (summary.title, summary.message_count, summary.imported_at) == ("Old chat", 2, None)
     # Search still follows new messages (SQLite: the full-text triggers survived).
-    await store.save(ALICE, _more(old, "a brand new question"), expected=old)
+    answered = await store.save(ALICE, _more(old, "a brand new question"), expected=old)
     assert [s.id for s in await store.search(ALICE, "brand new")] == [old.id]
+    assert [m.id for m in answered.messages[:2]] == ids
 
 
 def test_database_urls_name_the_engine_and_never_echo_a_password(tmp_path: Path) -> None:
@@ -797,3 +802,31 @@ async def test_the_migrations_build_exactly_the_tables_the_code_uses(
 
     async with store.engine.connect() as connection:
         assert await connection.run_sync(differences) == []
+
+
+async def test_versions_of_answers_are_stored_and_the_chosen_one_is_shown_after_a_restart(
+    conversation_service: ConversationService, opened: Callable[[], Any]
+) -> None:
+    service = conversation_service
+    first = await _last(service.turn(_turn("a joke [[tokens=3]]")))
+    chat = first.conversation
+    retried = await _last(service.turn(replace(_turn("", chat.id), action="retry")))
+    assert retried.save_error is None
+    assert versions_of(retried.conversation) == ((1, 1), (2, 2))
+    listed_before = (await service.list(ALICE)).conversations
+
+    shown = await service.switch_version(ALICE, chat.id, 1, -1)
+    restarted: SqlConversationStore = await opened()  # another process, reading the rows
+    reopened = await restarted.load(ALICE, chat.id)
+    assert [m.id for m in reopened.messages] == [m.id for m in chat.messages]
+    assert versions_of(reopened) == ((1, 1), (1, 2)) and reopened.revision == shown.revision
+    assert (await service.list(ALICE)).conversations[0].updated_at == listed_before[0].updated_at
+    assert [s.id for s in await restarted.search(ALICE, "a joke")] == [chat.id]
+
+    with pytest.raises(ConversationChanged):  # a tab that still shows the other answer
+        stale = retried.conversation
+        await restarted.save(ALICE, switch(stale, 1, -1), expected=stale)
+    with pytest.raises(ConversationNotFound):
+        await service.switch_version(BOB, chat.id, 1, +1)
+    undone, _ = await service.undo(ALICE, chat.id)
+    assert undone.messages == () and undone.branches == ()

@@ -27,6 +27,7 @@ from sqlalchemy import ColumnElement, Row, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from chatlib.branches import BranchNode, default_id, with_ids
 from chatlib.errors import (
     ConversationChanged,
     ConversationCorrupt,
@@ -52,8 +53,8 @@ from chatlib.store.engine import read_transaction, write_transaction
 from chatlib.store.failures import DATABASE_ERRORS, Doing, error_code, storage_error
 from chatlib.store.schema import conversations, messages
 
-# One stored message: role, content, reasoning, meta (JSON text), created_at.
-MessageRow = tuple[str, str, str, str | None, float | None]
+# One stored message: node id, role, content, reasoning, meta (JSON text), created_at.
+MessageRow = tuple[str | None, str, str, str, str | None, float | None]
 
 _SUMMARY_COLUMNS = (
     conversations.c.id,
@@ -65,6 +66,7 @@ _SUMMARY_COLUMNS = (
     conversations.c.imported_at,
 )
 _MESSAGE_COLUMNS = (
+    messages.c.node_id,
     messages.c.role,
     messages.c.content,
     messages.c.reasoning,
@@ -384,7 +386,12 @@ def storable(conversation: Conversation) -> Conversation:
         title=clean_text(conversation.title),
         model=clean_text(conversation.model),
         system_prompt=clean_text(conversation.system_prompt),
-        messages=tuple(_clean_message(m) for m in conversation.messages),
+        messages=with_ids(
+            tuple(_clean_message(m) for m in conversation.messages), conversation.branches
+        ),
+        branches=tuple(
+            BranchNode(n.parent_id, _clean_message(n.message)) for n in conversation.branches
+        ),
     )
 
 
@@ -401,13 +408,39 @@ def encode_messages(messages: Sequence[ChatMessage]) -> builtins.list[MessageRow
     for message in messages:
         meta: str | None = None
         if message.meta is not None:
-            fields = message.meta.to_dict()
-            if fields.get("status") == "streaming":
-                # Whatever wrote it is gone by the time anyone reads it (as for files).
-                fields["status"] = "interrupted"
-            meta = json_bytes(fields).decode()
-        rows.append((message.role, message.content, message.reasoning, meta, message.created_at))
+            meta = json_bytes(_stored_meta(message)).decode()
+        rows.append(
+            (
+                message.id or None,
+                message.role,
+                message.content,
+                message.reasoning,
+                meta,
+                message.created_at,
+            )
+        )
     return rows
+
+
+def _stored_meta(message: ChatMessage) -> dict[str, Any]:
+    fields = {} if message.meta is None else message.meta.to_dict()
+    if fields.get("status") == "streaming":
+        # Whatever wrote it is gone by the time anyone reads it (as for files).
+        fields["status"] = "interrupted"
+    return fields
+
+
+def encode_branches(conversation: Conversation) -> str | None:
+    """The `branches` column: the inactive versions as JSON text (None: there are none)."""
+    if not conversation.branches:
+        return None
+    nodes = []
+    for node in conversation.branches:
+        data = node.to_dict()
+        if node.message.meta is not None:
+            data["meta"] = _stored_meta(node.message)
+        nodes.append(data)
+    return json_bytes(nodes).decode()
 
 
 def decode_conversation(row: Row[Any], rows: Sequence[MessageRow]) -> Conversation:
@@ -424,14 +457,16 @@ def decode_conversation(row: Row[Any], rows: Sequence[MessageRow]) -> Conversati
         "imported_at": row.imported_at,
         "messages": [
             {
+                "id": node_id,
                 "role": role,
                 "content": content,
                 "reasoning": reasoning,
                 "meta": None if meta is None else orjson.loads(meta),
                 "created_at": created_at,
             }
-            for role, content, reasoning, meta, created_at in rows
+            for node_id, role, content, reasoning, meta, created_at in rows
         ],
+        "branches": None if row.branches is None else orjson.loads(row.branches),
     }
     return parse_conversation(document)
 
@@ -447,6 +482,7 @@ def _conversation_values(conversation: Conversation) -> dict[str, Any]:
         "message_count": len(conversation.messages),
         "total_cost_usd": conversation.total_cost_usd,
         "imported_at": conversation.imported_at,
+        "branches": encode_branches(conversation),
     }
 
 
@@ -460,7 +496,11 @@ async def message_rows(
         .where(*_owned(owner_key, conversation_id))
         .order_by(messages.c.position)
     )
-    return [(r.role, r.content, r.reasoning, r.meta, r.created_at) for r in result]
+    return [
+        # A row an older app wrote has no id yet: it reads as the position's default one.
+        (r.node_id or default_id(n), r.role, r.content, r.reasoning, r.meta, r.created_at)
+        for n, r in enumerate(result)
+    ]
 
 
 async def _update(
@@ -486,7 +526,7 @@ async def _save_after_conflict(
     """The revision was not the expected one: deleted, changed, or only renamed meanwhile?"""
     current = (
         await connection.execute(
-            select(conversations.c.revision, conversations.c.title)
+            select(conversations.c.revision, conversations.c.title, conversations.c.branches)
             .where(*_owned(owner_key, conversation.id))
             .with_for_update()
         )
@@ -494,7 +534,9 @@ async def _save_after_conflict(
     if current is None:
         raise ConversationDeleted()
     stored = await message_rows(connection, owner_key, conversation.id)
-    if stored != encode_messages(expected.messages):
+    if stored != encode_messages(expected.messages) or current.branches != encode_branches(
+        expected
+    ):
         raise ConversationChanged()
     renamed = replace(conversation, title=current.title)
     revision = await _update(connection, owner_key, renamed, current.revision)
@@ -536,13 +578,14 @@ async def _insert_messages(
             {
                 "conversation_id": conversation_id,
                 "position": position,
+                "node_id": node_id,
                 "role": role,
                 "content": content,
                 "reasoning": reasoning,
                 "meta": meta,
                 "created_at": created_at,
             }
-            for position, (role, content, reasoning, meta, created_at) in enumerate(
+            for position, (node_id, role, content, reasoning, meta, created_at) in enumerate(
                 rows[start:], start
             )
         ],

@@ -1,0 +1,1 @@
+"""Frozen copies of earlier parsers (see tests/test_branches.py)."""

@@ -1,0 +1,452 @@
+# ruff: noqa
+# Frozen copy of chatlib/messages.py at commit 68aecd3 (before message versions): the parser of
+# the app as released, to prove its imports still read new exports. Imports point here.
+"""Pure functions on chat history: upstream messages, truncation, input checks, display."""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, NoReturn, get_args
+
+from chatlib.errors import InputError
+
+Role = Literal["user", "assistant", "system"]
+AnswerStatus = Literal["streaming", "complete", "stopped", "interrupted"]
+# The one list of each: stored files, imports and the API history are checked against these.
+ROLES: Final[tuple[Role, ...]] = get_args(Role)
+ANSWER_STATUSES: Final[tuple[AnswerStatus, ...]] = get_args(AnswerStatus)
+MAX_IDENTIFIER_CHARS = 200  # model and generation ids
+MAX_ERROR_CHARS = 2000  # an answer's error text, in imported files
+LATEST_TIME = 32_503_680_000.0  # year 3000: later timestamps are mistakes, not dates
+_TIME_RULE = "Unix seconds between 1970 and 3000"
+_MAX_TOKENS = 10**12
+_MAX_COST_USD = 1_000_000.0
+_MAX_MS = 1e9
+
+
+@dataclass(frozen=True)
+class AnswerMeta:
+    """What we know about one assistant answer: where it came from and what it cost."""
+
+    model: str
+    status: AnswerStatus = "streaming"
+    error: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost_usd: float | None = None
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
+    generation_id: str | None = None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Completion tokens per second after the first token (None when unknown)."""
+        if not self.completion_tokens or self.latency_ms is None or self.ttft_ms is None:
+            return None
+        generating_ms = self.latency_ms - self.ttft_ms
+        if generating_ms <= 0:
+            return None
+        return self.completion_tokens / (generating_ms / 1000)
+
+    def measures(self) -> dict[str, Any]:
+        """Tokens, cost and timings: the fields a log line and a usage row both carry."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "cost_usd": self.cost_usd,
+            "ttft_ms": self.ttft_ms,
+            "latency_ms": self.latency_ms,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (used by the UI state and, later, storage)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a conversation."""
+
+    role: Role
+    content: str
+    reasoning: str = ""
+    meta: AnswerMeta | None = field(default=None)
+    created_at: float | None = None  # Unix time (UTC seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        data: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.reasoning:
+            data["reasoning"] = self.reasoning
+        if self.meta is not None:
+            data["meta"] = self.meta.to_dict()
+        if self.created_at is not None:
+            data["created_at"] = self.created_at
+        return data
+
+    @classmethod
+    def from_dict(cls, data: object) -> ChatMessage:
+        """Inverse of `to_dict`; SchemaError (a ValueError) names what is wrong."""
+        return parse_message(data)
+
+
+History = tuple[ChatMessage, ...]
+
+
+def history_from_dicts(
+    items: Sequence[dict[str, Any]] | None,
+    *,
+    max_messages: int | None = None,
+    max_chars: int | None = None,
+) -> History:
+    """Parse a list of message dicts (UI state or API input) into a history.
+
+    With limits (for untrusted input), the count and the total text are checked before
+    anything is parsed; ValueError says which limit was passed.
+    """
+    items = items or ()
+    if max_messages is not None and len(items) > max_messages:
+        raise ValueError(f"at most {max_messages:,} messages are accepted, got {len(items):,}")
+    if max_chars is not None:
+        total = sum(len(item.get("content") or "") for item in items if isinstance(item, dict))
+        if total > max_chars:
+            raise ValueError(f"at most {max_chars:,} characters in all, got {total:,}")
+    return tuple(parse_message(item) for item in items)
+
+
+def clean_text(text: str) -> str:
+    """Text that can be encoded and sent: NULs dropped, lone surrogates replaced."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def check_user_input(text: str, max_chars: int) -> str:
+    """Return the message to send, or raise InputError saying why it cannot be sent."""
+    cleaned = clean_text(text)
+    if not cleaned.strip():
+        raise InputError("Type a message first.")
+    if len(cleaned) > max_chars:
+        raise InputError(
+            f"Your message is {len(cleaned):,} characters long; the limit is {max_chars:,}. "
+            "Shorten it and send again (your text is still in the box)."
+        )
+    return cleaned
+
+
+def check_system_prompt(text: str, max_chars: int) -> str:
+    """Return the system prompt to send, or raise InputError when it is too long."""
+    cleaned = clean_text(text)
+    if len(cleaned) > max_chars:
+        raise InputError(
+            f"The system prompt is {len(cleaned):,} characters long; the limit is "
+            f"{max_chars:,}. Shorten it and send again."
+        )
+    return cleaned
+
+
+def has_space_or_control(text: str) -> bool:
+    """Whether `text` holds white space or control characters (an id must not)."""
+    return any(c.isspace() or unicodedata.category(c).startswith("C") for c in text)
+
+
+def check_model_id(model: str) -> str:
+    """Return a model id that can be sent (and logged), or raise InputError."""
+    model = clean_text(model).strip()
+    if not model:
+        raise InputError("Pick a model first.")
+    if len(model) > MAX_IDENTIFIER_CHARS or has_space_or_control(model):
+        raise InputError(
+            "That is not a model id: ids look like openai/gpt-4o (no spaces, at most "
+            f"{MAX_IDENTIFIER_CHARS} characters)."
+        )
+    return model
+
+
+def check_temperature(value: object) -> float:
+    """Return the temperature as a float, or raise InputError unless it is within 0 to 2."""
+    try:
+        temperature = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        temperature = math.nan
+    if not 0.0 <= temperature <= 2.0:  # also refuses NaN
+        raise InputError("The temperature must be a number between 0 and 2.")
+    return temperature
+
+
+def build_upstream_messages(
+    history: Sequence[ChatMessage],
+    system_prompt: str,
+    max_history: int,
+    max_chars: int | None = None,
+) -> list[dict[str, str]]:
+    """The OpenAI-format messages sent upstream: system prompt + the last `max_history`.
+
+    With `max_chars`, older messages are also left out once the text would pass that many
+    characters (the newest message is always sent): what a turn can cost stays bounded.
+    """
+    sendable = [
+        m for m in history if m.role != "system" and (m.role == "user" or m.content.strip())
+    ]
+    recent = sendable[-max_history:]
+    if max_chars is not None and recent:
+        budget = max_chars - len(system_prompt) - len(recent[-1].content)
+        keep = 1
+        for message in reversed(recent[:-1]):
+            budget -= len(message.content)
+            if budget < 0:
+                break
+            keep += 1
+        recent = recent[-keep:]
+    # Never start the window with an orphan assistant answer: most providers reject it.
+    while recent and recent[0].role == "assistant":
+        recent = recent[1:]
+    messages: list[dict[str, str]] = []
+    if system_prompt.strip():
+        messages.append({"role": "system", "content": clean_text(system_prompt.strip())})
+    messages.extend({"role": m.role, "content": clean_text(m.content)} for m in recent)
+    return messages
+
+
+def strip_last_turn(history: History) -> tuple[History, str | None]:
+    """Remove the last user message and everything after it; return it as text too."""
+    for index in range(len(history) - 1, -1, -1):
+        if history[index].role == "user":
+            return history[:index], history[index].content
+    return history, None
+
+
+def user_message_index(history: Sequence[ChatMessage], nth_user: int) -> int | None:
+    """Index in `history` of the `nth_user`-th (0-based) user message."""
+    seen = -1
+    for index, message in enumerate(history):
+        if message.role == "user":
+            seen += 1
+            if seen == nth_user:
+                return index
+    return None
+
+
+def format_cost(cost_usd: float) -> str:
+    """Dollars with enough precision for sub-cent answers."""
+    if cost_usd == 0:
+        return "$0"
+    if cost_usd < 0.01:
+        return f"${cost_usd:.5f}".rstrip("0")
+    return f"${cost_usd:.4f}".rstrip("0").rstrip(".")
+
+
+def format_answer_footer(meta: AnswerMeta) -> str:
+    """One line under an answer: model, tokens, cost, time to first token, speed."""
+    parts = [meta.model]
+    if meta.completion_tokens is not None:
+        tokens = f"{meta.completion_tokens} tokens"
+        if meta.prompt_tokens is not None:
+            tokens = f"{meta.prompt_tokens} → {meta.completion_tokens} tokens"
+        parts.append(tokens)
+    if meta.cost_usd is not None:
+        parts.append(format_cost(meta.cost_usd))
+    if meta.ttft_ms is not None:
+        parts.append(f"TTFT {meta.ttft_ms / 1000:.2f} s")
+    speed = meta.tokens_per_second
+    if speed is not None:
+        parts.append(f"{speed:.0f} tok/s")
+    if meta.status == "stopped":
+        parts.append("stopped")
+    elif meta.status == "interrupted":
+        parts.append("interrupted")
+    return " · ".join(parts)
+
+
+# -- the one reader of messages: stored files and imports (strict) and the API's history ------
+
+
+class SchemaError(ValueError):
+    """A document breaks the conversation schema; `reason` names the element, field and rule."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImportLimits:
+    """The parser's strict mode, for files from outside: sizes and ranges are checked too."""
+
+    max_messages: int = 10_000
+    max_message_chars: int = 1_000_000
+
+
+def reject(reason: str) -> NoReturn:
+    """Refuse a document: `reason` names the element, the field and the rule."""
+    raise SchemaError(reason)
+
+
+def describe(value: object) -> str:
+    """The JSON type of `value`, as a phrase."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def show(value: object) -> str:
+    """A short, safe rendering of a value from a document for a rejection message."""
+    if isinstance(value, str):
+        text = value if len(value) <= 40 else value[:39] + "…"
+        return repr(text)
+    return describe(value)
+
+
+def required(obj: dict[str, Any], name: str, where: str) -> Any:
+    """The field `name` of `obj`; refused when it is missing."""
+    if name not in obj:
+        reject(f"{where} is missing the field '{name}'")
+    return obj[name]
+
+
+def text_field(value: object, where: str, name: str, max_chars: int | None = None) -> str:
+    """A string, at most `max_chars` long when given."""
+    if not isinstance(value, str):
+        reject(f"{where}, field '{name}' is {describe(value)}, expected a string")
+    if max_chars is not None and len(value) > max_chars:
+        reject(f"{where}, field '{name}' is {len(value):,} characters; the limit is {max_chars:,}")
+    return value
+
+
+def identifier_field(value: object, where: str, name: str, *, strict: bool) -> str:
+    """A model or generation id; strictly: short, no whitespace, no control characters."""
+    if not strict:
+        return text_field(value, where, name)
+    text = text_field(value, where, name, MAX_IDENTIFIER_CHARS)
+    if not text:
+        reject(f"{where}, field '{name}' is empty")
+    if has_space_or_control(text):
+        reject(f"{where}, field '{name}' contains spaces or control characters")
+    return text
+
+
+def number_field(
+    value: object,
+    where: str,
+    name: str,
+    low: float = -math.inf,
+    high: float = math.inf,
+    expected: str = "",
+) -> float:
+    """A finite number (not a boolean) from `low` to `high`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        reject(f"{where}, field '{name}' is {describe(value)}, expected a number")
+    if not math.isfinite(value) or not low <= value <= high:
+        bounded = math.isfinite(low) and math.isfinite(high)
+        expected = expected or (f"a number from {low:g} to {high:g}" if bounded else "finite")
+        reject(f"{where}, field '{name}' is {value!r}, expected {expected}")
+    return float(value)
+
+
+def timestamp_field(value: object, where: str, name: str, *, strict: bool) -> float:
+    """Unix seconds; strictly, between 1970 and 3000."""
+    if not strict:
+        return number_field(value, where, name)
+    return number_field(value, where, name, 0, LATEST_TIME, _TIME_RULE)
+
+
+def _count_field(value: object, where: str, name: str, *, strict: bool) -> int:
+    high = _MAX_TOKENS if strict else math.inf
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        reject(f"{where}, field '{name}' is {show(value)}, expected a whole number ≥ 0")
+    return value
+
+
+def parse_message(
+    raw: object,
+    *,
+    where: str = "message",
+    limits: ImportLimits | None = None,
+    model: str | None = None,
+) -> ChatMessage:
+    """One message; with `limits` (strict, for imports) sizes and ranges are checked too.
+
+    `model` is the conversation's: strictly, an answer without its own model gets it.
+    Raises SchemaError naming the element, the field and the rule.
+    """
+    if not isinstance(raw, dict):
+        reject(f"{where} is {describe(raw)}, expected an object")
+    strict = limits is not None
+    role = required(raw, "role", where)
+    if role not in ROLES:
+        reject(f"{where} has role {show(role)}, expected user/assistant/system")
+    content = required(raw, "content", where) if strict else raw.get("content", "")
+    if not isinstance(content, str):
+        reject(f"{where} has content that is {describe(content)}, expected a string")
+    max_chars = None if limits is None else limits.max_message_chars
+    if max_chars is not None and len(content) > max_chars:
+        reject(f"{where} content is {len(content):,} characters; the limit is {max_chars:,}")
+    reasoning = raw.get("reasoning")
+    created_at = raw.get("created_at")
+    meta = raw.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        reject(f"{where}, field 'meta' is {describe(meta)}, expected an object")
+    return ChatMessage(
+        role=role,
+        content=content,
+        reasoning="" if reasoning is None else text_field(reasoning, where, "reasoning", max_chars),
+        meta=None if meta is None else _parse_meta(meta, f"{where}, meta", strict, model),
+        created_at=None
+        if created_at is None
+        else timestamp_field(created_at, where, "created_at", strict=strict),
+    )
+
+
+def _parse_meta(raw: dict[str, Any], where: str, strict: bool, model: str | None) -> AnswerMeta:
+    status = raw.get("status", "complete")
+    if status not in ANSWER_STATUSES:
+        reject(f"{where} has status {show(status)}, expected complete/stopped/interrupted")
+    own_model = raw.get("model")
+    if own_model is None and model is not None:
+        own_model = model
+    error = raw.get("error")
+    generation_id = raw.get("generation_id")
+
+    def count(name: str) -> int | None:
+        value = raw.get(name)
+        return None if value is None else _count_field(value, where, name, strict=strict)
+
+    def amount(name: str, high: float) -> float | None:
+        value = raw.get(name)
+        if value is None:
+            return None
+        return number_field(value, where, name, *((0, high) if strict else ()))
+
+    return AnswerMeta(
+        model=identifier_field(own_model, where, "model", strict=strict),
+        status=status,
+        error=None
+        if error is None
+        else text_field(error, where, "error", MAX_ERROR_CHARS if strict else None),
+        prompt_tokens=count("prompt_tokens"),
+        completion_tokens=count("completion_tokens"),
+        reasoning_tokens=count("reasoning_tokens"),
+        cost_usd=amount("cost_usd", _MAX_COST_USD),
+        ttft_ms=amount("ttft_ms", _MAX_MS),
+        latency_ms=amount("latency_ms", _MAX_MS),
+        generation_id=None
+        if generation_id is None
+        else identifier_field(generation_id, where, "generation_id", strict=strict),
+    )
