@@ -14,6 +14,7 @@ from tests.conftest import TEST_API_KEY, AppServer
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.redis_server import redis_url  # noqa: F401 - fixture
 from tests.ui import INPUT, last_answer, open_app, send, toast, wait_until_idle
+from ui.usage import NO_USAGE_YET
 
 pytestmark = pytest.mark.e2e
 
@@ -105,8 +106,8 @@ def test_a_refused_message_stays_in_the_box_with_the_wait_time(
     expect(page.locator(INPUT)).to_have_value("second, too soon")
     assert len(fake.chat_requests()) == 1
     # Exports write files: they share the allowance, so they cannot fill the disk either.
-    page.locator("#sidebar").get_by_text("Export / import", exact=True).click()
-    page.get_by_role("button", name="Export this chat (JSON)").click()
+    page.get_by_role("button", name="Actions for first").click()
+    page.get_by_role("menuitem", name="Export JSON").click()
     expect(toast(page, "exporting too fast")).to_be_visible()
     assert not list((app.workdir / ".data" / "exports").glob("*/*"))
 
@@ -128,6 +129,11 @@ def test_usage_tab_shows_my_totals_and_the_csv_agrees(
         OPERATOR_TOKEN=OPERATOR_TOKEN,
     )
     open_app(page, f"{app.url}?operator={OPERATOR_TOKEN}")
+    # Before any message: one plain sentence instead of empty axes.
+    page.get_by_role("tab", name="Usage").click()
+    expect(page.locator("#usage-empty-mine")).to_have_text(NO_USAGE_YET)
+    expect(page.locator("#usage-charts-mine")).to_be_hidden()
+    page.get_by_role("tab", name="Chat").click()
     for text in ("one [[tokens=10]]", "two [[tokens=20]]"):
         send(page, text)
         expect(last_answer(page)).to_contain_text(f"{text.split()[0]}")
@@ -154,5 +160,10 @@ def test_usage_tab_shows_my_totals_and_the_csv_agrees(
     expect(mine).to_contain_text("3 requests")
     expect(mine).to_contain_text(f"${cost:.4f}")
     expect(mine).to_contain_text("30 completion tokens")
+    expect(page.locator("#usage-empty-mine")).to_be_hidden()
+    charts = page.locator("#usage-charts-mine")
+    for words in ("Cost per day", "Cost (USD)", "Tokens", "Time to first token (ms / s)"):
+        expect(charts).to_contain_text(words)
+    expect(charts).not_to_contain_text("cost_usd")
     # Opened with the operator link, the operator view (whole app + CSV download) is shown too.
     expect(page.locator("#usage-totals-all")).to_contain_text("3 requests")

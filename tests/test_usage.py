@@ -633,3 +633,38 @@ async def test_a_client_hammering_past_its_limit_does_not_fill_the_disk(
     assert [e["unrecorded_since_last"] for e in events] == [0, 199]
     # ...and the operator's dashboard still counts every one of the 201 refusals.
     assert summarize_directory(usage_log.path.parent).status_counts["rate_limited"] == 201
+
+
+# -- the Usage tab's charts ------------------------------------------------------------------
+
+
+async def test_the_charts_speak_in_words_and_units_not_column_names() -> None:
+    # Async: Gradio builds its Blocks inside the test's event loop, not loops of its own.
+    import gradio as gr
+
+    from ui.usage import CHARTS, NO_USAGE_YET, UsagePlots, chart_frames
+
+    summary = summarize([_record(model="a/x", cost_usd=0.25, latency_ms=700.0, ttft_ms=90.0)])
+    frames = chart_frames(summary)
+    for name, chart in CHARTS.items():
+        assert {chart.x, chart.y} <= set(frames[name].columns)
+        assert "_" not in chart.x_title + chart.y_title  # no raw column names
+    assert CHARTS["cost_by_day"].y_title == "Cost (USD)"
+    assert CHARTS["tokens_by_day"].y_title == "Tokens"
+    assert "(ms / s)" in CHARTS["ttft"].x_title
+    assert frames["cost_by_model"].iloc[0].to_dict() == {
+        "Model": "a/x",
+        "Cost (USD)": 0.25,
+        "Requests": 1,
+    }
+
+    with gr.Blocks():
+        plots = UsagePlots("test")
+    assert plots.cost_by_day.x_title == "Day (UTC)" and plots.cost_by_day.y_title == "Cost (USD)"
+    shown = plots.show(summary, "Your usage")
+    assert shown[plots.empty]["visible"] is False and shown[plots.charts]["visible"] is True
+    assert "1 request" in shown[plots.totals]["value"]
+    nothing = plots.show(summarize([]), "Your usage")
+    assert nothing[plots.empty]["visible"] is True and nothing[plots.charts]["visible"] is False
+    assert plots.empty.value == NO_USAGE_YET
+    assert plots.cost_by_day not in nothing  # no empty axes drawn

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,57 +19,122 @@ from ui.context import QUICK, PageContext
 from ui.errors import shown_as_toast
 
 Updates = dict[Any, Any]
-LATENCY_BUCKETS: list[str] = [
+NO_USAGE_YET = "No usage yet — send a message and it will show here."
+# Column names are what the charts show (axis titles and tooltips), so they are human words.
+DAY, MODEL, COST, TOKENS, REQUESTS = "Day (UTC)", "Model", "Cost (USD)", "Tokens", "Requests"
+ANSWER_TIME, FIRST_TOKEN = "Answer time", "Time to first token"
+TIME_BUCKETS: list[str] = [
     str(row["bucket"]) for row in summarize([]).as_rows_histogram() if row["metric"] == "latency_ms"
 ]
 
 
+@dataclass(frozen=True)
+class Chart:
+    """One plot: its data columns, title and axis titles (units in the titles or ticks)."""
+
+    x: str
+    y: str
+    title: str
+    x_title: str
+    y_title: str
+
+
+CHARTS: dict[str, Chart] = {
+    "cost_by_day": Chart(DAY, COST, "Cost per day", "Day (UTC)", "Cost (USD)"),
+    "tokens_by_day": Chart(DAY, TOKENS, "Tokens per day", "Day (UTC)", "Tokens"),
+    "cost_by_model": Chart(MODEL, COST, "Cost per model", "Model", "Cost (USD)"),
+    # The buckets' own labels carry their unit ("250-500 ms", "1-2 s").
+    "latency": Chart(ANSWER_TIME, REQUESTS, "Answer time", "Whole answer (ms / s)", "Requests"),
+    "ttft": Chart(
+        FIRST_TOKEN, REQUESTS, "Time to first token", "Time to first token (ms / s)", "Requests"
+    ),
+}
+
+
+def chart_frames(summary: UsageSummary) -> dict[str, pd.DataFrame]:
+    """Each chart's table, with the human column names the chart shows."""
+    by_day = [
+        {DAY: r["date"], COST: r["cost_usd"], TOKENS: r["tokens"]} for r in summary.as_rows_by_day()
+    ]
+    by_model = [
+        {MODEL: r["model"], COST: r["cost_usd"], REQUESTS: r["requests"]}
+        for r in summary.as_rows_by_model()
+    ]
+    histogram = summary.as_rows_histogram()
+
+    def times(metric: str, column: str) -> pd.DataFrame:
+        picked = [r for r in histogram if r["metric"] == metric]
+        rows = [{column: r["bucket"], REQUESTS: r["requests"]} for r in picked]
+        return pd.DataFrame(rows, columns=[column, REQUESTS])
+
+    return {
+        "cost_by_day": pd.DataFrame(by_day, columns=[DAY, COST, TOKENS]),
+        "tokens_by_day": pd.DataFrame(by_day, columns=[DAY, COST, TOKENS]),
+        "cost_by_model": pd.DataFrame(by_model, columns=[MODEL, COST, REQUESTS]),
+        "latency": times("latency_ms", ANSWER_TIME),
+        "ttft": times("ttft_ms", FIRST_TOKEN),
+    }
+
+
+def _plot(name: str, **extra: Any) -> gr.BarPlot:
+    chart = CHARTS[name]
+    return gr.BarPlot(
+        x=chart.x,
+        y=chart.y,
+        title=chart.title,
+        x_title=chart.x_title,
+        y_title=chart.y_title,
+        height=240,
+        y_lim=[0, None],
+        min_width=340,  # two side by side on a desktop; one under the other below ~700 px
+        **extra,
+    )
+
+
 class UsagePlots:
-    """A totals line plus four plots: cost per day, tokens per day, cost per model, latency."""
+    """A totals line and five plots, or one line saying there is no usage yet."""
 
     def __init__(self, scope: str) -> None:
         self.totals = gr.Markdown(elem_id=f"usage-totals-{scope}")
-        # Two plots side by side on a desktop; one under the other below ~700 px.
-        plot: dict[str, Any] = {"height": 240, "y_lim": [0, None], "min_width": 340}
-        with gr.Row():
-            self.cost_by_day = gr.BarPlot(
-                x="date", y="cost_usd", title="Cost per day (USD)", **plot
-            )
-            self.tokens_by_day = gr.BarPlot(x="date", y="tokens", title="Tokens per day", **plot)
-        with gr.Row():
-            self.by_model = gr.BarPlot(
-                x="model",
-                y="cost_usd",
-                title="Cost per model (USD)",
-                sort="-y",
-                x_label_angle=-40,
-                **plot,
-            )
-            self.latency = gr.BarPlot(
-                x="bucket",
-                y="requests",
-                title="Answer time (latency)",
-                sort=LATENCY_BUCKETS,
-                x_label_angle=-40,
-                **plot,
-            )
+        self.empty = gr.Markdown(NO_USAGE_YET, visible=False, elem_id=f"usage-empty-{scope}")
+        with gr.Column(visible=False, elem_id=f"usage-charts-{scope}") as self.charts:
+            with gr.Row():
+                self.cost_by_day = _plot("cost_by_day")
+                self.tokens_by_day = _plot("tokens_by_day")
+            with gr.Row():
+                self.by_model = _plot("cost_by_model", sort="-y", x_label_angle=-40)
+                self.latency = _plot("latency", sort=TIME_BUCKETS, x_label_angle=-40)
+            with gr.Row():
+                self.ttft = _plot("ttft", sort=TIME_BUCKETS, x_label_angle=-40)
+
+    @property
+    def plots(self) -> dict[str, gr.BarPlot]:
+        return {
+            "cost_by_day": self.cost_by_day,
+            "tokens_by_day": self.tokens_by_day,
+            "cost_by_model": self.by_model,
+            "latency": self.latency,
+            "ttft": self.ttft,
+        }
 
     @property
     def outputs(self) -> list[Any]:
-        return [self.totals, self.cost_by_day, self.tokens_by_day, self.by_model, self.latency]
+        return [self.totals, self.empty, self.charts, *self.plots.values()]
 
     def show(self, summary: UsageSummary, title: str) -> Updates:
-        """Every plot and the totals line for `summary`."""
-        by_day = summary.as_rows_by_day()
-        histogram = [r for r in summary.as_rows_histogram() if r["metric"] == "latency_ms"]
+        """The totals line and every plot for `summary`; the empty note when it has none."""
+        if summary.totals.requests == 0:
+            return {
+                self.totals: gr.update(value="", visible=False),
+                self.empty: gr.update(visible=True),
+                self.charts: gr.update(visible=False),
+            }
+        frames = chart_frames(summary)
         return {
-            self.totals: totals_line(summary, title),
-            self.cost_by_day: pd.DataFrame(by_day, columns=["date", "cost_usd", "tokens"]),
-            self.tokens_by_day: pd.DataFrame(by_day, columns=["date", "cost_usd", "tokens"]),
-            self.by_model: pd.DataFrame(
-                summary.as_rows_by_model(), columns=["model", "cost_usd", "requests"]
-            ),
-            self.latency: pd.DataFrame(histogram, columns=["bucket", "requests"]),
+            self.totals: gr.update(value=totals_line(summary, title), visible=True),
+            self.empty: gr.update(visible=False),
+            self.charts: gr.update(visible=True),
+            **{plot: frames[name] for name, plot in self.plots.items()},
         }
 
 
