@@ -95,10 +95,14 @@
 
   function mainItems(state) {
     const { id, title, button } = state;
+    const exportAs = (action) => () => {
+      closeMenu(true);
+      send({ action, id });
+    };
     return [
       menuItem("Rename", () => startRename(button.closest("label"), id, title)),
-      menuItem("Export JSON", () => closeMenu(true) || send({ action: "export-json", id })),
-      menuItem("Export Markdown", () => closeMenu(true) || send({ action: "export-markdown", id })),
+      menuItem("Export JSON", exportAs("export-json")),
+      menuItem("Export Markdown", exportAs("export-markdown")),
       menuItem("Delete…", () => askDelete(state), "danger"),
     ];
   }
@@ -151,14 +155,13 @@
 
   // Close the menu; with `refocus`, the keyboard goes back to its ⋯ button.
   function closeMenu(refocus) {
-    if (!open) return false;
+    if (!open) return;
     const { root, button } = open;
     open = null;
     root.remove();
     button.setAttribute("aria-expanded", "false");
     button.removeAttribute("aria-controls");
     if (refocus && button.isConnected) button.focus();
-    return false;
   }
 
   function onMenuKey(event) {
@@ -191,7 +194,9 @@
     input.maxLength = MAX_TITLE;
     input.setAttribute("aria-label", `New name for ${title}`);
     label.classList.add("chat-renaming");
-    label.appendChild(input);
+    const line = label.querySelector(":scope > span");
+    if (line) line.after(input);
+    else label.appendChild(input);
     input.focus();
     input.select();
     let finished = false;
