@@ -218,6 +218,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+@pytest.fixture(params=["desktop", "phone"])
+def device(request: pytest.FixtureRequest) -> str:
+    """Runs the test twice: at desktop size (1280×800) and as a phone (Pixel 7 emulation).
+
+    Take it with `device_page` below, or pass it to `tests.ui.device_page(browser, device)`.
+    """
+    return str(request.param)
+
+
+@pytest.fixture
+def device_page(browser: object, device: str, request: pytest.FixtureRequest) -> Iterator[object]:
+    """A fresh page emulating `device` (see `tests.ui.DEVICES`); a screenshot if the test fails."""
+    from tests.ui import new_device_context
+
+    context = new_device_context(browser, device)  # type: ignore[arg-type]
+    page = context.new_page()
+    yield page
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+
+
 @pytest.fixture
 def page(browser: object, request: pytest.FixtureRequest) -> Iterator[object]:
     """A fresh browser context and page; a screenshot is kept if the test fails."""

@@ -2,14 +2,74 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import Locator, Page, expect
 
 INPUT = "#message-input textarea"
 # CI machines are small and shared: give the page time before declaring a failure.
 expect.set_options(timeout=15_000)
+
+# Browser sizes a journey can run at (see `device_page`, and the `device` fixture).
+DESKTOP: dict[str, Any] = {"viewport": {"width": 1280, "height": 800}}
+# Playwright's "Pixel 7" descriptor (`playwright.devices["Pixel 7"]`), copied: a context is
+# made from the `browser` fixture alone, which has no access to the Playwright object.
+PHONE: dict[str, Any] = {
+    "user_agent": (
+        "Mozilla/5.0 (Linux; Android 14; Pixel 7) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/159.0.8154.6 Mobile Safari/537.36"
+    ),
+    "viewport": {"width": 412, "height": 839},
+    "screen": {"width": 412, "height": 915},
+    "device_scale_factor": 2.625,
+    "is_mobile": True,
+    "has_touch": True,
+}
+DEVICES: dict[str, dict[str, Any]] = {"desktop": DESKTOP, "phone": PHONE}
+
+
+def new_device_context(browser: Browser, device: str, **options: Any) -> BrowserContext:
+    """A fresh browser context emulating `device` ("desktop" 1280×800, or "phone": a Pixel 7).
+
+    `options` go to `browser.new_context` too (e.g. `color_scheme="dark"`, `storage_state`).
+    """
+    context = browser.new_context(**DEVICES[device], **options)
+    context.set_default_timeout(20_000)
+    return context
+
+
+@contextmanager
+def device_page(browser: Browser, device: str, **options: Any) -> Iterator[Page]:
+    """A page in a fresh context emulating `device`; the context is closed afterwards.
+
+    For a journey at both sizes, take the `device` fixture (parametrized "desktop", "phone")
+    or the `device_page` fixture (tests/conftest.py); for a second page inside one test:
+
+        with device_page(browser, "phone", color_scheme="dark") as phone:
+            open_app(phone, app_server.url)
+    """
+    context = new_device_context(browser, device, **options)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def in_viewport(page: Page, locator: Locator) -> bool:
+    """Whether all of `locator` is inside the visible part of the page, without scrolling."""
+    box = locator.bounding_box()
+    size = page.viewport_size
+    if box is None or size is None:
+        return False
+    return (
+        box["x"] >= 0
+        and box["y"] >= 0
+        and box["x"] + box["width"] <= size["width"]
+        and box["y"] + box["height"] <= size["height"]
+    )
 
 
 def open_app(page: Page, url: str) -> None:
