@@ -15,7 +15,7 @@ import structlog
 from chatlib.client import attribution_headers
 from chatlib.keys import check_key, clean_key, mask_key
 from chatlib.visitors import BrowserIdentity
-from ui.assets import NO_KEY_NOTICE_BYOK
+from ui.assets import OPERATOR_KEY_HELP
 from ui.context import QUICK, PageContext, session_of
 from ui.errors import refuse, shown_as_toast
 
@@ -27,44 +27,75 @@ REMEMBER_INFO = (
 )
 
 
+# Shown above the key box on a first run: the box is right below, and focused.
+NO_KEY_NOTICE = f"""**No OpenRouter API key is configured yet, so messages cannot be sent.**
+
+- **Visitor:** paste your own OpenRouter key in the box just below (get one at
+  [openrouter.ai/keys](https://openrouter.ai/keys)). It is used for your messages only.
+{OPERATOR_KEY_HELP}"""
+
+
+class KeyFields:
+    """The status line and the "Your OpenRouter key" box, rendered where they are made."""
+
+    def __init__(self, *, first_run: bool) -> None:
+        self.status = gr.Markdown(elem_id="byok-status")
+        with gr.Accordion("Your OpenRouter key", open=first_run, elem_id="byok"):
+            self.key_box = gr.Textbox(
+                label="API key",
+                type="password",
+                placeholder="sk-or-...",
+                max_lines=1,
+                # On a first run the key is the one thing to do: the cursor starts here.
+                autofocus=first_run,
+                elem_id="byok-key",
+            )
+            self.remember = gr.Checkbox(
+                label="Remember on this device", info=REMEMBER_INFO, elem_id="byok-remember"
+            )
+            with gr.Row():
+                self.use_btn = gr.Button("Use my key", size="sm", elem_id="byok-use")
+                self.forget_btn = gr.Button("Forget my key", size="sm", elem_id="byok-forget")
+
+
 class KeyNotice:
-    """The "no key configured" explanation at the top; shown until a key is available."""
+    """The "no key configured" explanation at the top; shown until a key is available.
+
+    With no operator key the visitor's key box is rendered here too, right under the notice
+    (first on the page, on a phone as on a desktop), instead of in the settings column.
+    """
 
     def __init__(self, ctx: PageContext) -> None:
         self.ctx = ctx
-        self.markdown = gr.Markdown(
-            NO_KEY_NOTICE_BYOK, elem_id="key-notice", visible=not ctx.settings.openrouter_api_key
-        )
+        self.fields: KeyFields | None = None
+        first_run = not ctx.settings.openrouter_api_key
+        with gr.Column(elem_id="key-first-run", visible=first_run):
+            self.markdown = gr.Markdown(NO_KEY_NOTICE, elem_id="key-notice", visible=first_run)
+            if first_run:
+                self.fields = KeyFields(first_run=True)
 
     def update(self, has_own_key: bool) -> Any:
         return gr.update(visible=not (self.ctx.settings.openrouter_api_key or has_own_key))
 
 
 class OwnKeyPanel:
-    """The "Your OpenRouter key" box in the settings column (absent when keys are not allowed)."""
+    """A visitor's own key: at the top on a first run, else in the settings column.
+
+    Absent when visitors' keys are not allowed.
+    """
 
     def __init__(self, ctx: PageContext, notice: KeyNotice) -> None:
         self.ctx = ctx
         self.notice = notice
-        settings = ctx.settings
-        with gr.Column(visible=settings.user_keys_allowed):
-            self.status = gr.Markdown(elem_id="byok-status")
-            with gr.Accordion(
-                "Your OpenRouter key", open=not settings.openrouter_api_key, elem_id="byok"
-            ):
-                self.key_box = gr.Textbox(
-                    label="API key",
-                    type="password",
-                    placeholder="sk-or-...",
-                    max_lines=1,
-                    elem_id="byok-key",
-                )
-                self.remember = gr.Checkbox(
-                    label="Remember on this device", info=REMEMBER_INFO, elem_id="byok-remember"
-                )
-                with gr.Row():
-                    self.use_btn = gr.Button("Use my key", size="sm")
-                    self.forget_btn = gr.Button("Forget my key", size="sm")
+        fields = notice.fields
+        if fields is None:
+            with gr.Column(visible=ctx.settings.user_keys_allowed):
+                fields = KeyFields(first_run=False)
+        self.status = fields.status
+        self.key_box = fields.key_box
+        self.remember = fields.remember
+        self.use_btn = fields.use_btn
+        self.forget_btn = fields.forget_btn
 
     def shown(self, own_key: str | None, *, remembered: bool = False) -> Updates:
         """Status line and notice for whichever own key is in use (None: the operator's)."""
