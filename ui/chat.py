@@ -62,7 +62,7 @@ class ChatPanel:
                 lines=1,
                 max_lines=12,
                 scale=8,
-                autofocus=True,
+                autofocus=bool(ctx.settings.openrouter_api_key),
                 elem_id="message-input",
             )
             self.send_btn = gr.Button(

@@ -32,7 +32,8 @@ log = structlog.get_logger(__name__)
 def header(settings: Settings) -> str:
     """The title and one line about what the app does."""
     return (
-        f"<div id='app-header'><h1>{html.escape(settings.app_title)}</h1>"
+        f"<div id='app-header' data-max-input-chars='{settings.max_input_chars}'>"
+        f"<h1>{html.escape(settings.app_title)}</h1>"
         "<p>Chat with any model on OpenRouter. Answers stream live; cost is shown per "
         "message.</p></div>"
     )
