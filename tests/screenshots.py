@@ -8,13 +8,14 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS, REPO, TEST_API_KEY, start_app
 from tests.fakes.openrouter import FakeOpenRouter
-from tests.ui import last_answer, open_app, send, wait_until_idle
+from tests.ui import DESKTOP, PHONE, last_answer, open_app, send, wait_until_idle
 
 DOCS = REPO / "docs"
+SAVED = ("screenshot.png", "usage.png", "phone.png", "first-run.png", "first-run-phone.png")
 
 
 def _chat(page: Page) -> None:
@@ -37,7 +38,7 @@ def main() -> None:
                 browser = playwright.chromium.launch(
                     executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
                 )
-                page = browser.new_page(viewport={"width": 1280, "height": 860})
+                page = browser.new_page(**DESKTOP)
                 open_app(page, app.url)
                 fake.set_defaults(tokens=25)
                 for earlier in ("Plan a weekend in Lisbon", "Explain Python decorators"):
@@ -52,15 +53,30 @@ def main() -> None:
                 expect(page.locator("#usage-totals-mine")).to_contain_text("requests")
                 page.wait_for_timeout(1500)  # let the plots draw
                 page.screenshot(path=str(DOCS / "usage.png"), full_page=True)
-                phone = browser.new_page(viewport={"width": 390, "height": 844})
+                phone = browser.new_page(**PHONE)
                 open_app(phone, app.url)
                 send(phone, "Hello from my phone")
                 expect(last_answer(phone)).to_contain_text("TTFT", timeout=30_000)
                 phone.screenshot(path=str(DOCS / "phone.png"))
+                _first_run(browser, Path(tmp), fake.base_url)
                 browser.close()
         finally:
             app.stop()
-    print(f"saved screenshot.png, usage.png and phone.png in {DOCS}")  # noqa: T201
+    print(f"saved {', '.join(SAVED)} in {DOCS}")  # noqa: T201
+
+
+def _first_run(browser: Browser, tmp: Path, base_url: str) -> None:
+    """The page of an app started without an operator key, on a desktop and on a phone."""
+    app = start_app(tmp / "first-run", {"OPENROUTER_API_KEY": "", "OPENROUTER_BASE_URL": base_url})
+    try:
+        for name, device in (("first-run.png", DESKTOP), ("first-run-phone.png", PHONE)):
+            page = browser.new_page(**device)
+            page.goto(app.url, wait_until="load")
+            expect(page.locator("#byok-key input")).to_be_focused()
+            page.screenshot(path=str(DOCS / name))
+            page.close()
+    finally:
+        app.stop()
 
 
 if __name__ == "__main__":
