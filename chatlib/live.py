@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 
 import structlog
@@ -78,7 +78,7 @@ class LiveAnswer:
             return False
         return self._followed or self._grace_over
 
-    async def follow(self) -> AsyncIterator[ConversationFrame]:
+    async def follow(self) -> AsyncGenerator[ConversationFrame]:
         """The newest frame now, then each newer one, until the done frame.
 
         A slow follower skips frames it had no time for (each is the whole conversation).

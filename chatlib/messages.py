@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NoReturn, get_args
 
-from chatlib.errors import InputError
+from chatlib.errors import InputError, is_out_of_credits
 
 Role = Literal["user", "assistant", "system"]
 AnswerStatus = Literal["streaming", "complete", "stopped", "interrupted"]
@@ -265,6 +265,8 @@ def format_answer_footer(meta: AnswerMeta) -> str:
         parts.append(f"{speed:.0f} tok/s")
     if meta.status == "stopped":
         parts.append("stopped")
+    elif meta.status == "interrupted" and is_out_of_credits(meta.error):
+        parts.append("failed: out of credit")  # stored as "interrupted": older imports read it
     elif meta.status == "interrupted":
         parts.append("interrupted")
     return " · ".join(parts)

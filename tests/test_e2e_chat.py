@@ -142,9 +142,10 @@ def test_out_of_credits_is_explained(
 ) -> None:
     open_app(page, app_server.url)
     send(page, "Hi [[error=402]]")
-    expect(toast(page, "out of credits")).to_be_visible()
     wait_until_idle(page)
-    expect(last_answer(page)).to_contain_text("out of credits (402)")
+    expect(last_answer(page)).to_contain_text("out of credits (402)")  # once, in the chat
+    expect(last_answer(page)).to_contain_text("failed: out of credit")
+    expect(page.locator(".toast-body")).to_have_count(0)
 
 
 def test_midstream_failure_keeps_partial_answer_and_says_why(
@@ -158,7 +159,7 @@ def test_midstream_failure_keeps_partial_answer_and_says_why(
     expect(answer).to_contain_text(expected_reply("Break please", 6))
     expect(answer).to_contain_text("interrupted")
     expect(answer).to_contain_text("Provider disconnected")
-    expect(toast(page, "interrupted")).to_be_visible()
+    expect(page.locator(".toast-body")).to_have_count(0)  # said once, in the chat
 
 
 def test_oversize_message_is_refused_and_kept(
@@ -171,7 +172,8 @@ def test_oversize_message_is_refused_and_kept(
     asked = len(fake.chat_requests())
     text = "x" * 8001
     send(page, text)
-    expect(toast(page, "8,001 characters")).to_be_visible()
+    # Refused in place before anything is sent (the server checks again: test_api).
+    expect(page.locator("#message-counter .refusal")).to_contain_text("Too long: 8,001 of 8,000")
     expect(page.locator(INPUT)).to_have_value(text)
     # The conversation stays on screen, not hidden behind an error overlay.
     expect(user_messages(page).first).to_contain_text("A first question")
@@ -226,7 +228,7 @@ def test_live_catalog_shows_prices_and_free_models(page: Page, app_server: AppSe
     picker.click()
     picker.fill("gpt-4o")
     expect(
-        page.get_by_role("option").filter(has_text="$2.50 in / $10.00 out per 1M").first
+        page.get_by_role("option").filter(has_text="$2.50/$10 per M").first
     ).to_be_visible()
     picker.fill(":free")
     expect(page.get_by_role("option").filter(has_text="free").first).to_be_visible()

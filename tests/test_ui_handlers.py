@@ -59,6 +59,14 @@ async def send(
     return shown
 
 
+async def opened(page: Page, chat_id: str, who: dict[str, Any]) -> dict[Any, Any]:
+    """What the page shows after opening a chat (the handler streams while an answer runs)."""
+    shown: dict[Any, Any] = {}
+    async for updates in page.chat.open_conversation(chat_id, who, request(), None):
+        shown.update(updates)
+    return shown
+
+
 async def test_a_message_streams_an_answer_that_is_saved_and_listed(page: Page) -> None:
     me = visitor()
     shown = await send(page, me, "Hello there")
@@ -69,7 +77,7 @@ async def test_a_message_streams_an_answer_that_is_saved_and_listed(page: Page) 
     choices = shown[page.sidebar.conversation_list]["choices"]
     assert [label.split(" · ")[0] for label, _ in choices] == ["Hello there"]
     chat_id = shown[page.ctx.conversation_id]
-    reopened = await page.chat.open_conversation(chat_id, me, request(), None)
+    reopened = await opened(page, chat_id, me)
     assert reopened[page.chat.chatbot] == messages
 
 
@@ -88,7 +96,7 @@ async def test_another_visitors_chat_id_opens_nothing_and_changes_nothing(page: 
     owner, intruder = visitor(), visitor()
     chat_id = (await send(page, owner, "My secret plan"))[page.ctx.conversation_id]
     for handler, args in (
-        (page.chat.open_conversation, (chat_id,)),
+        (page.chat.switch_version, ("0:1", chat_id)),
         (page.sidebar.rename, ("pwned", chat_id)),
         (page.sidebar.delete, (chat_id, None)),
         (page.sidebar.act, (json.dumps({"action": "delete", "id": chat_id}), None, "")),
@@ -98,7 +106,14 @@ async def test_another_visitors_chat_id_opens_nothing_and_changes_nothing(page: 
         with pytest.warns(UserWarning):
             result = await shown_as_toast(handler)(*args, intruder, request("evil"), None)
         assert result == gr.skip(), handler.__name__
-    mine = await page.chat.open_conversation(chat_id, owner, request(), None)
+    with pytest.warns(UserWarning):
+        assert [
+            u
+            async for u in shown_as_toast(page.chat.open_conversation)(
+                chat_id, intruder, request("evil"), None
+            )
+        ] == [gr.skip()]
+    mine = await opened(page, chat_id, owner)
     assert mine[page.chat.chatbot][0]["content"] == "My secret plan"
 
 
@@ -151,7 +166,7 @@ async def test_usage_tab_shows_only_the_visitors_own_totals(page: Page) -> None:
     me = visitor()
     await send(page, me, "Count me")
     shown = await page.usage.show(me, False, request(peer="203.0.113.9"), None)
-    assert "1 request" in shown[page.usage.mine.totals]
+    assert "1 request" in shown[page.usage.mine.totals]["value"]
     assert shown[page.usage.admin_group]["visible"] is False
 
 

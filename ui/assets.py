@@ -23,6 +23,7 @@ def head_html() -> str:
 def _scripts() -> list[str]:
     return [p.read_text("utf-8") for p in sorted(STATIC_DIR.glob("*.js"))]
 
+
 CSS = """
 #app-header h1 { margin: 0; font-size: 1.6rem; }
 #app-header p { margin: 0.2rem 0 0; opacity: 0.75; }
@@ -80,3 +81,8 @@ CLOSE_SIDEBAR_IF_NARROW_JS = """
   return inputs;
 }
 """
+
+# The open chat's id reached the page: show it in the address bar (see static/chat.js).
+SHOW_ADDRESS_JS = "(shown) => { window.orchat?.showAddress?.(shown); return []; }"
+# The page opened at a chat's address is settled: "" means it was not found (see chat.js).
+SETTLE_ADDRESS_JS = "(shown) => { window.orchat?.settleAddress?.(shown); return []; }"

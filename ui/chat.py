@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Literal
 
 import gradio as gr
 
 from chatlib.config import TEMPERATURE_SLIDER_MAX
-from chatlib.conversations import ConversationFrame, TurnRequest
+from chatlib.conversations import ConversationFrame, ConversationService, TurnRequest
 from chatlib.errors import StorageError
+from chatlib.live import LiveAnswer
 from chatlib.visitors import Visitor
-from ui.assets import CLOSE_SIDEBAR_IF_NARROW_JS
+from ui.assets import CLOSE_SIDEBAR_IF_NARROW_JS, SHOW_ADDRESS_JS
 from ui.context import QUICK, STREAMING, PageContext, session_of
-from ui.display import to_display
+from ui.display import conversation_display, to_display
 from ui.errors import refuse, shown_as_toast, unchanged, warn
+from ui.models import ModelPicker
 from ui.sidebar import SidebarPanel
 
 Updates = dict[Any, Any]
-CATALOG_WAIT_ON_LOAD_S = 2.0
 LATEX_DELIMITERS: list[dict[str, str | bool]] = [
     {"left": "$$", "right": "$$", "display": True},
     {"left": "\\[", "right": "\\]", "display": True},
@@ -28,15 +30,40 @@ LATEX_DELIMITERS: list[dict[str, str | bool]] = [
 ]
 
 
-def catalog_status(ctx: PageContext) -> str:
-    """One line under the model picker: live list or built-in fallback."""
-    catalog = ctx.services.catalog
-    if catalog.is_live:
-        return f"✓ {len(catalog.models)} models from OpenRouter. You can also type any model id."
-    return (
-        "⚠ The live model list is offline; showing a built-in list. "
-        "You can still type any model id."
-    )
+VIEW_CHECK_S = 0.25  # how soon a page that opened another chat stops drawing this one
+
+
+async def _while_viewing(
+    frames: AsyncIterator[ConversationFrame],
+    conversations: ConversationService,
+    session_key: str | None,
+    shown_id: str,
+) -> AsyncIterator[ConversationFrame | None]:
+    """`frames` while the page shows `shown_id`; then None, once, if it opened another chat.
+
+    Checked between frames too, so a page that moved on is released at once even while the
+    answer waits for a slow token.
+    """
+    pending: asyncio.Task[ConversationFrame | None] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(frames, None))
+            await asyncio.wait({pending}, timeout=VIEW_CHECK_S)
+            if not conversations.is_viewing(session_key, shown_id):
+                yield None
+                return
+            if not pending.done():
+                continue
+            frame, pending = pending.result(), None
+            if frame is None:
+                return
+            yield frame
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
 
 
 class ChatPanel:
@@ -54,6 +81,7 @@ class ChatPanel:
             placeholder="**Ask anything.** Pick a model in the settings.",
             latex_delimiters=LATEX_DELIMITERS,
             group_consecutive_messages=False,
+            autoscroll=False,  # static/chat.js follows new text only while at the bottom
         )
         with gr.Row(elem_id="composer", equal_height=True):
             self.textbox = gr.Textbox(
@@ -71,20 +99,20 @@ class ChatPanel:
             self.stop_btn = gr.Button(
                 "Stop", variant="stop", scale=1, min_width=80, visible=False, elem_id="stop-btn"
             )
+        # The open chat's address (?c=<id>) for the page's script, and its way to ask for a
+        # chat (back/forward). Only ids: every handler checks the owner again.
+        self.address = gr.Textbox(visible="hidden", elem_id="chat-address")
+        self.open_request = gr.Textbox(visible="hidden", elem_id="open-request")
+        self.open_go = gr.Button(visible="hidden", elem_id="open-request-go")
+        # "‹ 2/3 ›" under a message: the script sends "<message index>:<step>" here.
+        self.version_request = gr.Textbox(visible="hidden", elem_id="version-request")
+        self.version_go = gr.Button(visible="hidden", elem_id="version-request-go")
 
     def render_settings(self) -> None:
         """The model picker, system prompt and temperature (the right-hand column)."""
         settings = self.ctx.settings
-        self.model = gr.Dropdown(
-            choices=self.ctx.services.catalog.choices([settings.default_model]),
-            value=settings.default_model,
-            label="Model",
-            info="Type to search; any OpenRouter model id works.",
-            allow_custom_value=True,
-            filterable=True,
-            elem_id="model-picker",
-        )
-        self.catalog_status = gr.Markdown(catalog_status(self.ctx), elem_id="catalog-status")
+        self.model_picker = ModelPicker(self.ctx)
+        self.model = self.model_picker.dropdown
         self.system_prompt = gr.Textbox(
             label="System prompt",
             placeholder="e.g. You are a concise assistant.",
@@ -128,79 +156,81 @@ class ChatPanel:
         )
 
     async def _run(self, turn: TurnRequest, *, clear_input: bool) -> AsyncGenerator[Updates]:
-        """Stream one turn onto the page; closing this stops the turn (it is still saved)."""
-        conversations = self.ctx.services.conversations
-        frames = conversations.turn(turn)
-        try:
-            first = await anext(frames)
-            if first.save_error is not None:
-                warn(first.save_error)
-            shown_id = first.conversation.id
-            updates: Updates = {
-                self.chatbot: to_display(first.conversation.messages),
-                self.ctx.conversation_id: shown_id,
-                **self._streaming_buttons(),
-            }
-            if clear_input:
-                updates[self.textbox] = ""
-            if turn.conversation_id is None:  # a new chat appears in the list at once
-                updates.update(await self.sidebar.refreshed(turn.owner_key, shown_id))
-            yield updates
-            async for drawn in self._draw_rest(frames, turn, shown_id):
-                yield drawn
-        finally:
-            await frames.aclose()
+        """Start the turn as a live answer and follow it on this page.
 
-    async def _draw_rest(
-        self, frames: AsyncIterator[ConversationFrame], turn: TurnRequest, shown_id: str
-    ) -> AsyncIterator[Updates]:
-        conversations = self.ctx.services.conversations
-        was_watching = True
-        async for frame in frames:
-            watching = conversations.is_viewing(turn.session_key, shown_id)
-            switched_away, was_watching = was_watching and not watching, watching
-            updates: Updates = {}
-            if watching:
-                updates[self.chatbot] = to_display(frame.conversation.messages)
-            elif switched_away:
-                # A frame of this answer sent just before the switch may reach the page after
-                # it: draw the conversation now open once more, from this event, so it wins.
-                updates.update(await self._viewed(turn))
-            if not frame.done:
-                if updates:
-                    # Said again in every frame: a browser that merges frames arriving
-                    # together keeps the last one's, and Stop must stay on screen.
-                    yield {**updates, **self._streaming_buttons()}
-                continue
-            if frame.error is not None and watching:
-                warn(frame.error)
-            if frame.save_error is not None:
-                warn(frame.save_error)
-            updates[self.send_btn] = gr.update(visible=True)
-            updates[self.stop_btn] = gr.update(visible=False)
-            if watching:
-                updates[self.ctx.conversation_id] = frame.conversation.id
-            selected = shown_id if watching else None
-            updates.update(
-                await self.sidebar.refreshed(turn.owner_key, selected, keep_selection=not watching)
-            )
-            yield updates
+        The answer runs on the server whatever the page does: closing or reloading the tab
+        only stops following it (a reloaded page attaches again); Stop stops it.
+        """
+        live = await self.ctx.services.live.start(turn)
+        self.ctx.services.conversations.view(turn.session_key, live.conversation_id)
+        extra: Updates = {self.textbox: ""} if clear_input else {}
+        if turn.conversation_id is None:  # a new chat appears in the list at once
+            extra.update(await self.sidebar.refreshed(turn.owner_key, live.conversation_id))
+        async with contextlib.aclosing(
+            self._follow(live, turn.owner_key, turn.session_key, extra)
+        ) as frames:
+            async for updates in frames:
+                yield updates
 
-    def _streaming_buttons(self) -> Updates:
-        """Stop shown, Send hidden: an answer is streaming."""
-        return {self.send_btn: gr.update(visible=False), self.stop_btn: gr.update(visible=True)}
+    async def _follow(
+        self, live: LiveAnswer, owner_key: str, session_key: str | None, first: Updates
+    ) -> AsyncGenerator[Updates]:
+        """Draw a live answer's frames while this page shows its chat; `first` goes along once.
 
-    async def _viewed(self, turn: TurnRequest) -> Updates:
-        """The chat area showing what the page has open now."""
+        Leaving (another chat opened, a new chat, the page closed) ends this, not the answer.
+        """
         conversations = self.ctx.services.conversations
-        viewed = conversations.viewed(turn.session_key)
+        shown_id = live.conversation_id
+        async with contextlib.aclosing(live.follow()) as frames:
+            async for frame in _while_viewing(frames, conversations, session_key, shown_id):
+                if frame is None:  # switched away: redraw what is open now, so it wins
+                    yield await self._viewed(owner_key, session_key)
+                    return
+                updates: Updates = {**first, self.chatbot: conversation_display(frame.conversation)}
+                first = {}
+                if frame.save_error is not None and not frame.done:
+                    warn(frame.save_error)
+                if not frame.done:
+                    # Said in every frame: a browser that merges frames arriving together
+                    # keeps the last one's, and Stop must stay on screen.
+                    yield {**updates, **self._shown_id(shown_id), **self._buttons(True)}
+                    continue
+                if frame.save_error is not None:
+                    warn(frame.save_error)
+                yield {
+                    **updates,
+                    **self._buttons(False),
+                    **await self.sidebar.refreshed(owner_key, shown_id),
+                }
+
+    def _shown_id(self, conversation_id: str | None) -> Updates:
+        """The chat this page shows: for the handlers (state) and the address bar (script)."""
+        return {self.ctx.conversation_id: conversation_id, self.address: conversation_id or ""}
+
+    def _buttons(self, streaming: bool) -> Updates:
+        """Stop shown and Send hidden while an answer streams in the chat on screen."""
+        return {
+            self.send_btn: gr.update(visible=not streaming),
+            self.stop_btn: gr.update(visible=streaming),
+        }
+
+    async def _viewed(self, owner_key: str, session_key: str | None) -> Updates:
+        """The chat area (and Stop) as the chat this page has open now is."""
+        conversations = self.ctx.services.conversations
+        viewed = conversations.viewed(session_key)
         if viewed is None:
-            return {self.chatbot: []}
+            return {self.chatbot: [], **self._buttons(False)}
+        live = self.ctx.services.live.find(owner_key, viewed)
+        if live is not None:
+            return {
+                self.chatbot: conversation_display(live.latest.conversation),
+                **self._buttons(True),
+            }
         try:
-            conversation = await conversations.open(turn.owner_key, viewed)
+            conversation = await conversations.open(owner_key, viewed)
         except StorageError:  # deleted meanwhile, or unreadable: leave the area as it is
-            return {}
-        return {self.chatbot: to_display(conversation.messages)}
+            return unchanged()
+        return {self.chatbot: conversation_display(conversation), **self._buttons(False)}
 
     # ---- handlers ------------------------------------------------------------------------
 
@@ -273,20 +303,31 @@ class ChatPanel:
         updated, last_text = await self.ctx.services.conversations.undo(
             visitor.owner_key, conversation_id
         )
-        updates: Updates = {self.chatbot: to_display(updated.messages)}
+        updates: Updates = {self.chatbot: conversation_display(updated)}
         if last_text is not None:
             updates[self.textbox] = last_text
         return updates
 
-    def stop(self, request: gr.Request) -> None:
-        self.ctx.services.conversations.stop(request.session_hash or "")
+    async def stop(
+        self,
+        conversation_id: str | None,
+        browser_value: Any,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None,
+    ) -> None:
+        """Stop the answer being written in the chat on screen (from any page of its owner)."""
+        if not conversation_id:
+            return
+        visitor = self.ctx.visitor(browser_value, profile, request)
+        self.ctx.services.live.stop(visitor.owner_key, conversation_id)
 
     def new_chat(self, request: gr.Request) -> Updates:
         self.ctx.services.conversations.view(session_of(request), None)
         return {
             self.chatbot: [],
-            self.ctx.conversation_id: None,
+            **self._shown_id(None),
             self.sidebar.conversation_list: gr.update(value=None),
+            **self._buttons(False),
         }
 
     async def open_conversation(
@@ -295,31 +336,68 @@ class ChatPanel:
         browser_value: Any,
         request: gr.Request,
         profile: gr.OAuthProfile | None,
-    ) -> Updates:
+    ) -> AsyncGenerator[Updates]:
+        """Show one of the visitor's chats; an answer still being written there goes on live."""
         if not conversation_id:
-            return unchanged()
+            yield unchanged()
+            return
         visitor = self.ctx.visitor(browser_value, profile, request)
         conversations = self.ctx.services.conversations
-        conversation = await conversations.open(visitor.owner_key, conversation_id)
+        live = self.ctx.services.live.find(visitor.owner_key, conversation_id)
+        conversation = (
+            live.latest.conversation
+            if live is not None
+            else await conversations.open(visitor.owner_key, conversation_id)
+        )
         conversations.view(session_of(request), conversation.id)
-        return {
-            self.chatbot: to_display(conversation.messages),
-            self.ctx.conversation_id: conversation.id,
+        shown: Updates = {
+            self.chatbot: conversation_display(conversation),
+            **self._shown_id(conversation.id),
             self.model: conversation.model,
             self.system_prompt: conversation.system_prompt,
             self.temperature: min(conversation.temperature, TEMPERATURE_SLIDER_MAX),
+            self.sidebar.conversation_list: gr.update(value=conversation.id),
         }
+        if live is None:
+            yield {**shown, **self._buttons(False)}
+            return
+        follow = self._follow(live, visitor.owner_key, session_of(request), shown)
+        async with contextlib.aclosing(follow) as frames:
+            async for updates in frames:
+                yield updates
 
-    async def load_catalog(self) -> Updates:
-        catalog = self.ctx.services.catalog
-        catalog.refresh_in_background()
-        task = catalog.pending_refresh
-        if task is not None:
-            await asyncio.wait({task}, timeout=CATALOG_WAIT_ON_LOAD_S)
-        return {
-            self.model: gr.update(choices=catalog.choices([self.ctx.settings.default_model])),
-            self.catalog_status: catalog_status(self.ctx),
-        }
+    async def switch_version(
+        self,
+        request_text: str,
+        conversation_id: str | None,
+        browser_value: Any,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None,
+    ) -> Updates:
+        """Show another version of a question or an answer (and what follows it)."""
+        found = re.fullmatch(r"(\d{1,6}):(-1|1)", (request_text or "").strip())
+        if found is None or not conversation_id:
+            refuse("This message has no other version.")
+        visitor = self.ctx.visitor(browser_value, profile, request)
+        if self.ctx.services.live.find(visitor.owner_key, conversation_id) is not None:
+            refuse("Wait for the answer to finish, then switch versions.")
+        switched = await self.ctx.services.conversations.switch_version(
+            visitor.owner_key, conversation_id, int(found[1]), int(found[2])
+        )
+        return {self.chatbot: conversation_display(switched)}
+
+    async def open_from_address(
+        self, browser_value: Any, request: gr.Request, profile: gr.OAuthProfile | None
+    ) -> AsyncIterator[Updates]:
+        """A page opened at a chat's address (?c=<id>, a reload or a bookmark) shows that chat."""
+        wanted = request.query_params.get("c") if request is not None else None
+        if not wanted:
+            yield unchanged()
+            return
+        opened = self.open_conversation(wanted, browser_value, request, profile)
+        async with contextlib.aclosing(opened) as frames:
+            async for updates in frames:
+                yield updates
 
     # ---- wiring --------------------------------------------------------------------------
 
@@ -331,6 +409,7 @@ class ChatPanel:
         turn_outputs = [
             self.chatbot,
             ctx.conversation_id,
+            self.address,
             self.textbox,
             self.send_btn,
             self.stop_btn,
@@ -360,20 +439,48 @@ class ChatPanel:
             outputs=[self.chatbot, self.textbox],
             **QUICK,
         )
-        self.stop_btn.click(self.stop, queue=False, api_visibility="private")
-        demo.unload(self.stop)  # a closed page stops its answer even before the next token
+        identity = [ctx.conversation_id, ctx.browser_state]
+        self.stop_btn.click(
+            shown_as_toast(self.stop), inputs=identity, queue=False, api_visibility="private"
+        )
         gr.on(
             [sidebar.new_btn.click, self.chatbot.clear],
             self.new_chat,
-            outputs=[self.chatbot, ctx.conversation_id, sidebar.conversation_list],
+            outputs=[
+                self.chatbot,
+                ctx.conversation_id,
+                self.address,
+                sidebar.conversation_list,
+                self.send_btn,
+                self.stop_btn,
+            ],
             js=CLOSE_SIDEBAR_IF_NARROW_JS,
             **QUICK,
         )
+        self.open_outputs = [*turn_outputs, *turn_settings]
+        opening: dict[str, Any] = {
+            "outputs": self.open_outputs,
+            "trigger_mode": "multiple",  # a page following one chat may open another
+            **STREAMING,
+        }
+        open_chat = shown_as_toast(self.open_conversation)
         sidebar.conversation_list.input(
-            shown_as_toast(self.open_conversation),
+            open_chat,
             inputs=[sidebar.conversation_list, ctx.browser_state],
-            outputs=[self.chatbot, ctx.conversation_id, *turn_settings],
             js=CLOSE_SIDEBAR_IF_NARROW_JS,
+            **opening,
+        )
+        # Back/forward: the page's script asks for the chat of the address it went to.
+        self.open_go.click(open_chat, inputs=[self.open_request, ctx.browser_state], **opening)
+        self.version_go.click(
+            shown_as_toast(self.switch_version),
+            inputs=[self.version_request, ctx.conversation_id, ctx.browser_state],
+            outputs=[self.chatbot],
+            trigger_mode="multiple",
             **QUICK,
         )
-        demo.load(self.load_catalog, outputs=[self.model, self.catalog_status], **STREAMING)
+        ctx.conversation_id.change(
+            lambda shown: shown or "", inputs=ctx.conversation_id, outputs=self.address, **QUICK
+        )
+        self.address.change(None, inputs=self.address, js=SHOW_ADDRESS_JS)
+        self.model_picker.wire(demo)

@@ -6,45 +6,92 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
+from chatlib.branches import versions_of
 from chatlib.messages import ChatMessage, format_answer_footer
+from chatlib.storage import Conversation
 
+# Starts every footer we add under an answer: the page's copy button leaves the footer out
+# (static/chat.js), and nothing a model writes is mistaken for it.
+FOOTER_MARK = "\u2063"
 UNANSWERED = (
     "> ⚠️ No answer was saved for this question: the server stopped while answering. "
-    "Retry to ask again.\n\n<sub>interrupted</sub>"
+    "Retry to ask again."
 )
+# Shown until the first token: three dots that pulse (see static/chat.css).
+TYPING = (
+    '<span class="typing-indicator" role="status" aria-label="Waiting for the answer">'
+    "<span>•</span><span>•</span><span>•</span></span>"
+)
+Versions = Sequence[tuple[int, int]]  # per message: (this version, how many), 1-based
 
 
-def to_display(history: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+def conversation_display(conversation: Conversation) -> list[dict[str, Any]]:
+    """A conversation's active branch, with "‹ 2/3 ›" where there are other versions."""
+    return to_display(conversation.messages, versions_of(conversation))
+
+
+def to_display(
+    history: Sequence[ChatMessage], versions: Versions | None = None
+) -> list[dict[str, Any]]:
     """Messages in the chat component's format (role/content/metadata dicts).
 
-    Reasoning becomes a collapsible "Thinking" message before its answer; the stats line
-    and any error sit under the answer. Raw HTML typed by anyone is escaped by the component
-    (sanitize_html); the only markup we add is our own footer.
+    Reasoning becomes a "Thinking" block before its answer, open while it streams; the
+    footer line (model, cost, speed, and "‹ 2/3 ›" where a question or an answer has other
+    versions) sits under the answer. Raw HTML typed by anyone is escaped by the component
+    (sanitize_html); the only markup we add is our own.
     """
     shown: list[dict[str, Any]] = []
-    for message in history:
+    question_versions = ""
+    for index, message in enumerate(history):
+        arrows = _arrows(index, versions)
         if message.role == "system":
             continue
         if message.role == "user":
             shown.append({"role": "user", "content": message.content})
+            question_versions = arrows and f"question {arrows}"
             continue
-        meta = message.meta
-        streaming = meta is not None and meta.status == "streaming"
-        if message.reasoning:
-            thinking_meta: dict[str, Any] = {"title": "Thinking"}
-            thinking_meta["status"] = "pending" if streaming and not message.content else "done"
-            shown.append(
-                {"role": "assistant", "content": message.reasoning, "metadata": thinking_meta}
-            )
-        body = message.content
-        if streaming and not body and not message.reasoning:
-            body = "…"
-        if meta is not None and not streaming:
-            if meta.error:
-                body += f"\n\n> ⚠️ {meta.error}"
-            body += f"\n\n<sub>{html.escape(format_answer_footer(meta))}</sub>"
-        shown.append({"role": "assistant", "content": body})
+        extra = _footer_extra(question_versions, arrows and f"answer {arrows}")
+        shown.extend(_answer(message, extra))
+        question_versions = ""
     if history and history[-1].role == "user":
         # Saved without its answer: the server stopped mid-answer (a crash, a replica gone).
-        shown.append({"role": "assistant", "content": UNANSWERED})
+        body = f"{UNANSWERED}\n\n<sub>{FOOTER_MARK}interrupted"
+        body += f" · {question_versions}</sub>" if question_versions else "</sub>"
+        shown.append({"role": "assistant", "content": body})
     return shown
+
+
+def _answer(message: ChatMessage, extra: str) -> list[dict[str, Any]]:
+    meta = message.meta
+    streaming = meta is not None and meta.status == "streaming"
+    shown: list[dict[str, Any]] = []
+    if message.reasoning:
+        thinking_meta: dict[str, Any] = {"title": "Thinking"}
+        thinking_meta["status"] = "pending" if streaming and not message.content else "done"
+        shown.append({"role": "assistant", "content": message.reasoning, "metadata": thinking_meta})
+    body = message.content
+    if streaming and not body and not message.reasoning:
+        body = TYPING
+    if meta is not None and not streaming:
+        if meta.error:
+            body += f"\n\n> ⚠️ {meta.error}"
+        footer = html.escape(format_answer_footer(meta))
+        body += f"\n\n<sub>{FOOTER_MARK}{footer}{' · ' + extra if extra else ''}</sub>"
+    shown.append({"role": "assistant", "content": body})
+    return shown
+
+
+def _footer_extra(*parts: str) -> str:
+    return " · ".join(p for p in parts if p)
+
+
+def _arrows(index: int, versions: Versions | None) -> str:
+    """'‹ 2/3 ›' as links the page's script turns into a switch; '' for a single version."""
+    if versions is None or index >= len(versions):
+        return ""
+    number, count = versions[index]
+    if count <= 1:
+        return ""
+    back = f"[‹](#version:{index}:-1)" if number > 1 else "‹"
+    forward = f"[›](#version:{index}:1)" if number < count else "›"
+    return f"{back} {number}/{count} {forward}"

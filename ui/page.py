@@ -17,9 +17,10 @@ from chatlib.transfer import EXPORT_MAX_AGE_SECONDS
 from chatlib.upload_guard import UploadGuard
 from chatlib.visitors import BrowserIdentity
 from ui import api
-from ui.assets import CLOSE_SIDEBAR_ON_PHONES_JS, CSS, head_html
+from ui.assets import CLOSE_SIDEBAR_ON_PHONES_JS, CSS, SETTLE_ADDRESS_JS, head_html
 from ui.chat import ChatPanel
-from ui.context import QUICK, PageContext, session_of
+from ui.context import QUICK, STREAMING, PageContext, session_of
+from ui.errors import shown_as_toast
 from ui.own_key import KeyNotice, OwnKeyPanel
 from ui.sidebar import SidebarPanel
 from ui.transfer import TransferPanel
@@ -101,7 +102,14 @@ class Page:
             ],
             concurrency_limit=None,
             **QUICK,
-        )
+        ).then(
+            # Opened at a chat's address (a reload, a bookmark): show that chat, and follow
+            # its answer if one is still being written; then fix the address bar.
+            shown_as_toast(self.chat.open_from_address),
+            inputs=[self.ctx.browser_state],
+            outputs=self.chat.open_outputs,
+            **STREAMING,
+        ).then(None, inputs=self.chat.address, js=SETTLE_ADDRESS_JS)
         api.wire(self.ctx)
 
     async def on_load(

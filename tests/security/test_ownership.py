@@ -49,7 +49,7 @@ async def test_another_visitors_chat_id_is_refused_by_every_handler(
         "menu rename": (page.sidebar.act, (menu("rename", chat_id, title="pwned"), None, "")),
         "menu delete": (page.sidebar.act, (menu("delete", chat_id), None, "")),
         "menu export": (page.sidebar.act, (menu("export-json", chat_id), None, "")),
-        "open": (page.chat.open_conversation, (chat_id,)),
+        "switch version": (page.chat.switch_version, ("0:1", chat_id)),
     }
     for name, (handler, args) in calls.items():
         with pytest.warns(UserWarning):
@@ -61,6 +61,7 @@ async def test_another_visitors_chat_id_is_refused_by_every_handler(
             "retry", None, chat_id, *settings, intruder, evil, None
         ),
         "edit": shown_as_toast(page.chat.edit)(chat_id, *settings, intruder, edited, evil, None),
+        "open": shown_as_toast(page.chat.open_conversation)(chat_id, intruder, evil, None),
         "send into it": shown_as_toast(page.chat.ask)(
             "send", "and this", chat_id, *settings, intruder, evil, None
         ),
