@@ -398,17 +398,18 @@ def test_switching_mid_answer_keeps_the_answer_in_its_own_conversation(
     expect(page.locator(INPUT)).to_be_visible()
 
 
-def test_reloading_mid_answer_keeps_what_had_arrived(
+def test_a_chat_opened_from_the_list_mid_answer_follows_it_and_can_stop_it(
     page: Page, app: AppServer, fake: FakeOpenRouter
 ) -> None:
     open_app(page, app.url)
     new_chat(page)
     send(page, "Reload during this [[tokens=400]] [[rate=20]]")
     expect(last_answer(page)).to_contain_text("w10")
-    open_app(page, app.url)  # reload while the answer streams
+    open_app(page, app.url)  # the app's plain address: a new chat, the answer goes on
     conversation_items(page).filter(has_text="Reload during this").click()
     expect(user_messages(page)).to_have_count(1)
     answer = last_answer(page)
-    expect(answer).to_contain_text("w10")
+    expect(answer).to_contain_text("w30")  # still growing, live
+    page.get_by_role("button", name="Stop", exact=True).click()
     expect(answer).to_contain_text("stopped")
     expect(answer).not_to_contain_text("w400")

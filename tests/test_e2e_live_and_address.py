@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -15,6 +17,16 @@ from tests.ui import bot_messages, last_answer, open_app, send, toast, wait_unti
 
 pytestmark = pytest.mark.e2e
 STOP = {"name": "Stop", "exact": True}
+# `make screenshots` sets this: the journeys then refresh their pictures in docs/journeys/.
+JOURNEY_SHOTS = os.environ.get("JOURNEY_SCREENSHOTS") == "1"
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "journeys"
+
+
+def shot(page: Page, name: str, device: str) -> None:
+    """Keep a picture of this moment of the journey for the docs (only when asked)."""
+    if JOURNEY_SHOTS:
+        DOCS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DOCS / f"{name}-{device}.png"))
 
 
 def chat_id_in_address(page: Page) -> str:
@@ -63,8 +75,9 @@ def test_a_chat_has_an_address_that_reload_and_back_forward_follow(
 
 
 def test_a_chat_address_opens_for_its_owner_only(
-    page: Page, browser: Browser, app_server: AppServer
+    device_page: Page, device: str, browser: Browser, app_server: AppServer
 ) -> None:
+    page = device_page
     open_app(page, app_server.url)
     send(page, "My private chat [[tokens=3]]")
     wait_until_idle(page)
@@ -82,13 +95,15 @@ def test_a_chat_address_opens_for_its_owner_only(
         expect(bot_messages(stranger)).to_have_count(0)
         assert "My private chat" not in stranger.content()
         expect(stranger).not_to_have_url(re.compile(r"[?&]c="))
+        shot(stranger, "address-of-another-visitor", "desktop")
     finally:
         stranger.context.close()
 
 
 def test_a_reload_mid_answer_reattaches_and_ends_with_the_full_answer(
-    page: Page, app_server: AppServer
+    device_page: Page, device: str, app_server: AppServer
 ) -> None:
+    page = device_page
     open_app(page, app_server.url)
     send(page, "Reload me [[tokens=60]] [[rate=20]]")
     expect(last_answer(page)).to_contain_text("w3")
@@ -97,6 +112,7 @@ def test_a_reload_mid_answer_reattaches_and_ends_with_the_full_answer(
     # The answer went on on the server: the page shows it growing, then whole, with Stop.
     expect(page.get_by_role("button", **STOP)).to_be_visible()
     expect(last_answer(page)).to_contain_text("Echo: Reload me")
+    shot(page, "reload-mid-answer", device)
     wait_until_idle(page)
     expect(last_answer(page)).to_contain_text(expected_reply("Reload me", 60))
     saved = {c.id: c for c in stored.conversations(app_server.workdir / ".data")}[chat]
@@ -106,8 +122,9 @@ def test_a_reload_mid_answer_reattaches_and_ends_with_the_full_answer(
 
 
 def test_a_closed_tab_s_answer_is_there_complete_when_the_chat_is_reopened(
-    page: Page, app_server: AppServer, fake: FakeOpenRouter
+    device_page: Page, device: str, app_server: AppServer, fake: FakeOpenRouter
 ) -> None:
+    page = device_page
     open_app(page, app_server.url)
     send(page, "Closed tab [[tokens=40]] [[rate=20]]")
     expect(last_answer(page)).to_contain_text("w2")
@@ -118,11 +135,11 @@ def test_a_closed_tab_s_answer_is_there_complete_when_the_chat_is_reopened(
     fake.wait_for_requests(1)
 
     again = context.new_page()
-    open_app(again, re.sub(r"\?.*$", "", address))
-    again.locator("#conversation-list label").filter(has_text="Closed tab").click()
+    open_app(again, address)  # the chat's address, e.g. from the history
     wait_until_idle(again)
     expect(last_answer(again)).to_contain_text(expected_reply("Closed tab", 40))
     expect(last_answer(again)).not_to_contain_text("stopped")
+    shot(again, "closed-tab-reopened", device)
 
 
 def test_stop_belongs_to_the_chat_that_streams(page: Page, app_server: AppServer) -> None:
@@ -197,8 +214,9 @@ def test_an_upstream_error_is_shown_once_in_the_chat(page: Page, app_server: App
 
 
 def test_edit_keeps_the_old_version_and_the_chosen_branch_survives_a_reload(
-    page: Page, app_server: AppServer
+    device_page: Page, device: str, app_server: AppServer
 ) -> None:
+    page = device_page
     open_app(page, app_server.url)
     send(page, "Original question [[tokens=3]]")
     wait_until_idle(page)
@@ -212,6 +230,7 @@ def test_edit_keeps_the_old_version_and_the_chosen_branch_survives_a_reload(
     wait_until_idle(page)
     expect(last_answer(page)).to_contain_text(expected_reply("Edited question", 4))
     expect(last_answer(page)).to_contain_text("question ‹ 2/2 ›")
+    shot(page, "edit-branches", device)
 
     last_answer(page).get_by_role("link", name="‹").click()  # back to the first version
     expect(last_answer(page)).to_contain_text(expected_reply("Original question", 3))

@@ -50,7 +50,7 @@ def test_a_javascript_link_in_an_answer_does_nothing(page: Page, security_app: A
 def open_usage_tab(page: Page, url: str) -> None:
     open_app(page, url)
     page.get_by_role("tab", name="Usage").click()
-    expect(page.locator("#usage-totals-mine")).to_contain_text("Your usage")
+    expect(page.locator("#usage-empty-mine")).to_contain_text("No usage yet")  # shown, loaded
 
 
 def test_loopback_without_the_token_sees_no_operator_view(
