@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 from dotenv import dotenv_values
 
+from chatlib.attachments import AttachmentLimits
 from chatlib.errors import ConfigError
 
 TEMPERATURE_SLIDER_MAX = 1.2
@@ -110,6 +111,13 @@ def _log_json(raw: str) -> str:
         value = "false"
     if value not in ("auto", "true", "false"):
         raise ValueError("must be auto, true or false")
+    return value
+
+
+def _pdf_engine(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("", "cloudflare-ai", "mistral-ocr", "native"):
+        raise ValueError("must be empty, cloudflare-ai, mistral-ocr or native")
     return value
 
 
@@ -298,6 +306,38 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "OPENROUTER_API_KEY is unset). The key stays in their browser.",
     ),
     EnvVar(
+        "MAX_ATTACHMENTS_PER_MESSAGE",
+        "5",
+        _integer(0, 100),
+        "Files a visitor may attach to one message (images, PDFs, text files); 0 turns "
+        "attachments off.",
+    ),
+    EnvVar(
+        "MAX_ATTACHMENT_BYTES",
+        "10000000",
+        _integer(1000, 1_000_000_000),
+        "Largest file a visitor may attach, in bytes (as uploaded).",
+    ),
+    EnvVar(
+        "MAX_MESSAGE_ATTACHMENT_BYTES",
+        "25000000",
+        _integer(1000, 1_000_000_000),
+        "Most bytes of files one message may carry, all attachments together.",
+    ),
+    EnvVar(
+        "IMAGE_MAX_SIDE",
+        "1568",
+        _integer(64, 10_000),
+        "Attached images are downscaled so their long side is at most this many pixels.",
+    ),
+    EnvVar(
+        "PDF_ENGINE",
+        "",
+        _pdf_engine,
+        "How OpenRouter reads PDFs: empty lets OpenRouter choose; cloudflare-ai (free), "
+        "mistral-ocr (scans, paid per page) or native (the model's own file input).",
+    ),
+    EnvVar(
         "MAX_UNATTENDED_ANSWERS",
         "3",
         _integer(0, 1000),
@@ -454,6 +494,11 @@ class Settings:
     data_dir: Path = Path(".data")
     browser_state_secret: str | None = dataclasses.field(default=None, repr=False)
     allow_user_keys: bool = False
+    max_attachments_per_message: int = 5
+    max_attachment_bytes: int = 10_000_000
+    max_message_attachment_bytes: int = 25_000_000
+    image_max_side: int = 1568
+    pdf_engine: str = ""
     max_unattended_answers: int = 3
     max_import_bytes: int = 5_000_000
     trusted_proxies: str = ""
@@ -509,8 +554,18 @@ class Settings:
 
     @property
     def max_upload_bytes(self) -> int:
-        """Largest file an upload may carry (uploads are only ever imports)."""
-        return 2 * self.max_import_bytes
+        """Largest file an upload may carry: an import, or an attachment."""
+        return max(2 * self.max_import_bytes, self.max_attachment_bytes)
+
+    @property
+    def attachment_limits(self) -> AttachmentLimits:
+        """What a visitor may attach to one message."""
+        return AttachmentLimits(
+            max_files=self.max_attachments_per_message,
+            max_file_bytes=self.max_attachment_bytes,
+            max_message_bytes=self.max_message_attachment_bytes,
+            image_max_side=self.image_max_side,
+        )
 
     @property
     def admin_user_names(self) -> frozenset[str]:

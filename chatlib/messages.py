@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NoReturn, get_args
 
+from chatlib.attachments import AttachmentRef
 from chatlib.errors import InputError, is_out_of_credits
 
 Role = Literal["user", "assistant", "system"]
@@ -78,12 +79,16 @@ class ChatMessage:
     # Stable within its conversation once saved ("" until then; see chatlib.branches). Not
     # compared: two messages are equal by what they say, whatever node holds them.
     id: str = field(default="", compare=False)
+    # Files attached to a question, or drawn by the model in an answer (chatlib.attachments).
+    attachments: tuple[AttachmentRef, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         data: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.id:
             data["id"] = self.id
+        if self.attachments:
+            data["attachments"] = [a.to_dict() for a in self.attachments]
         if self.reasoning:
             data["reasoning"] = self.reasoning
         if self.meta is not None:

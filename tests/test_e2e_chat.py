@@ -227,9 +227,7 @@ def test_live_catalog_shows_prices_and_free_models(page: Page, app_server: AppSe
     picker = page.locator("#model-picker input")
     picker.click()
     picker.fill("gpt-4o")
-    expect(
-        page.get_by_role("option").filter(has_text="$2.50/$10 per M").first
-    ).to_be_visible()
+    expect(page.get_by_role("option").filter(has_text="$2.50/$10 per M").first).to_be_visible()
     picker.fill(":free")
     expect(page.get_by_role("option").filter(has_text="free").first).to_be_visible()
 
