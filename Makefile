@@ -54,6 +54,7 @@ test: install-dev system-deps lint
 
 screenshots: install-dev system-deps
 	$(BIN)/python -m tests.screenshots
+	JOURNEY_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/test_e2e_live_and_address.py
 
 # replicas.py puts two app processes behind a real haproxy: system-deps installs it.
 bench: install-dev system-deps

@@ -243,3 +243,12 @@ def test_edit_keeps_the_old_version_and_the_chosen_branch_survives_a_reload(
     page.locator("#chat").get_by_role("button", name="Retry").click()
     wait_until_idle(page)
     expect(last_answer(page)).to_contain_text("answer ‹ 2/2 ›")
+
+
+def test_only_the_newest_toast_is_shown(page: Page, app_server: AppServer) -> None:
+    open_app(page, app_server.url)
+    page.evaluate("window.orchat.send('version-request', 'version-request-go', '999:1')")
+    expect(toast(page, "no other version")).to_be_visible()
+    page.evaluate("window.orchat.send('open-request', 'open-request-go', 'ffffffffffffffffffffffffffffffff')")
+    expect(toast(page, "does not exist")).to_be_visible()
+    expect(page.locator(".toast-body:visible")).to_have_count(1)  # not a stack of them
