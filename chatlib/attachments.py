@@ -385,6 +385,8 @@ def _normalise_mode(image: Image.Image, out_mime: str) -> Image.Image:
         return image if image.mode == "RGBA" else image.convert("RGBA")
     if image.mode in {"RGB", "L"}:
         return image
+    if image.mode == "1":
+        return image.convert("L")
     if image.mode.startswith("I"):
         # 16-bit grey (PNG): Pillow's conversion to L clips at 255; scale it instead.
         return image.convert("I").point(lambda value: value / 257).convert("L")
