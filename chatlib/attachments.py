@@ -3,8 +3,8 @@
 The shared vocabulary (this module's types) is used by the store (content-addressed, owned
 like conversations), the turn (content parts for OpenRouter) and the page (chips, pictures,
 private links). Everything here is pure or CPU-bound and synchronous: callers run `prepare`
-off the event loop (`asyncio.to_thread`), since decoding and downscaling a photo takes
-tens of milliseconds.
+off the event loop (`asyncio.to_thread`), since decoding, downscaling and re-encoding a
+photo takes tens to hundreds of milliseconds.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import time
 import unicodedata
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -279,6 +280,27 @@ def test_an_animated_gif_becomes_its_first_frame_as_png() -> None:
     )
     assert getattr(still, "n_frames", 1) == 1
     assert still.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_a_phones_multi_picture_jpeg_is_sent_as_its_main_picture() -> None:
+    buffer = io.BytesIO()
+    main, preview = Image.new("RGB", (2000, 1000), "red"), Image.new("RGB", (200, 100), "blue")
+    main.save(buffer, "MPO", save_all=True, append_images=[preview])
+
+    attachment = prepare("IMG_0002.jpg", buffer.getvalue(), LIMITS)
+
+    stored = opened(attachment.data)
+    assert (stored.format, stored.size, attachment.ref.mime) == ("JPEG", (1568, 784), "image/jpeg")
+    assert getattr(stored, "n_frames", 1) == 1
+
+
+def test_pictures_prepared_in_parallel_threads_all_come_out_right() -> None:
+    photos = [picture("JPEG", (2000 + 100 * i, 1000)) for i in range(6)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        sizes = list(pool.map(lambda data: prepare("p.jpg", data, LIMITS).ref.width, photos))
+    assert sizes == [1568] * 6
+    with pytest.raises(AttachmentRejected, match="too large in pixels"):
+        prepare("bomb.png", png_declaring(10_000, 10_000), LIMITS)
 
 
 def test_an_image_whose_name_lies_is_named_after_its_content() -> None:
