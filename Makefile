@@ -61,6 +61,7 @@ bench: install-dev system-deps
 	$(BIN)/python bench/stream_overhead.py
 	$(BIN)/python bench/replicas.py
 	$(BIN)/python bench/live_answers.py
+	$(BIN)/python bench/attachments_under_load.py
 
 bench-all: install-dev system-deps
 	$(BIN)/python bench/stream_overhead.py

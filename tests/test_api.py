@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import pytest
-from gradio_client import Client
+from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from chatlib.usage import read_usage
@@ -107,7 +108,7 @@ def test_the_api_neither_reads_nor_writes_stored_conversations(
     assert stored.conversations(app_server.workdir / ".data") == []
     api = client.view_api(return_format="dict", print_info=False)
     parameters = [p["parameter_name"] for p in api["named_endpoints"]["/chat"]["parameters"]]
-    assert parameters == ["message", "model", "system_prompt", "temperature", "history"]
+    assert parameters == ["message", "model", "system_prompt", "temperature", "history", "files"]
 
 
 def test_inputs_that_would_cost_the_operator_dearly_are_refused(
@@ -122,6 +123,42 @@ def test_inputs_that_would_cost_the_operator_dearly_are_refused(
         client.predict("hi", "m" * 5_000, api_name="/chat")
     with pytest.raises(AppError, match="between 0 and 2"):
         client.predict("hi", "openai/gpt-4o", "", 7, api_name="/chat")
+    assert fake.chat_requests() == []
+
+
+def test_a_picture_sent_with_handle_file_reaches_a_vision_model(
+    client: Client, fake: FakeOpenRouter, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), "teal").save(photo)
+    answer = client.predict(
+        "What is this? [[tokens=3]]",
+        "openai/gpt-4o",
+        files=[handle_file(str(photo))],
+        api_name="/chat",
+    )
+    assert answer == expected_reply("What is this?", 3)
+    parts = fake.chat_requests()[-1].body["messages"][-1]["content"]
+    assert [p["type"] for p in parts].count("image_url") == 1
+
+
+def test_files_are_checked_like_the_page_s(
+    client: Client, fake: FakeOpenRouter, tmp_path: Path
+) -> None:
+    disguised = tmp_path / "photo.png"
+    disguised.write_bytes(b"MZ\x90\x00" + bytes(range(256)) * 8)
+    with pytest.raises(AppError, match="photo.png"):
+        client.predict("Look [[tokens=3]]", files=[handle_file(str(disguised))], api_name="/chat")
+    # A path on the server, not an upload, is refused whatever the caller claims.
+    server_file = {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}
+    with httpx.Client(base_url=client.src) as http:
+        started = http.post(
+            "/gradio_api/call/chat", json={"data": ["hi", None, None, None, None, [server_file]]}
+        )
+        result = http.get(f"/gradio_api/call/chat/{started.json()['event_id']}").text
+    assert "event: error" in result
     assert fake.chat_requests() == []
 
 

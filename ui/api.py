@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from chatlib.conversations import TurnRequest
 from chatlib.errors import ChatError
 from chatlib.messages import history_from_dicts
 from chatlib.ratelimit import client_ip
+from ui.chat import read_attachments
 from ui.context import PageContext, client_address
 from ui.errors import refuse
 
@@ -45,6 +49,31 @@ def checked_inputs(
     return model or "", system_prompt or "", float(temperature)
 
 
+def uploaded_paths(files: object) -> list[str]:
+    """Paths of the files a caller uploaded (`gradio_client.handle_file`), checked.
+
+    Each must be a file Gradio's upload route stored: a path anywhere else (the server's own
+    files) is refused, whatever the caller claims.
+    """
+    if files is None:
+        return []
+    if not isinstance(files, list):
+        refuse(f"Invalid files: expected a list of files (handle_file), got {_kind(files)}.")
+    upload_root = os.path.realpath(get_upload_folder())
+    paths = []
+    for number, item in enumerate(files, start=1):
+        path = item.get("path") if isinstance(item, dict) else None
+        meta = item.get("meta") if isinstance(item, dict) else None
+        is_file = isinstance(meta, dict) and meta.get("_type") == "gradio.FileData"
+        if not is_file or not isinstance(path, str):
+            refuse(f"Invalid files: item {number} is not an uploaded file (use handle_file).")
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, upload_root]) != upload_root or not os.path.isfile(real):
+            refuse(f"Invalid files: item {number} is not an uploaded file (use handle_file).")
+        paths.append(real)
+    return paths
+
+
 def _kind(value: object) -> str:
     """What a JSON value is, in words (never the value itself: it may be huge or secret)."""
     names = {type(None): "null", bool: "true/false", int: "a number", float: "a number"}
@@ -63,12 +92,21 @@ def chat_endpoint(ctx: PageContext) -> Callable[..., AsyncIterator[str]]:
         system_prompt: str = "",
         temperature: float = settings.slider_temperature,
         history: list[dict[str, str]] | None = None,
+        files: list[dict[str, Any]] | None = None,
         request: gr.Request | None = None,
     ) -> AsyncIterator[str]:
-        """Stream an answer to `message`; `history` is an optional list of prior messages."""
+        """Stream an answer to `message`; `history` is an optional list of prior messages.
+
+        `files` are attachments (images, PDFs, text files) sent with `message`, each given
+        with `gradio_client.handle_file(path)`; they are checked like the page's.
+        """
         model, system_prompt, temperature = checked_inputs(
             message, model, system_prompt, temperature, history, settings.slider_temperature
         )
+        try:
+            attachments = await read_attachments(uploaded_paths(files), settings.attachment_limits)
+        except ChatError as exc:
+            refuse(exc.user_message)
         try:
             prior = history_from_dicts(
                 history,
@@ -86,6 +124,7 @@ def chat_endpoint(ctx: PageContext) -> Callable[..., AsyncIterator[str]]:
             system_prompt=system_prompt,
             temperature=temperature,  # its range is checked with the rest by the chat service
             rate_key=client_ip(peer, forwarded, services.trusted_proxies),
+            attachments=attachments,
         )
         # Closed here when the caller goes away mid-answer: the answer is stopped, usage kept.
         async with contextlib.aclosing(services.chat.run_turn(turn, prior)) as frames:
@@ -102,7 +141,7 @@ def chat_endpoint(ctx: PageContext) -> Callable[..., AsyncIterator[str]]:
 
 
 # How many values each public endpoint takes (REST callers may send fewer: see RequestGuard).
-API_INPUTS = {"chat": 5}
+API_INPUTS = {"chat": 6}
 
 
 def wire(ctx: PageContext) -> None:

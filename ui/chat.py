@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import gradio as gr
 
+from chatlib import attachments as attachment_rules
+from chatlib.attachment_links import link_path, seat_from_cookie_header
+from chatlib.attachments import Attachment, AttachmentLimits
 from chatlib.config import TEMPERATURE_SLIDER_MAX
 from chatlib.conversations import ConversationFrame, ConversationService, TurnRequest
 from chatlib.errors import StorageError
@@ -17,7 +23,7 @@ from chatlib.live import LiveAnswer
 from chatlib.visitors import Visitor
 from ui.assets import CLOSE_SIDEBAR_IF_NARROW_JS, SHOW_ADDRESS_JS
 from ui.context import QUICK, STREAMING, PageContext, session_of
-from ui.display import conversation_display, to_display
+from ui.display import Link, conversation_display, to_display, without_attachments
 from ui.errors import refuse, shown_as_toast, unchanged, warn
 from ui.models import ModelPicker
 from ui.sidebar import SidebarPanel
@@ -31,6 +37,32 @@ LATEX_DELIMITERS: list[dict[str, str | bool]] = [
 
 
 VIEW_CHECK_S = 0.25  # how soon a page that opened another chat stops drawing this one
+# What the composer offers to attach (the server decides by content anyway).
+ATTACHMENT_FILE_TYPES = ["image", ".pdf", ".txt", ".md", ".csv", ".json"]
+EMPTY_COMPOSER: dict[str, Any] = {"text": "", "files": []}
+
+
+def _read_and_prepare(path: str, limits: AttachmentLimits) -> Attachment:
+    """One uploaded file, read and checked by its bytes (blocking: run in a thread)."""
+    return attachment_rules.prepare(os.path.basename(path), Path(path).read_bytes(), limits)
+
+
+async def read_attachments(
+    paths: Sequence[str], limits: AttachmentLimits
+) -> tuple[Attachment, ...]:
+    """Uploaded files as attachments: sizes checked first, then each read and prepared.
+
+    Raises AttachmentRejected (an InputError) naming the file and the limit. Reading,
+    decoding and downscaling run in threads: a 20 MB photo must not stall other streams.
+    """
+    if not paths:
+        return ()
+    sizes = await asyncio.to_thread(
+        lambda: [(os.path.basename(p), os.path.getsize(p)) for p in paths]
+    )
+    attachment_rules.check_sizes(sizes, limits)
+    prepared = [asyncio.to_thread(_read_and_prepare, path, limits) for path in paths]
+    return tuple(await asyncio.gather(*prepared))
 
 
 async def _while_viewing(
@@ -66,6 +98,14 @@ async def _while_viewing(
                 await pending
 
 
+def _composed(message: dict[str, Any] | str | None) -> tuple[str, list[str]]:
+    """(text, uploaded file paths) of the composer's value."""
+    if isinstance(message, dict):
+        files = [str(f) for f in message.get("files") or [] if isinstance(f, str)]
+        return str(message.get("text") or ""), files
+    return message or "", []
+
+
 class ChatPanel:
     """The conversation area and the composer (left), model settings (right)."""
 
@@ -84,7 +124,7 @@ class ChatPanel:
             autoscroll=False,  # static/chat.js follows new text only while at the bottom
         )
         with gr.Row(elem_id="composer", equal_height=True):
-            self.textbox = gr.Textbox(
+            self.textbox = gr.MultimodalTextbox(
                 show_label=False,
                 placeholder="Message… (Enter to send, Shift+Enter for a new line)",
                 lines=1,
@@ -92,6 +132,13 @@ class ChatPanel:
                 scale=8,
                 autofocus=bool(ctx.settings.openrouter_api_key),
                 elem_id="message-input",
+                # Upload button and drag-drop; a picture pasted into the box is attached too.
+                sources=["upload"],
+                file_count="multiple",
+                file_types=ATTACHMENT_FILE_TYPES,
+                submit_btn=False,  # the Send button beside it sends
+                # Long pasted text stays text (the counter judges it), not a pasted_text.txt.
+                max_plain_text_length=10 * ctx.settings.max_input_chars + 1000,
             )
             self.send_btn = gr.Button(
                 "Send", variant="primary", scale=1, min_width=80, elem_id="send-btn"
@@ -155,7 +202,22 @@ class ChatPanel:
             **what,
         )
 
-    async def _run(self, turn: TurnRequest, *, clear_input: bool) -> AsyncGenerator[Updates]:
+    def _links(self, owner_key: str, request: gr.Request | None) -> Link | None:
+        """Private links to `owner_key`'s files for the browser behind `request`.
+
+        Signed for that browser's seat cookie (set by chatlib.attachment_route on page
+        loads), so they open nowhere else; without one, files are shown by name only.
+        """
+        cookie = request.headers.get("cookie") if request is not None else None
+        seat = seat_from_cookie_header(cookie)
+        if seat is None:
+            return None
+        secret = self.ctx.services.server_secret
+        return lambda ref: link_path(secret, owner_key, ref, seat, time.time())
+
+    async def _run(
+        self, turn: TurnRequest, link: Link | None, *, clear_input: bool
+    ) -> AsyncGenerator[Updates]:
         """Start the turn as a live answer and follow it on this page.
 
         The answer runs on the server whatever the page does: closing or reloading the tab
@@ -163,17 +225,22 @@ class ChatPanel:
         """
         live = await self.ctx.services.live.start(turn)
         self.ctx.services.conversations.view(turn.session_key, live.conversation_id)
-        extra: Updates = {self.textbox: ""} if clear_input else {}
+        extra: Updates = {self.textbox: dict(EMPTY_COMPOSER)} if clear_input else {}
         if turn.conversation_id is None:  # a new chat appears in the list at once
             extra.update(await self.sidebar.refreshed(turn.owner_key, live.conversation_id))
         async with contextlib.aclosing(
-            self._follow(live, turn.owner_key, turn.session_key, extra)
+            self._follow(live, turn.owner_key, turn.session_key, extra, link)
         ) as frames:
             async for updates in frames:
                 yield updates
 
     async def _follow(
-        self, live: LiveAnswer, owner_key: str, session_key: str | None, first: Updates
+        self,
+        live: LiveAnswer,
+        owner_key: str,
+        session_key: str | None,
+        first: Updates,
+        link: Link | None,
     ) -> AsyncGenerator[Updates]:
         """Draw a live answer's frames while this page shows its chat; `first` goes along once.
 
@@ -184,9 +251,10 @@ class ChatPanel:
         async with contextlib.aclosing(live.follow()) as frames:
             async for frame in _while_viewing(frames, conversations, session_key, shown_id):
                 if frame is None:  # switched away: redraw what is open now, so it wins
-                    yield await self._viewed(owner_key, session_key)
+                    yield await self._viewed(owner_key, session_key, link)
                     return
-                updates: Updates = {**first, self.chatbot: conversation_display(frame.conversation)}
+                shown = conversation_display(frame.conversation, link)
+                updates: Updates = {**first, self.chatbot: shown}
                 first = {}
                 if frame.save_error is not None and not frame.done:
                     warn(frame.save_error)
@@ -214,7 +282,7 @@ class ChatPanel:
             self.stop_btn: gr.update(visible=streaming),
         }
 
-    async def _viewed(self, owner_key: str, session_key: str | None) -> Updates:
+    async def _viewed(self, owner_key: str, session_key: str | None, link: Link | None) -> Updates:
         """The chat area (and Stop) as the chat this page has open now is."""
         conversations = self.ctx.services.conversations
         viewed = conversations.viewed(session_key)
@@ -223,21 +291,21 @@ class ChatPanel:
         live = self.ctx.services.live.find(owner_key, viewed)
         if live is not None:
             return {
-                self.chatbot: conversation_display(live.latest.conversation),
+                self.chatbot: conversation_display(live.latest.conversation, link),
                 **self._buttons(True),
             }
         try:
             conversation = await conversations.open(owner_key, viewed)
         except StorageError:  # deleted meanwhile, or unreadable: leave the area as it is
             return unchanged()
-        return {self.chatbot: conversation_display(conversation), **self._buttons(False)}
+        return {self.chatbot: conversation_display(conversation, link), **self._buttons(False)}
 
     # ---- handlers ------------------------------------------------------------------------
 
     async def ask(
         self,
         action: Literal["send", "retry"],
-        message: str | None,
+        message: dict[str, Any] | str | None,
         conversation_id: str | None,
         model: str,
         system_prompt: str,
@@ -246,13 +314,27 @@ class ChatPanel:
         request: gr.Request,
         profile: gr.OAuthProfile | None,
     ) -> AsyncIterator[Updates]:
-        """Send the composer's message, or ask the last question again ("retry")."""
+        """Send the composer's message and files, or ask the last question again ("retry").
+
+        A refusal (a file too large or of the wrong kind, a picture for a model that cannot
+        see) is a toast naming the limit; the text and the files stay in the box.
+        """
         visitor = self.ctx.visitor(browser_value, profile, request)
         settings = (model, system_prompt, temperature)
+        text, paths = _composed(message)
+        attachments = await read_attachments(paths, self.ctx.settings.attachment_limits)
         turn = self._request(
-            visitor, request, conversation_id, settings, user_text=message or "", action=action
+            visitor,
+            request,
+            conversation_id,
+            settings,
+            user_text=text,
+            action=action,
+            attachments=attachments,
         )
-        async with contextlib.aclosing(self._run(turn, clear_input=action == "send")) as frames:
+        link = self._links(visitor.owner_key, request)
+        running = self._run(turn, link, clear_input=action == "send")
+        async with contextlib.aclosing(running) as frames:
             async for updates in frames:
                 yield updates
 
@@ -277,6 +359,7 @@ class ChatPanel:
         position = edit_data.index if isinstance(edit_data.index, int) else edit_data.index[0]
         nth_user = sum(1 for m in shown[: position + 1] if m["role"] == "user") - 1
         text = edit_data.value if isinstance(edit_data.value, str) else str(edit_data.value)
+        text = without_attachments(text)
         turn = self._request(
             visitor,
             request,
@@ -286,7 +369,8 @@ class ChatPanel:
             action="edit",
             edit_index=nth_user,
         )
-        async with contextlib.aclosing(self._run(turn, clear_input=False)) as frames:
+        link = self._links(visitor.owner_key, request)
+        async with contextlib.aclosing(self._run(turn, link, clear_input=False)) as frames:
             async for updates in frames:
                 yield updates
 
@@ -303,7 +387,8 @@ class ChatPanel:
         updated, last_text = await self.ctx.services.conversations.undo(
             visitor.owner_key, conversation_id
         )
-        updates: Updates = {self.chatbot: conversation_display(updated)}
+        link = self._links(visitor.owner_key, request)
+        updates: Updates = {self.chatbot: conversation_display(updated, link)}
         if last_text is not None:
             updates[self.textbox] = last_text
         return updates
@@ -350,8 +435,9 @@ class ChatPanel:
             else await conversations.open(visitor.owner_key, conversation_id)
         )
         conversations.view(session_of(request), conversation.id)
+        link = self._links(visitor.owner_key, request)
         shown: Updates = {
-            self.chatbot: conversation_display(conversation),
+            self.chatbot: conversation_display(conversation, link),
             **self._shown_id(conversation.id),
             self.model: conversation.model,
             self.system_prompt: conversation.system_prompt,
@@ -361,7 +447,7 @@ class ChatPanel:
         if live is None:
             yield {**shown, **self._buttons(False)}
             return
-        follow = self._follow(live, visitor.owner_key, session_of(request), shown)
+        follow = self._follow(live, visitor.owner_key, session_of(request), shown, link)
         async with contextlib.aclosing(follow) as frames:
             async for updates in frames:
                 yield updates
@@ -384,7 +470,8 @@ class ChatPanel:
         switched = await self.ctx.services.conversations.switch_version(
             visitor.owner_key, conversation_id, int(found[1]), int(found[2])
         )
-        return {self.chatbot: conversation_display(switched)}
+        link = self._links(visitor.owner_key, request)
+        return {self.chatbot: conversation_display(switched, link)}
 
     async def open_from_address(
         self, browser_value: Any, request: gr.Request, profile: gr.OAuthProfile | None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from chatlib.attachments import AttachmentRef, human_bytes
 from chatlib.branches import versions_of
 from chatlib.messages import ChatMessage, format_answer_footer
 from chatlib.storage import Conversation
@@ -23,15 +25,22 @@ TYPING = (
     "<span>•</span><span>•</span><span>•</span></span>"
 )
 Versions = Sequence[tuple[int, int]]  # per message: (this version, how many), 1-based
+# A private, expiring URL for one of the viewer's files (built per request by the chat panel).
+Link = Callable[[AttachmentRef], str]
+# Starts the line of a message's files, so an edited question can leave it out.
+ATTACHMENTS_MARK = "\u2064"
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~])")
 
 
-def conversation_display(conversation: Conversation) -> list[dict[str, Any]]:
+def conversation_display(
+    conversation: Conversation, link: Link | None = None
+) -> list[dict[str, Any]]:
     """A conversation's active branch, with "‹ 2/3 ›" where there are other versions."""
-    return to_display(conversation.messages, versions_of(conversation))
+    return to_display(conversation.messages, versions_of(conversation), link)
 
 
 def to_display(
-    history: Sequence[ChatMessage], versions: Versions | None = None
+    history: Sequence[ChatMessage], versions: Versions | None = None, link: Link | None = None
 ) -> list[dict[str, Any]]:
     """Messages in the chat component's format (role/content/metadata dicts).
 
@@ -47,11 +56,12 @@ def to_display(
         if message.role == "system":
             continue
         if message.role == "user":
-            shown.append({"role": "user", "content": message.content})
+            content = message.content + attachments_markdown(message.attachments, link)
+            shown.append({"role": "user", "content": content})
             question_versions = arrows and f"question {arrows}"
             continue
         extra = _footer_extra(question_versions, arrows and f"answer {arrows}")
-        shown.extend(_answer(message, extra))
+        shown.extend(_answer(message, extra, link))
         question_versions = ""
     if history and history[-1].role == "user":
         # Saved without its answer: the server stopped mid-answer (a crash, a replica gone).
@@ -61,7 +71,7 @@ def to_display(
     return shown
 
 
-def _answer(message: ChatMessage, extra: str) -> list[dict[str, Any]]:
+def _answer(message: ChatMessage, extra: str, link: Link | None) -> list[dict[str, Any]]:
     meta = message.meta
     streaming = meta is not None and meta.status == "streaming"
     shown: list[dict[str, Any]] = []
@@ -70,8 +80,9 @@ def _answer(message: ChatMessage, extra: str) -> list[dict[str, Any]]:
         thinking_meta["status"] = "pending" if streaming and not message.content else "done"
         shown.append({"role": "assistant", "content": message.reasoning, "metadata": thinking_meta})
     body = message.content
-    if streaming and not body and not message.reasoning:
+    if streaming and not body and not message.reasoning and not message.attachments:
         body = TYPING
+    body += attachments_markdown(message.attachments, link)
     if meta is not None and not streaming:
         if meta.error:
             body += f"\n\n> ⚠️ {meta.error}"
@@ -79,6 +90,31 @@ def _answer(message: ChatMessage, extra: str) -> list[dict[str, Any]]:
         body += f"\n\n<sub>{FOOTER_MARK}{footer}{' · ' + extra if extra else ''}</sub>"
     shown.append({"role": "assistant", "content": body})
     return shown
+
+
+def attachments_markdown(refs: Sequence[AttachmentRef], link: Link | None) -> str:
+    """A message's files as one Markdown paragraph after its text ('' when it has none)."""
+    if not refs:
+        return ""
+    shown = [_attachment(ref, link) for ref in refs]
+    return f"\n\n{ATTACHMENTS_MARK}" + " ".join(shown)
+
+
+def without_attachments(text: str) -> str:
+    """A shown question without its files' line (what the visitor edits)."""
+    return text.split(f"\n\n{ATTACHMENTS_MARK}", 1)[0]
+
+
+def _attachment(ref: AttachmentRef, link: Link | None) -> str:
+    name = _MARKDOWN_SPECIAL.sub(r"\\\1", ref.name) or "file"
+    label = f"{name} ({human_bytes(ref.size)})"
+    if link is None:
+        return f"📎 {label}"
+    url = link(ref)
+    if ref.kind == "image":
+        return f"[![{name}]({url})]({url})"
+    icon = "📄" if ref.kind == "pdf" else "📝"
+    return f"{icon} [{label}]({url})"
 
 
 def _footer_extra(*parts: str) -> str:

@@ -10,6 +10,7 @@ import gradio as gr
 import structlog
 from starlette.middleware import Middleware
 
+from chatlib.attachment_route import AttachmentRoute
 from chatlib.config import Settings
 from chatlib.request_guard import RequestGuard
 from chatlib.services import Services
@@ -174,5 +175,16 @@ def launch_kwargs(settings: Settings, services: Services) -> dict[str, Any]:
         # the working folder, its own cache or these (DATA_DIR may be elsewhere, e.g. /data).
         "allowed_paths": [str(services.downloads_dir)],
         # The first is outermost: a request that crashes the upload route is answered too.
-        "app_kwargs": {"middleware": [request_guard, upload_guard]},
+        "app_kwargs": {
+            "middleware": [
+                request_guard,
+                upload_guard,
+                # Private links to stored attachments, and the seat cookie they are signed for.
+                Middleware(
+                    AttachmentRoute,
+                    secret=services.server_secret,
+                    load=services.attachments.get,
+                ),
+            ]
+        },
     }
