@@ -13,8 +13,9 @@ from collections.abc import (
     Callable,
     Iterator,
     Mapping,
+    Sequence,
 )
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httpx2
@@ -48,8 +49,19 @@ class ReasoningDelta:
 
 
 @dataclass(frozen=True)
+class ImageDelta:
+    """A picture the model drew, as OpenRouter sent it: a data URL, not yet checked.
+
+    The turn decodes and checks it (chatlib.attachments.image_from_data_url); the client
+    only takes the URL out of `delta.images[]` (or a final `message.images[]`).
+    """
+
+    url: str
+
+
+@dataclass(frozen=True)
 class FirstToken:
-    """The first text or reasoning arrived; sent once, right before it."""
+    """The first text, reasoning or picture arrived; sent once, right before it."""
 
     ttft_ms: float
 
@@ -84,7 +96,7 @@ class StreamFailed:
     latency_ms: float
 
 
-StreamEvent = TextDelta | ReasoningDelta | FirstToken | Usage | Finished | StreamFailed
+StreamEvent = TextDelta | ReasoningDelta | ImageDelta | FirstToken | Usage | Finished | StreamFailed
 
 
 def _error_body(exc: openai.APIError) -> Mapping[str, Any]:
@@ -354,6 +366,7 @@ class _ChunkBatch:
 
     text: list[str]
     reasoning: list[str]
+    images: list[str] = field(default_factory=list)  # data URLs, in order
     usage: Mapping[str, Any] | None = None
     finish_reason: str | None = None
     generation_id: str | None = None
@@ -415,9 +428,34 @@ def _add_chunk(batch: _ChunkBatch, chunk: Any) -> None:
             content = delta.get("content")
             if isinstance(content, str) and content:
                 batch.text.append(content)
+            batch.images.extend(_image_urls(delta.get("images")))
+        message = choice.get("message")  # a final, non-delta message: only its pictures
+        if isinstance(message, Mapping):
+            batch.images.extend(_image_urls(message.get("images")))
         finish = choice.get("finish_reason")
         if isinstance(finish, str) and finish:
             batch.finish_reason = finish
+
+
+def _image_urls(images: Any) -> list[str]:
+    """The URLs of `[{"type": "image_url", "image_url": {"url": ...}}]`; odd entries skipped.
+
+    A picture shaped wrongly must not cost the answer its text: it is logged and left out.
+    """
+    if images is None:
+        return []
+    if not isinstance(images, list):
+        log.warning("chat.image_skipped", reason="images is not a list")
+        return []
+    urls: list[str] = []
+    for image in images:
+        inner = image.get("image_url") if isinstance(image, Mapping) else None
+        url = inner.get("url") if isinstance(inner, Mapping) else None
+        if isinstance(url, str) and url:
+            urls.append(url)
+        else:
+            log.warning("chat.image_skipped", reason="image without a URL")
+    return urls
 
 
 async def _read(chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
@@ -499,7 +537,7 @@ class _Events:
 
     @property
     def has_content(self) -> bool:
-        """True once text or reasoning has arrived."""
+        """True once text, reasoning or a picture has arrived."""
         return self._first_token_at is not None
 
     def _ms_since_start(self, at: float) -> float:
@@ -513,11 +551,14 @@ class _Events:
         """The events one read carried; then raises the error that ended it, if any."""
         self.generation_id = self.generation_id or batch.generation_id
         self.finish_reason = batch.finish_reason or self.finish_reason
-        if (batch.text or batch.reasoning) and self._first_token_at is None:
+        visible = batch.text or batch.reasoning or batch.images
+        if visible and self._first_token_at is None:
             self._first_token_at = self._clock()
             yield FirstToken(self._ms_since_start(self._first_token_at))
         if batch.reasoning:
             yield ReasoningDelta("".join(batch.reasoning))
+        for url in batch.images:
+            yield ImageDelta(url)
         if batch.text:
             yield TextDelta("".join(batch.text))
         if batch.usage is not None:
@@ -626,7 +667,7 @@ async def stream_chat(
     client: AsyncOpenAI,
     *,
     model: str,
-    messages: list[dict[str, str]],
+    messages: Sequence[Mapping[str, Any]],
     temperature: float,
     idle_timeout: float,
     clock: Clock = time.monotonic,
@@ -635,18 +676,18 @@ async def stream_chat(
 ) -> AsyncIterator[StreamEvent]:
     """Stream one answer as typed events; always ends with Finished or StreamFailed.
 
-    FirstToken comes once, right before the first text or reasoning. The SDK sends the
-    request (auth, headers, timeouts, retries, HTTP error mapping); the SSE body is parsed
-    here with orjson, one batch per network read. Building an SDK model per token cost
-    ~200 us each, 40 % of the app's CPU while streaming. Once text has arrived, `pace` (if
-    given) is awaited whenever everything buffered has been read, so a slow stream is read in
-    bursts (about one per frame) instead of one wake-up per token. Closing this generator
-    (e.g. the user pressed Stop) closes the upstream connection.
+    FirstToken comes once, right before the first text, reasoning or picture (ImageDelta).
+    The SDK sends the request (auth, headers, timeouts, retries, HTTP error mapping); the
+    SSE body is parsed here with orjson, one batch per network read. Building an SDK model
+    per token cost ~200 us each, 40 % of the app's CPU while streaming. Once text has
+    arrived, `pace` (if given) is awaited whenever everything buffered has been read, so a
+    slow stream is read in bursts (about one per frame) instead of one wake-up per token.
+    Closing this generator (e.g. the user pressed Stop) closes the upstream connection.
     """
     events = _Events(clock)
     request = client.chat.completions.with_streaming_response.create(
         model=model,
-        messages=cast("list[ChatCompletionMessageParam]", messages),
+        messages=cast("list[ChatCompletionMessageParam]", list(messages)),
         temperature=temperature,
         stream=True,
         extra_body=dict(extra_body or {}),

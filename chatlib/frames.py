@@ -25,7 +25,15 @@ from typing import Any, TypeVar
 
 import structlog
 
-from chatlib.client import Clock, Finished, ReasoningDelta, StreamEvent, StreamFailed, TextDelta
+from chatlib.client import (
+    Clock,
+    Finished,
+    ImageDelta,
+    ReasoningDelta,
+    StreamEvent,
+    StreamFailed,
+    TextDelta,
+)
 
 Sleep = Callable[[float], Awaitable[None]]
 log = structlog.get_logger(__name__)
@@ -165,7 +173,7 @@ async def _run_out(step: asyncio.Task[Any] | None, frames: AsyncIterator[object]
 
 
 def _is_content(event: StreamEvent) -> bool:
-    return isinstance(event, TextDelta | ReasoningDelta)
+    return isinstance(event, TextDelta | ReasoningDelta | ImageDelta)
 
 
 def _is_terminal(event: StreamEvent) -> bool:

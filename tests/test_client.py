@@ -21,6 +21,7 @@ from chatlib.client import (
     ClientPool,
     Finished,
     FirstToken,
+    ImageDelta,
     ReasoningDelta,
     StreamEvent,
     StreamFailed,
@@ -339,6 +340,42 @@ async def test_a_last_line_without_a_line_end_still_counts() -> None:
     events = await _stream(_scripted([_chunk("cut "), _chunk("short").rstrip(b"\n")]), "hi")
     assert _text(events) == "cut short"  # kept, and reported as cut short
     assert isinstance(events[-1], StreamFailed)
+
+
+# -- pictures a model draws ----------------------------------------------------------------
+
+
+async def test_drawn_pictures_arrive_as_image_events_before_the_text(fake: FakeOpenRouter) -> None:
+    events = await _collect(fake, "draw [[images=2]] [[tokens=3]]")
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[:4] == ["FirstToken", "ImageDelta", "ImageDelta", "TextDelta"]
+    images = [e for e in events if isinstance(e, ImageDelta)]
+    assert all(e.url.startswith("data:image/png;base64,") for e in images)
+    assert images[0].url != images[1].url
+    assert _text(events) == expected_reply("draw", 3)
+    assert isinstance(events[-1], Finished)
+
+
+def _images_chunk(images: object, *, key: str = "delta") -> bytes:
+    choice = {"index": 0, key: {"images": images}, "finish_reason": None}
+    return b"data: " + orjson.dumps({"id": "gen-1", "choices": [choice]}) + b"\n\n"
+
+
+async def test_odd_picture_entries_are_skipped_and_the_text_still_arrives() -> None:
+    good = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    body = (
+        _images_chunk("not a list")
+        + _images_chunk([{"type": "image_url"}, 7, good])
+        + _images_chunk([good], key="message")  # a final, non-delta message
+        + _chunk("text", "stop")
+        + b"data: [DONE]\n\n"
+    )
+    events = await _stream(_scripted([body]), "hi")
+    assert [e for e in events if isinstance(e, ImageDelta)] == [
+        ImageDelta("data:image/png;base64,AAAA")
+    ] * 2
+    assert _text(events) == "text"
+    assert isinstance(events[-1], Finished)
 
 
 # -- 402: out of credit, before the answer or in the middle of it --------------------------

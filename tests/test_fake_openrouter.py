@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import os
 import select
@@ -19,10 +21,15 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+from PIL import Image
 
 from tests.fakes.openrouter import (
+    BAD_IMAGE_URL,
     CATALOG,
+    DRAWN_IMAGE_SIDE,
+    IMAGE_COMPLETION_TOKENS,
     FakeOpenRouter,
+    drawn_png,
     expected_cost,
     expected_reply,
     prompt_tokens,
@@ -48,6 +55,16 @@ def router(router_module: FakeOpenRouter) -> FakeOpenRouter:
     """The module fake with records, defaults and catalog mode reset."""
     router_module.reset()
     return router_module
+
+
+def _png_url(width: int = 8, height: int = 6) -> str:
+    """A real PNG of that size as a data URL."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 20, 30)).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+PDF_URL = "data:application/pdf;base64," + base64.b64encode(b"%PDF-1.4\n%%EOF\n").decode()
 
 
 def make_client(router: FakeOpenRouter, **kwargs: Any) -> AsyncOpenAI:
@@ -172,7 +189,7 @@ async def test_default_tokens_content_parts_and_last_user_message(router: FakeOp
 
     parts = [
         {"type": "text", "text": "part one [[tokens=4]]"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "image_url", "image_url": {"url": _png_url()}},
         {"type": "text", "text": "part two"},
     ]
     reply, _ = await collect(router, "", messages=[{"role": "user", "content": parts}])
@@ -715,6 +732,108 @@ def test_unknown_path_is_json_404(router: FakeOpenRouter) -> None:
     response = get(router, "/nope")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == 404
+
+
+# ------------------------------------------------------------------------ attachments
+
+
+def _with_parts(*parts: dict[str, Any]) -> list[ChatCompletionMessageParam]:
+    return [{"role": "user", "content": [{"type": "text", "text": "look [[tokens=30]]"}, *parts]}]
+
+
+@pytest.mark.asyncio
+async def test_the_model_says_what_it_saw_and_the_fake_tells_the_test(
+    router: FakeOpenRouter,
+) -> None:
+    image = {"type": "image_url", "image_url": {"url": _png_url(80, 60)}}
+    pdf = {"type": "file", "file": {"filename": "report.pdf", "file_data": PDF_URL}}
+    reply, _ = await collect(router, "", messages=_with_parts(image, pdf))
+    assert reply == "Echo: look [saw: image/png 80x60, report.pdf]" + reply.split("]", 1)[1]
+    assert router.received_images() == [("image/png", 80, 60)]
+    assert [(f.kind, f.name) for f in router.received_files()] == [
+        ("image", ""),
+        ("pdf", "report.pdf"),
+    ]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("part", "fault"),
+    [
+        ({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}, "bytes are"),
+        ({"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}, "data URL"),
+        (
+            {
+                "type": "image_url",
+                "image_url": {"url": "data:image/jpeg;base64," + _png_url().split(",", 1)[1]},
+            },
+            "declared image/jpeg",
+        ),
+        ({"type": "image_url", "image_url": {"url": _png_url(1600, 10)}}, "long side"),
+        ({"type": "file", "file": {"filename": "a.pdf", "file_data": _png_url()}}, "PDF"),
+        ({"type": "input_audio", "input_audio": {}}, "unknown content part"),
+    ],
+)
+async def test_content_parts_a_provider_would_refuse_are_400(
+    router: FakeOpenRouter, part: dict[str, Any], fault: str
+) -> None:
+    async with make_client(router) as client:
+        with pytest.raises(openai.BadRequestError, match=fault):
+            await client.chat.completions.create(
+                model=MODEL, messages=_with_parts(part), stream=True
+            )
+
+
+@pytest.mark.asyncio
+async def test_images_directive_streams_pictures_before_the_text_and_bills_them(
+    router: FakeOpenRouter,
+) -> None:
+    model = "google/gemini-2.5-flash-image"
+    status, body = raw_stream(
+        router,
+        "draw a cat [[images=2]] [[badimage=1]] [[tokens=3]]",
+        model=model,
+        modalities=["image", "text"],
+    )
+    assert status.status_code == 200
+    chunks = [
+        json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: {")
+    ]
+    urls = [
+        image["image_url"]["url"]
+        for chunk in chunks
+        for choice in chunk["choices"]
+        for image in choice["delta"].get("images", [])
+    ]
+    assert len(urls) == 3 and urls[-1] == BAD_IMAGE_URL
+    first = base64.b64decode(urls[0].split(",", 1)[1])
+    assert first == drawn_png(0)
+    with Image.open(io.BytesIO(first)) as picture:
+        assert picture.size == (DRAWN_IMAGE_SIDE, DRAWN_IMAGE_SIDE)
+    first_text = next(
+        i for i, c in enumerate(chunks) if c["choices"] and c["choices"][0]["delta"].get("content")
+    )
+    last_image = max(
+        i for i, c in enumerate(chunks) if c["choices"] and c["choices"][0]["delta"].get("images")
+    )
+    assert last_image < first_text
+    usage = chunks[-1]["usage"]
+    assert usage["completion_tokens"] == 3 + 3 * IMAGE_COMPLETION_TOKENS
+    assert usage["cost"] == pytest.approx(
+        expected_cost(model, usage["prompt_tokens"], usage["completion_tokens"])
+    )
+
+
+@pytest.mark.asyncio
+async def test_images_directive_without_streaming_puts_them_on_the_message(
+    router: FakeOpenRouter,
+) -> None:
+    async with make_client(router) as client:
+        response = await client.chat.completions.create(
+            model="google/gemini-2.5-flash-image", messages=user("draw [[images=1]]")
+        )
+    images = response.choices[0].message.model_extra["images"]  # type: ignore[index]
+    assert images[0]["image_url"]["url"].startswith("data:image/png;base64,")
 
 
 # ------------------------------------------------------------------------------ CLI

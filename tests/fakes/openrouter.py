@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import functools
+import io
 import math
 import re
 import secrets
@@ -18,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 import orjson
+from PIL import Image
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -33,6 +37,8 @@ __all__ = [
     "PROVIDER_NAME",
     "FakeOpenRouter",
     "RecordedRequest",
+    "SeenFile",
+    "check_content",
     "expected_cost",
     "expected_reply",
     "main",
@@ -61,8 +67,14 @@ DIRECTIVE_KEYS = frozenset(
         "badshape",
         "truncate",
         "retry_after",
+        "images",
+        "badimage",
     }
 )
+IMAGE_MAX_SIDE = 1568  # the app's default IMAGE_MAX_SIDE; FakeOpenRouter.image_max_side
+DRAWN_IMAGE_SIDE = 64  # the pictures `[[images=N]]` streams
+IMAGE_COMPLETION_TOKENS = 1290  # what one drawn picture adds to completion_tokens
+BAD_IMAGE_URL = "data:image/png;base64,not*base64!"
 
 PROCESSING_COMMENT = b": OPENROUTER PROCESSING\n\n"
 DONE_LINE = b"data: [DONE]\n\n"
@@ -448,6 +460,8 @@ class _Plan:
     badshape: int | None = None
     truncate: int | None = None
     retry_after: str = "7"
+    images: int = 0  # pictures streamed (`delta.images`) before the text
+    badimage: int = 0  # malformed image data URLs streamed before the text
 
     def fault(self, content_chunks: int) -> tuple[str, int] | None:
         """Return the earliest stream fault as (kind, content position), or None."""
@@ -519,6 +533,125 @@ def expected_cost(model: str, prompt: int, completion: int) -> float:
         + completion * float(pricing["completion"])
         + float(pricing["request"])
     )
+
+
+@dataclass(frozen=True)
+class SeenFile:
+    """A file part the fake received and checked: an image or a PDF."""
+
+    kind: str  # "image" or "pdf"
+    mime: str
+    name: str  # a PDF's filename; "" for an image (image_url parts carry no name)
+    size: int  # decoded bytes
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def label(self) -> str:
+        """How the echo names it: 'image/png 800x600', 'report.pdf'."""
+        return f"{self.mime} {self.width}x{self.height}" if self.kind == "image" else self.name
+
+
+class _BadContent(ValueError):
+    """A message content OpenRouter would refuse (400)."""
+
+
+_DATA_URL_RE = re.compile(r"data:([a-z]+/[A-Za-z0-9.+-]+);base64,(.*)", re.DOTALL)
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"%PDF-", "application/pdf"),
+)
+
+
+def _sniffed_mime(data: bytes) -> str | None:
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((mime for magic, mime in _MAGIC if data.startswith(magic)), None)
+
+
+def _decode_data_url(url: Any, where: str) -> tuple[str, bytes]:
+    """(declared MIME, bytes) of a base64 data URL whose MIME matches its bytes."""
+    match = _DATA_URL_RE.fullmatch(url) if isinstance(url, str) else None
+    if match is None:
+        raise _BadContent(f"{where}: expected a base64 data URL")
+    try:
+        data = base64.b64decode(match.group(2), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _BadContent(f"{where}: the base64 does not decode") from exc
+    declared, actual = match.group(1), _sniffed_mime(data)
+    if actual != declared:
+        raise _BadContent(f"{where}: declared {declared} but the bytes are {actual or 'unknown'}")
+    return declared, data
+
+
+def _check_part(part: Any, where: str, max_side: int) -> SeenFile | None:
+    """Check one content part the way a strict provider would; the file it carries."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text":
+        if not isinstance(part.get("text"), str):
+            raise _BadContent(f"{where}: a text part needs a string 'text'")
+        return None
+    if kind == "image_url":
+        mime, data = _decode_data_url((part.get("image_url") or {}).get("url"), where)
+        if not mime.startswith("image/"):
+            raise _BadContent(f"{where}: image_url carries {mime}")
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+        if max(width, height) > max_side:
+            raise _BadContent(f"{where}: image is {width}x{height}, long side over {max_side}")
+        return SeenFile("image", mime, "", len(data), width, height)
+    if kind == "file":
+        file = part.get("file") or {}
+        name = file.get("filename")
+        mime, data = _decode_data_url(file.get("file_data"), where)
+        if mime != "application/pdf" or not isinstance(name, str) or not name:
+            raise _BadContent(f"{where}: a file part needs a filename and a PDF")
+        return SeenFile("pdf", mime, name, len(data))
+    raise _BadContent(f"{where}: unknown content part type {kind!r}")
+
+
+def check_content(messages: Sequence[Any], max_side: int = IMAGE_MAX_SIDE) -> list[list[SeenFile]]:
+    """The files each message carries, checked; _BadContent (a ValueError) names the fault."""
+    seen: list[list[SeenFile]] = []
+    for index, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        files: list[SeenFile] = []
+        if isinstance(content, list):
+            if message.get("role") != "user":
+                raise _BadContent(f"messages[{index}]: only user messages may carry parts")
+            for n, part in enumerate(content):
+                found = _check_part(part, f"messages[{index}].content[{n}]", max_side)
+                if found is not None:
+                    files.append(found)
+        elif not isinstance(content, str):
+            raise _BadContent(f"messages[{index}]: content must be a string or a list")
+        seen.append(files)
+    return seen
+
+
+@functools.cache
+def drawn_png(index: int = 0) -> bytes:
+    """The PNG `[[images=N]]` streams as picture `index` (64x64, one colour each)."""
+    colour = ((40 * index) % 256, 120, 200)
+    buffer = io.BytesIO()
+    Image.new("RGB", (DRAWN_IMAGE_SIDE, DRAWN_IMAGE_SIDE), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _image_part(url: str) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _drawn_urls(plan: _Plan) -> list[str]:
+    """The image data URLs a plan streams: the good ones, then the malformed ones."""
+    good = [
+        f"data:image/png;base64,{base64.b64encode(drawn_png(i)).decode()}"
+        for i in range(plan.images)
+    ]
+    return good + [BAD_IMAGE_URL] * plan.badimage
 
 
 def _last_user_text(messages: Sequence[Any]) -> str:
@@ -714,7 +847,11 @@ class _Generation:
 
     def usage(self) -> dict[str, Any]:
         """Return the usage object for a completed generation."""
-        completion = len(self.chunks) + self.plan.reasoning
+        completion = (
+            len(self.chunks)
+            + self.plan.reasoning
+            + (self.plan.images + self.plan.badimage) * IMAGE_COMPLETION_TOKENS
+        )
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
@@ -736,8 +873,10 @@ class FakeOpenRouter(Fake):
         default_tokens: int = 20,
         port: int = 0,
         record: bool = True,
+        image_max_side: int = IMAGE_MAX_SIDE,
     ) -> None:
         """Configure the fake; call start() (or use it as a context manager) to serve."""
+        self.image_max_side = image_max_side  # larger images are refused (400), like the app's
         self.tokens_per_second = tokens_per_second
         self.default_tokens = default_tokens
         self.port = port
@@ -815,6 +954,7 @@ class FakeOpenRouter(Fake):
             self.catalog_requests.clear()
             self._defaults = {}
         self._catalog_mode = "ok"
+        self.image_max_side = IMAGE_MAX_SIDE
 
     def set_defaults(self, **directives: str | float) -> None:
         """Set directives used when a request does not carry its own."""
@@ -839,6 +979,24 @@ class FakeOpenRouter(Fake):
         """Return a snapshot of the recorded /chat/completions requests."""
         with self._cond:
             return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    def received_files(self, request: RecordedRequest | None = None) -> list[SeenFile]:
+        """The images and PDFs a chat request carried (default: the last one), in order."""
+        if request is None:
+            requests = self.chat_requests()
+            if not requests:
+                return []
+            request = requests[-1]
+        messages = request.body.get("messages") or []
+        return [file for files in check_content(messages, self.image_max_side) for file in files]
+
+    def received_images(self, request: RecordedRequest | None = None) -> list[tuple[str, int, int]]:
+        """(MIME, width, height) of each image a chat request carried (default: the last)."""
+        return [
+            (f.mime, f.width or 0, f.height or 0)
+            for f in self.received_files(request)
+            if f.kind == "image"
+        ]
 
     def _record(self, target: list[RecordedRequest], request: Request, body: Any) -> None:
         """Append a request to a record list and wake waiters."""
@@ -939,8 +1097,22 @@ class FakeOpenRouter(Fake):
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error(400, 'Input required: specify "prompt" or "messages"')
+        try:
+            seen = check_content(messages, self.image_max_side)
+        except (_BadContent, OSError) as exc:  # OSError: Pillow could not read the image
+            return _error(400, f"Invalid content: {exc}")
         user_text = _last_user_text(messages)
         directives = {**self._defaults, **dict(DIRECTIVE_RE.findall(user_text))}
+        last_files = next(
+            (
+                f
+                for m, f in zip(reversed(messages), reversed(seen), strict=True)
+                if isinstance(m, dict) and m.get("role") == "user"
+            ),
+            [],
+        )
+        if last_files:  # the reply says what the model saw, so a page can show it arrived
+            user_text = f"{user_text} [saw: {', '.join(f.label for f in last_files)}]"
         try:
             plan = _build_plan(directives, tokens=self.default_tokens, rate=self.tokens_per_second)
         except ValueError as exc:
@@ -1039,6 +1211,8 @@ class FakeOpenRouter(Fake):
             "refusal": None,
             "reasoning": reasoning,
         }
+        if urls := _drawn_urls(plan):
+            message["images"] = [_image_part(url) for url in urls]
         body = {
             "id": generation.gen_id,
             "provider": PROVIDER_NAME,
@@ -1076,6 +1250,8 @@ class FakeOpenRouter(Fake):
                     if deadline - loop.time() > 0:
                         yield PROCESSING_COMMENT
             buf = bytearray(fmt.delta({"role": "assistant", "content": ""}))
+            for url in _drawn_urls(plan):  # pictures come before the text, one chunk each
+                buf += fmt.delta({"role": "assistant", "content": "", "images": [_image_part(url)]})
             fault = plan.fault(len(gen.chunks))
             total = plan.reasoning + len(gen.chunks)
             limit = total if fault is None else plan.reasoning + fault[1]
