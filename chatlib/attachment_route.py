@@ -45,8 +45,21 @@ class AttachmentRoute:
     """ASGI middleware: sets the seat cookie on page loads and serves attachment links."""
 
     def __init__(
-        self, app: ASGIApp, *, secret: str, load: LoadAttachment, clock: Clock = time.time
+        self,
+        app: ASGIApp,
+        *,
+        secret: str,
+        load: LoadAttachment,
+        clock: Clock = time.time,
+        embedded: bool = False,
     ) -> None:
+        """`embedded`: the page is shown inside another site's frame (a Space on huggingface.co).
+
+        A Strict or Lax cookie is never sent from inside a frame of another site, so there the
+        seat is a partitioned cookie (`SameSite=None; Secure; Partitioned`): kept for this
+        frame on that site only, still HttpOnly, still unreadable by any other site.
+        """
+        self.embedded = embedded
         self.app = app
         self.secret = secret
         self.load = load
@@ -64,7 +77,9 @@ class AttachmentRoute:
         if not _wants_seat(scope, headers):
             await self.app(scope, receive, send)
             return
-        cookie = _seat_cookie(new_seat(), secure=scope.get("scheme") == "https")
+        cookie = _seat_cookie(
+            new_seat(), secure=scope.get("scheme") == "https", embedded=self.embedded
+        )
 
         async def with_seat(message: Message) -> None:
             if message.get("type") == "http.response.start":
@@ -114,12 +129,12 @@ def _wants_seat(scope: Scope, headers: dict[str, str]) -> bool:
     return seat_from_cookie_header(headers.get("cookie")) is None
 
 
-def _seat_cookie(seat: str, *, secure: bool) -> tuple[bytes, bytes]:
-    value = (
-        f"{SEAT_COOKIE}={seat}; Path=/; Max-Age={SEAT_MAX_AGE_SECONDS}; HttpOnly; SameSite=Strict"
-    )
-    if secure:
-        value += "; Secure"
+def _seat_cookie(seat: str, *, secure: bool, embedded: bool = False) -> tuple[bytes, bytes]:
+    value = f"{SEAT_COOKIE}={seat}; Path=/; Max-Age={SEAT_MAX_AGE_SECONDS}; HttpOnly"
+    if embedded:
+        value += "; SameSite=None; Secure; Partitioned"
+    else:
+        value += "; SameSite=Strict" + ("; Secure" if secure else "")
     return (b"set-cookie", value.encode("ascii"))
 
 

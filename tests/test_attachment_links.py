@@ -169,3 +169,16 @@ async def test_expired_links_are_refused(client: httpx.AsyncClient) -> None:
     seat = await seated(client)
     stale = link_path(SECRET, OWNER, PHOTO, seat, NOW - 2 * LINK_LIFETIME_SECONDS)
     assert (await client.get(stale)).status_code == 404
+
+
+async def test_on_a_space_the_seat_cookie_also_reaches_the_frame_on_huggingface_co() -> None:
+    # A Space is shown in a frame of huggingface.co: a Strict cookie would never be sent there.
+    route = AttachmentRoute(
+        page, secret=SECRET, load=FakeAttachmentStore().get, clock=lambda: NOW, embedded=True
+    )
+    transport = httpx.ASGITransport(app=route)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as embedded:
+        answer = await embedded.get("/", headers={"accept": "text/html"})
+    cookie = answer.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=None" in cookie
+    assert "Secure" in cookie and "Partitioned" in cookie  # kept for that frame only
