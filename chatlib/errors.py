@@ -174,3 +174,10 @@ class ImportRejected(ChatError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"Import refused: {reason}. Nothing was imported.")
+
+
+class AttachmentNotFound(StorageError):
+    """No such file for this visitor (whether another visitor has it is not revealed)."""
+
+    def __init__(self) -> None:
+        super().__init__("This file does not exist (the chat it was in may have been deleted).")

@@ -11,8 +11,9 @@ A Space's disk is wiped on every restart, so when HF_DATASET_REPO and HF_TOKEN a
 With conversations in a database, `before_push` (e.g. `chatlib.snapshot.snapshot_hook`) runs on
 the push thread before every push and writes the changed conversations out as these files first.
 
-Only `conversations/<owner>/<id>.json` and `usage/*.csv` are ever uploaded: never `secrets/`,
-`exports/`, index files, temp files or dot files. A conversation the app deletes (or moves to
+Only `conversations/<owner>/<id>.json`, `attachments/<owner>/<sha256>.<suffix>` (attached files,
+named by their content) and `usage/*.csv` are ever uploaded: never `secrets/`, `exports/`, index
+files, temp files or dot files. A conversation or attached file the app deletes (or moves to
 another owner) after this process saw it in sync is deleted from the repo too, so a restart does
 not bring it back; nothing else is ever deleted remotely, and restore never deletes locally.
 
@@ -29,6 +30,7 @@ push takes them up to their last complete line.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import math
 import os
 import re
@@ -72,16 +74,19 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 # What is backed up, as glob patterns (documentation, and the download filter of `restore`)...
-ALLOW_PATTERNS: Final = ("conversations/*/*.json", "usage/*.csv")
+ALLOW_PATTERNS: Final = ("conversations/*/*.json", "attachments/*/*", "usage/*.csv")
 IGNORE_PATTERNS: Final = ("secrets/*", "exports/*", "*/index.jsonl", "*.tmp", ".*", "*/.*")
 # ...and the exact rule both directions apply. Names are restricted to safe characters, which
 # also rules out temp files (`.x.json.tmp`), dot files and any path that could escape DATA_DIR.
 _SYNCED_PATH = re.compile(
     r"conversations/[A-Za-z0-9_-]{1,128}/[A-Za-z0-9_-]{1,128}\.json"
+    r"|attachments/[0-9a-f]{32}/[0-9a-f]{64}\.(?:png|jpg|webp|gif|pdf|txt)"
     r"|usage/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,200}\.csv"
 )
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 _FILES_PER_COMMIT = 500
+# What the app deletes locally is deleted remotely too; usage logs only ever grow.
+_DELETABLE: Final = ("conversations/", "attachments/")
 _REPO_TYPE = "dataset"
 
 _Signature = tuple[int, int, int]  # (inode, mtime_ns, bytes uploaded)
@@ -448,8 +453,7 @@ class HubSync:
             removed = sorted(
                 relative
                 for relative in self._uploaded
-                if relative.startswith("conversations/")
-                and not os.path.lexists(self.data_dir / relative)
+                if relative.startswith(_DELETABLE) and not os.path.lexists(self.data_dir / relative)
             )
         if not removed:
             return 0
@@ -564,6 +568,8 @@ class HubSync:
                 remote = remote_path.read_bytes()
                 if relative.startswith("conversations/"):
                     outcome = self._merge_conversation(relative, local_path, remote)
+                elif relative.startswith("attachments/"):
+                    outcome = self._merge_attachment(relative, local_path, remote)
                 else:
                     outcome = self._merge_usage(local_path, remote)
                 if outcome not in ("kept_local", "skipped"):
@@ -606,6 +612,19 @@ class HubSync:
             atomic_write(local_path, remote)
             return "replaced"
         return "kept_local"
+
+    @staticmethod
+    def _merge_attachment(relative: str, local_path: Path, remote: bytes) -> str:
+        """An attached file is named by its SHA-256: a copy of another hash is damaged."""
+        if hashlib.sha256(remote).hexdigest() != local_path.name.partition(".")[0]:
+            log.warning("hub.restore_skipped", path=relative, reason="remote file damaged")
+            return "skipped"
+        local = _read_or_none(local_path)
+        if local == remote:
+            return "unchanged"
+        local_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(local_path, remote)
+        return "added" if local is None else "replaced"
 
     @staticmethod
     def _merge_usage(local_path: Path, remote: bytes) -> str:
@@ -780,16 +799,18 @@ def _scandir(path: Path) -> list[os.DirEntry[str]]:
 def _synced_files(root: Path) -> Iterator[tuple[str, Path]]:
     """(relative path, absolute path) of every synced file under `root`, in a stable order.
 
-    Only `conversations/*/` and `usage/` are walked: `secrets/` and `exports/` are never even
-    listed. Symlinks are skipped so nothing outside `root` can be read or written through one.
+    Only `conversations/*/`, `attachments/*/` and `usage/` are walked: `secrets/` and
+    `exports/` are never even listed. Symlinks are skipped so nothing outside `root` can be
+    read or written through one.
     """
-    for owner in _scandir(root / "conversations"):
-        if not owner.is_dir(follow_symlinks=False):
-            continue
-        for entry in _scandir(Path(owner.path)):
-            relative = f"conversations/{owner.name}/{entry.name}"
-            if entry.is_file(follow_symlinks=False) and is_synced_path(relative):
-                yield relative, Path(entry.path)
+    for folder in ("conversations", "attachments"):
+        for owner in _scandir(root / folder):
+            if not owner.is_dir(follow_symlinks=False):
+                continue
+            for entry in _scandir(Path(owner.path)):
+                relative = f"{folder}/{owner.name}/{entry.name}"
+                if entry.is_file(follow_symlinks=False) and is_synced_path(relative):
+                    yield relative, Path(entry.path)
     for entry in _scandir(root / "usage"):
         relative = f"usage/{entry.name}"
         if entry.is_file(follow_symlinks=False) and is_synced_path(relative):

@@ -12,8 +12,14 @@ the database:
 - files of conversations that are gone from the database (deleted, or moved to another owner)
   are removed, so the sync deletes them from the repo and a restore never brings them back.
 
-A small state file remembers what each exported file holds (owner, revision, updated_at),
-so a snapshot costs one listing of ids and revisions plus one read per changed conversation.
+Attached files travel beside them as `attachments/<owner_key>/<sha256>.<suffix>` (see
+`chatlib.store.attachments.file_name`): named by their content, so a file is written once
+and never changes; files no longer in the database (swept as unused, or moved at login) are
+removed like conversation files. The import at boot reads them back into the database.
+
+A small state file remembers what each exported file holds (owner, revision, updated_at) and
+which attached files were written, so a snapshot costs one listing of ids and revisions, one
+of file hashes, and one read per changed conversation or new file.
 Only files this module wrote are ever removed: anything else in the folder (a file the
 import skipped as damaged) is left alone.
 """
@@ -33,7 +39,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatlib.errors import ConversationCorrupt, ConversationNotFound
+from chatlib.errors import AttachmentNotFound, ConversationCorrupt, ConversationNotFound
 from chatlib.files import atomic_write
 from chatlib.storage import (
     CONVERSATIONS_DIR,
@@ -42,8 +48,14 @@ from chatlib.storage import (
     is_valid_conversation_id,
     is_valid_owner_key,
 )
+from chatlib.store.attachments import (
+    ATTACHMENTS_DIR,
+    SqlAttachmentStore,
+    file_name,
+    parse_file_name,
+)
 from chatlib.store.engine import create_engine_for
-from chatlib.store.schema import conversations
+from chatlib.store.schema import attachments, conversations
 from chatlib.store.sql import SqlConversationStore
 
 __all__ = [
@@ -74,6 +86,9 @@ class SnapshotReport:
     unchanged: int = 0  # changed in the database, but the file already held these bytes
     removed: int = 0  # files of deleted or moved conversations
     failed: int = 0  # unreadable rows: their files are left as they were, retried next time
+    files: int = 0  # attached files in the database
+    files_written: int = 0
+    files_removed: int = 0
 
 
 async def write_snapshot(
@@ -123,7 +138,8 @@ async def _snapshot(
     store: SqlConversationStore, data_dir: Path, state_path: Path
 ) -> SnapshotReport:
     root = data_dir / CONVERSATIONS_DIR
-    exported = await asyncio.to_thread(_read_state, state_path)
+    exported, exported_files = await asyncio.to_thread(_read_state, state_path)
+    files_state = set(exported_files)
     listed = await _listing(store.engine)
     changed = [(cid, entry) for cid, entry in listed.items() if exported.get(cid) != entry]
     state = dict(exported)
@@ -144,11 +160,13 @@ async def _snapshot(
         counts["removed"] += await asyncio.to_thread(_remove_files, root, gone)
         for _, cid in gone:
             del state[cid]
+        counts.update(await _snapshot_files(store.engine, data_dir, files_state))
     finally:
-        if state != exported:
-            await asyncio.to_thread(_write_state, state_path, state)
+        if state != exported or files_state != set(exported_files):
+            await asyncio.to_thread(_write_state, state_path, state, files_state)
     report = SnapshotReport(conversations=len(listed), **counts)
-    level = log.info if report.written or report.removed or report.failed else log.debug
+    busy = report.written or report.removed or report.failed
+    level = log.info if busy or report.files_written or report.files_removed else log.debug
     level("snapshot.written", **vars(report))
     return report
 
@@ -224,19 +242,22 @@ def _remove_files(root: Path, files: Iterable[tuple[str, str]]) -> int:
     return removed
 
 
-def _read_state(path: Path) -> dict[str, _Entry]:
-    """What the exported files hold; empty (export everything) if missing or unreadable."""
+def _read_state(path: Path) -> tuple[dict[str, _Entry], list[str]]:
+    """What the exported files hold, and the attached files written (as paths under
+    DATA_DIR); empty (export everything) if missing or unreadable."""
     try:
         document = orjson.loads(path.read_bytes())
     except FileNotFoundError:
-        return {}
+        return {}, []
     except (OSError, orjson.JSONDecodeError) as exc:
         log.warning("snapshot.state_unreadable", error=type(exc).__name__)
-        return {}
+        return {}, []
     entries: Any = document.get("conversations") if isinstance(document, dict) else None
     if not isinstance(entries, dict) or document.get("version") != _STATE_VERSION:
         log.warning("snapshot.state_unreadable", error="format")
-        return {}
+        return {}, []
+    files = document.get("attachments")
+    written = [f for f in files if _is_file_path(f)] if isinstance(files, list) else []
     state: dict[str, _Entry] = {}
     for conversation_id, entry in entries.items():
         match entry:
@@ -244,9 +265,88 @@ def _read_state(path: Path) -> dict[str, _Entry]:
                 is_valid_conversation_id(conversation_id) and is_valid_owner_key(owner_key)
             ):
                 state[conversation_id] = (owner_key, revision, float(updated_at))
-    return state
+    return state, written
 
 
-def _write_state(path: Path, state: dict[str, _Entry]) -> None:
-    document = {"version": _STATE_VERSION, "conversations": state}
+def _write_state(path: Path, state: dict[str, _Entry], files: set[str]) -> None:
+    # `attachments` is a key older versions of this module do not read (same version).
+    document = {"version": _STATE_VERSION, "conversations": state, "attachments": sorted(files)}
     atomic_write(path, orjson.dumps(document))
+
+
+# -- attached files ----------------------------------------------------------------------------
+
+
+def _is_file_path(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    parts = value.split("/")
+    return (
+        len(parts) == 3
+        and parts[0] == ATTACHMENTS_DIR
+        and is_valid_owner_key(parts[1])
+        and parse_file_name(parts[2]) is not None
+    )
+
+
+async def _snapshot_files(engine: AsyncEngine, data_dir: Path, written: set[str]) -> dict[str, int]:
+    """Write the attached files the folder lacks, remove those gone from the database.
+
+    `written` (the files this module wrote) is updated as it goes. Files are named by their
+    content, so one that exists with the right size is taken to be right.
+    """
+    statement = select(
+        attachments.c.owner_key, attachments.c.sha256, attachments.c.mime, attachments.c.size
+    )
+    async with engine.connect() as connection:
+        rows = (await connection.execute(statement)).all()
+    wanted = {
+        f"{ATTACHMENTS_DIR}/{row.owner_key}/{file_name(row.sha256, row.mime)}": row
+        for row in rows
+        if is_valid_owner_key(row.owner_key)
+    }
+    store = SqlAttachmentStore(engine)
+    counts = {"files": len(wanted), "files_written": 0, "files_removed": 0}
+    for relative, row in wanted.items():
+        if await asyncio.to_thread(_has_size, data_dir / relative, row.size):
+            written.add(relative)
+            continue
+        try:
+            data = await store.get(row.owner_key, row.sha256)
+        except AttachmentNotFound:
+            continue  # swept since the listing: the next snapshot sees it gone
+        await asyncio.to_thread(_write_file, data_dir / relative, data)
+        written.add(relative)
+        counts["files_written"] += 1
+    gone = sorted(written - wanted.keys())
+    counts["files_removed"] = await asyncio.to_thread(_remove_paths, data_dir, gone)
+    written.difference_update(gone)
+    return counts
+
+
+def _has_size(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    atomic_write(path, data)
+
+
+def _remove_paths(data_dir: Path, relatives: Iterable[str]) -> int:
+    """Remove attached files (paths under DATA_DIR) and owner folders left empty."""
+    removed = 0
+    for relative in relatives:
+        path = data_dir / relative
+        try:
+            os.unlink(path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+    return removed

@@ -21,7 +21,10 @@ Export format (schema_version 1)::
             {"id": "<message id>", "parent_id": "<message id>" | null, "role": ..., ...}
           ]
         }
-      ]
+      ],
+      "attachments": {
+        "<sha256>": {"name": "photo.jpg", "mime": "image/jpeg", "data_base64": "..."}
+      }
     }
 
 `messages` is the branch on screen, flat, as before versions existed, so older versions of
@@ -30,6 +33,15 @@ versions of messages: a message object plus its parent's id (null: a version of 
 message). Import checks the tree: unique ids, known parents, no cycles, and counts every
 version against the message limit.
 
+A message's files are references, `"attachments": [{"sha256", "name", "mime", "size",
+"kind", "width", "height"}]`; the bytes of every file referred to (by any version) are in the
+top-level `attachments` map, once each. Older versions of the app ignore both. Import checks
+each file by the rules uploads follow (its type as sniffed from the bytes is the one stated,
+its size is within MAX_ATTACHMENT_BYTES, its SHA-256 is its key) and that every reference
+has its file and agrees with it; any problem refuses the whole file.
+
+A Markdown export of a chat with files is a zip: `chat.md` and the files under `files/`.
+
 Import also takes a single conversation object or a list of them. Ids in the file are ignored:
 every imported conversation gets a new id, so an import never overwrites anything and nothing
 from the file ever becomes part of a path.
@@ -37,20 +49,28 @@ from the file ever becomes part of a path.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import hashlib
+import io
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import orjson
+import structlog
 
+from chatlib.attachments import Attachment, AttachmentLimits, AttachmentRef, sniff
 from chatlib.branches import versions_of
-from chatlib.errors import ImportRejected
+from chatlib.errors import AttachmentNotFound, ImportRejected
 from chatlib.files import atomic_write, json_bytes
 from chatlib.messages import (
     ChatMessage,
@@ -73,6 +93,10 @@ EXPORT_SCHEMA_VERSION = SCHEMA_VERSION  # an export holds conversations in the s
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 ExportFormat = Literal["json", "markdown"]
+MARKDOWN_IN_ZIP = "chat.md"
+FILES_IN_ZIP = "files"
+
+log = structlog.get_logger(__name__)
 
 
 # -- export ----------------------------------------------------------------------------------
@@ -88,19 +112,79 @@ def export_filename(now: datetime) -> str:
     return f"chat_{_utc(now):%Y%m%dT%H%M%SZ}.json"
 
 
-def export_json(conversations: Sequence[Conversation], *, now: datetime | None = None) -> bytes:
+def export_json(
+    conversations: Sequence[Conversation],
+    *,
+    now: datetime | None = None,
+    files: Mapping[str, Attachment] | None = None,
+) -> bytes:
     """One or many conversations in the export format (see the module docstring).
 
     Only what is in the conversations goes in: no owner key, no API key, no settings.
+    `files` (by SHA-256) are the bytes of the files the messages refer to; each one referred
+    to goes in once, under `attachments`.
     """
     exported_at = _utc(now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    document = {
+    document: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "schema_version": EXPORT_SCHEMA_VERSION,
         "exported_at": exported_at,
         "conversations": [c.to_dict() for c in conversations],
     }
+    referred = {ref.sha256 for ref in refs_of(conversations)}
+    carried = {sha: files[sha] for sha in sorted(referred) if files and sha in files}
+    if carried:
+        document["attachments"] = {
+            sha: {
+                "name": file.ref.name,
+                "mime": file.ref.mime,
+                "data_base64": base64.b64encode(file.data).decode("ascii"),
+            }
+            for sha, file in carried.items()
+        }
     return json_bytes(document, orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+
+
+def refs_of(conversations: Sequence[Conversation]) -> Iterator[AttachmentRef]:
+    """Every file reference of the conversations' messages, other versions included."""
+    for conversation in conversations:
+        for message in (*conversation.messages, *(n.message for n in conversation.branches)):
+            yield from message.attachments
+
+
+async def gather_files(
+    conversations: Sequence[Conversation], load: Callable[[str], Awaitable[bytes]]
+) -> tuple[list[Conversation], dict[str, Attachment]]:
+    """The bytes of every file the conversations refer to, read once each with `load`.
+
+    A file that cannot be found any more is left out of the export, and so are the
+    references to it: the export stays importable. Returns the conversations as exported.
+    """
+    files: dict[str, Attachment] = {}
+    missing: set[str] = set()
+    for ref in refs_of(conversations):
+        if ref.sha256 in files or ref.sha256 in missing:
+            continue
+        try:
+            files[ref.sha256] = Attachment(ref=ref, data=await load(ref.sha256))
+        except AttachmentNotFound:
+            missing.add(ref.sha256)
+    if not missing:
+        return list(conversations), files
+    log.warning("export.attachments_missing", count=len(missing))
+    return [_without(c, missing) for c in conversations], files
+
+
+def _without(conversation: Conversation, missing: set[str]) -> Conversation:
+    def kept(message: ChatMessage) -> ChatMessage:
+        refs = tuple(a for a in message.attachments if a.sha256 not in missing)
+        return message if refs == message.attachments else replace(message, attachments=refs)
+
+    return replace(
+        conversation,
+        messages=tuple(kept(m) for m in conversation.messages),
+        branches=tuple(replace(n, message=kept(n.message)) for n in conversation.branches),
+    )
 
 
 @dataclass(frozen=True)
@@ -112,13 +196,59 @@ class ExportFile:
 
 
 def build_export(
-    conversations: Sequence[Conversation], fmt: ExportFormat, now: datetime
+    conversations: Sequence[Conversation],
+    fmt: ExportFormat,
+    now: datetime,
+    files: Mapping[str, Attachment] | None = None,
 ) -> ExportFile:
-    """The download for `conversations`: JSON (any number) or Markdown (the first one)."""
+    """The download for `conversations`: JSON (any number) or Markdown (the first one).
+
+    Markdown of a chat whose messages on screen have files is a zip of `chat.md` and the
+    files beside it, under `files/`.
+    """
     if fmt == "markdown":
-        name = export_filename(now).removesuffix(".json") + ".md"
-        return ExportFile(name, export_markdown(conversations[0]).encode("utf-8"))
-    return ExportFile(export_filename(now), export_json(conversations, now=now))
+        stem = export_filename(now).removesuffix(".json")
+        conversation = conversations[0]
+        shown = {ref.sha256: ref for m in conversation.messages for ref in m.attachments}
+        if not files or not shown.keys() & files.keys():
+            return ExportFile(stem + ".md", export_markdown(conversation).encode("utf-8"))
+        return ExportFile(stem + ".zip", markdown_zip(conversation, files, now))
+    return ExportFile(export_filename(now), export_json(conversations, now=now, files=files))
+
+
+def zip_paths(conversation: Conversation, files: Mapping[str, Attachment]) -> dict[str, str]:
+    """Where each file of the messages on screen goes in the zip: `files/<name>`, unique."""
+    paths: dict[str, str] = {}
+    taken: set[str] = set()
+    for message in conversation.messages:
+        for ref in message.attachments:
+            if ref.sha256 in paths or ref.sha256 not in files:
+                continue
+            path = f"{FILES_IN_ZIP}/{ref.name}"
+            if path in taken:  # two files of one name: the second gets its hash's start
+                stem, dot, suffix = ref.name.rpartition(".")
+                base = f"{stem}-{ref.sha256[:8]}.{suffix}" if dot and stem else ref.name
+                path = f"{FILES_IN_ZIP}/{base}" if dot and stem else f"{path}-{ref.sha256[:8]}"
+            paths[ref.sha256] = path
+            taken.add(path)
+    return paths
+
+
+def markdown_zip(
+    conversation: Conversation, files: Mapping[str, Attachment], now: datetime
+) -> bytes:
+    """A zip of `chat.md` (linking each file) and the files of the messages on screen."""
+    paths = zip_paths(conversation, files)
+    stamp = _utc(now).timetuple()[:6]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        text = export_markdown(conversation, paths).encode("utf-8")
+        archive.writestr(zipfile.ZipInfo(MARKDOWN_IN_ZIP, stamp), text, zipfile.ZIP_DEFLATED)
+        for sha, path in paths.items():
+            # Pictures and PDFs are compressed already: stored as they are.
+            method = zipfile.ZIP_DEFLATED if files[sha].ref.kind == "text" else zipfile.ZIP_STORED
+            archive.writestr(zipfile.ZipInfo(path, stamp), files[sha].data, method)
+    return buffer.getvalue()
 
 
 # Exports hold private text: each is removed this long after it was made.
@@ -166,8 +296,12 @@ def prune_exports(exports_dir: Path, *, max_age_seconds: float, now: float) -> i
     return removed
 
 
-def export_markdown(conversation: Conversation) -> str:
-    """The conversation as a readable Markdown document."""
+def export_markdown(conversation: Conversation, paths: Mapping[str, str] | None = None) -> str:
+    """The conversation as a readable Markdown document.
+
+    A message's files are listed under it by name; with `paths` (sha256 -> path in a zip)
+    each is a link to the file beside the document, pictures shown inline.
+    """
     lines = [f"# {conversation.title}", ""]
     lines.append(f"- Model: `{conversation.model}`")
     lines.append(f"- Temperature: {conversation.temperature:g}")
@@ -189,9 +323,30 @@ def export_markdown(conversation: Conversation) -> str:
             lines.extend(f"> {line}" for line in message.reasoning.splitlines())
             lines.append("")
         lines.append(message.content)
+        lines.extend(_markdown_files(message, paths or {}))
         if message.meta is not None and message.meta.error:
             lines.extend(["", f"> ⚠️ {message.meta.error}"])
     return "\n".join(lines) + "\n"
+
+
+def _markdown_files(message: ChatMessage, paths: Mapping[str, str]) -> list[str]:
+    if not message.attachments:
+        return []
+    lines = [""]
+    for ref in message.attachments:
+        label = _escape_link_text(ref.name)
+        path = paths.get(ref.sha256)
+        if path is None:
+            lines.append(f"- 📎 {label}")
+        elif ref.kind == "image":
+            lines.append(f"![{label}]({quote(path)})")
+        else:
+            lines.append(f"- 📎 [{label}]({quote(path)})")
+    return lines
+
+
+def _escape_link_text(text: str) -> str:
+    return "".join("\\" + c if c in "\\[]*_`<>" else c for c in text)
 
 
 def _markdown_heading(message: ChatMessage) -> str:
@@ -230,6 +385,14 @@ def _size_problem(size: int, limit: int) -> str:
     return f"file is {shown}; the limit is {shown_limit}"
 
 
+@dataclass(frozen=True)
+class ParsedImport:
+    """An import file's conversations (new ids) and the files their messages refer to."""
+
+    conversations: list[Conversation]
+    files: list[Attachment]
+
+
 def parse_import(
     data: bytes,
     *,
@@ -243,19 +406,108 @@ def parse_import(
 
     Raises ImportRejected naming the element and the rule at the first problem; nothing is
     partially accepted. HTML in messages is kept as text (escaping is the display's job).
+    The files are checked too (see `parse_import_file`, which returns them).
+    """
+    return parse_import_file(
+        data,
+        max_bytes=max_bytes,
+        max_conversations=max_conversations,
+        max_messages=max_messages,
+        max_message_chars=max_message_chars,
+        clock=clock,
+    ).conversations
+
+
+def parse_import_file(
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_conversations: int = 1000,
+    max_messages: int = 10_000,
+    max_message_chars: int = 1_000_000,
+    max_file_bytes: int = AttachmentLimits.max_file_bytes,
+    clock: Callable[[], float] = time.time,
+) -> ParsedImport:
+    """`parse_import`, with the files the messages refer to, checked like uploads.
+
+    Each file's type as sniffed from its bytes must be the one stated, its size at most
+    `max_file_bytes`, its SHA-256 its key; every reference must have its file and agree
+    with it. Raises ImportRejected naming the problem; nothing is partially accepted.
     """
     try:
-        items = _conversation_items(_document(data, max_bytes))
+        document = _document(data, max_bytes)
+        items = _conversation_items(document)
         if len(items) > max_conversations:
             reject(f"file has {len(items):,} conversations; the limit is {max_conversations:,}")
         limits = ImportLimits(max_messages=max_messages, max_message_chars=max_message_chars)
         now = clock()
-        return [
+        conversations = [
             parse_conversation(item, where=f"conversation {number}", limits=limits, now=now)
             for number, item in enumerate(items, 1)
         ]
+        raw_files = document.get("attachments") if isinstance(document, dict) else None
+        files = _checked_files(conversations, raw_files, max_file_bytes)
     except SchemaError as exc:
         raise ImportRejected(exc.reason) from None
+    return ParsedImport(conversations, files)
+
+
+def _checked_files(
+    conversations: Sequence[Conversation], raw: object, max_file_bytes: int
+) -> list[Attachment]:
+    """The files the messages refer to, each checked; refused at the first problem."""
+    refs: dict[str, AttachmentRef] = {}
+    for number, conversation in enumerate(conversations, 1):
+        for ref in refs_of([conversation]):
+            first = refs.setdefault(ref.sha256, ref)
+            if (first.mime, first.size) != (ref.mime, ref.size):
+                reject(
+                    f"conversation {number} refers to the file {ref.name!r} ({ref.sha256[:12]}…) "
+                    "with another type or size than an earlier reference to it"
+                )
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        reject(f"field 'attachments' is {describe(raw)}, expected an object")
+    files: list[Attachment] = []
+    for sha, ref in refs.items():
+        if sha not in raw:
+            reject(f"the file {ref.name!r} ({sha[:12]}…) is referred to but not in the file")
+        files.append(_checked_file(sha, raw[sha], ref, max_file_bytes))
+    return files
+
+
+def _checked_file(sha: str, raw: object, ref: AttachmentRef, max_file_bytes: int) -> Attachment:
+    where = f"attachment {sha[:12]}…"
+    if not isinstance(raw, dict):
+        reject(f"{where} is {describe(raw)}, expected an object")
+    name = raw.get("name", ref.name)
+    shown = name if isinstance(name, str) else ref.name
+    encoded = raw.get("data_base64")
+    if not isinstance(encoded, str):
+        reject(
+            f"{where} ({shown!r}), field 'data_base64' is {describe(encoded)}, expected a string"
+        )
+    if len(encoded) > 4 * (max_file_bytes // 3 + 1):  # refused before decoding it
+        about = _size_problem(len(encoded) * 3 // 4, max_file_bytes).removeprefix("file is ")
+        reject(f"{where} ({shown!r}) is about {about} per file")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        reject(f"{where} ({shown!r}), field 'data_base64' is not valid base64")
+    if len(data) > max_file_bytes:
+        problem = _size_problem(len(data), max_file_bytes).removeprefix("file is ")
+        reject(f"{where} ({shown!r}) is {problem} per file")
+    if hashlib.sha256(data).hexdigest() != sha:
+        reject(f"{where} ({shown!r}) does not match its SHA-256: the file was changed")
+    sniffed = sniff(data)
+    stated = raw.get("mime", ref.mime)
+    if sniffed is None or sniffed[1] != stated or stated != ref.mime:
+        actually = "not a file type this app keeps" if sniffed is None else sniffed[1]
+        reject(f"{where} ({shown!r}) says it is {show(stated)} but its bytes are {actually}")
+    if ref.size != len(data):
+        reject(f"{where} ({shown!r}) is {len(data):,} bytes, but a message says {ref.size:,}")
+    return Attachment(ref=ref, data=data)
 
 
 def _document(data: bytes, max_bytes: int) -> object:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import select
 import signal
@@ -790,3 +791,61 @@ def test_a_failing_before_push_hook_still_pushes_what_is_on_disk_and_says_so(
     database_up = True
     assert sync.flush(timeout=20)
     assert sync.status.last_error is None and not sync.status.pending
+
+
+# ---------------------------------------------------------- attached files
+
+
+def test_attached_files_are_synced_by_content_name_only() -> None:
+    owner, sha = hex_id(), hashlib.sha256(b"x").hexdigest()
+    assert is_synced_path(f"attachments/{owner}/{sha}.png")
+    assert is_synced_path(f"attachments/{owner}/{sha}.pdf")
+    for path in (
+        f"attachments/{owner}/{sha}.exe",
+        f"attachments/{owner}/{sha}",
+        f"attachments/{owner}/photo.png",
+        f"attachments/{owner}/.{sha}.png.tmp",
+        f"attachments/../secrets/{sha}.png",
+        f"attachments/not-an-owner/{sha}.png",
+    ):
+        assert not is_synced_path(path), path
+
+
+def test_attached_files_are_pushed_restored_and_deleted_like_conversations(
+    tmp_path: Path, hub: FakeHfHub, make_sync: Callable[..., HubSync]
+) -> None:
+    data_dir = tmp_path / "data"
+    owner = hex_id()
+    picture, gone = b"\x89PNG\r\n\x1a\n" + bytes(16), b"%PDF-1.4\n%%EOF\n"
+    paths = {
+        data: f"attachments/{owner}/{hashlib.sha256(data).hexdigest()}.{suffix}"
+        for data, suffix in ((picture, "png"), (gone, "pdf"))
+    }
+    for data, relative in paths.items():
+        write(data_dir, relative, data)
+    sync = make_sync(data_dir)
+    assert sync.flush(timeout=20)
+    assert hub.repo(DATASET).files[paths[picture]] == picture
+
+    (data_dir / paths[gone]).unlink()  # swept as unused
+    assert sync.flush(timeout=20)
+    assert paths[gone] not in hub.repo(DATASET).files
+
+    restarted = tmp_path / "restarted"
+    report = make_sync(restarted).restore()
+    assert report.ok and report.added == 1
+    assert local_files(restarted) == {paths[picture]: picture}
+
+
+def test_a_damaged_attached_file_on_the_hub_is_not_restored(
+    tmp_path: Path, hub: FakeHfHub, make_sync: Callable[..., HubSync]
+) -> None:
+    data_dir = tmp_path / "data"
+    relative = f"attachments/{hex_id()}/{hashlib.sha256(b'right').hexdigest()}.txt"
+    write(data_dir, relative, b"wrong")
+    assert make_sync(data_dir).flush(timeout=20)
+
+    report = make_sync(tmp_path / "restarted").restore()
+
+    assert report.ok and report.skipped == 1
+    assert not (tmp_path / "restarted" / relative).exists()

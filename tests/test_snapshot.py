@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from chatlib import branches
+from chatlib.errors import AttachmentNotFound
 from chatlib.hub_sync import HubSync
 from chatlib.messages import AnswerMeta, ChatMessage
 from chatlib.snapshot import (
@@ -26,10 +27,11 @@ from chatlib.snapshot import (
     write_snapshot,
 )
 from chatlib.storage import Conversation, ConversationStore
-from chatlib.store import SqlConversationStore, database_url, open_store
+from chatlib.store import SqlAttachmentStore, SqlConversationStore, database_url, open_store
 from tests.clocks import FakeClock
 from tests.fakes.hf_hub import DEFAULT_TOKEN, FakeHfHub
 from tests.pg_server import fresh_database, postgres_server, postgres_url  # noqa: F401
+from tests.test_attachment_store import DOCUMENT, PICTURE
 
 ALICE = "a1" * 16
 BOB = "b2" * 16
@@ -296,3 +298,85 @@ async def test_a_space_restart_on_sqlite_brings_every_conversation_back(
     commits = len(hub.commits)
     assert restarted.flush(timeout=30)
     assert len(hub.commits) == commits
+
+
+# -- attached files ------------------------------------------------------------------------
+
+
+async def _chat_with_files(store: SqlConversationStore, owner: str) -> Conversation:
+    """A chat whose question carries a picture and a PDF, both stored for `owner`."""
+    files = SqlAttachmentStore(store.engine)
+    for file in (PICTURE, DOCUMENT):
+        await files.put(owner, file)
+    chat = store.new_conversation("openai/gpt-4o", "", 0.7)
+    question = ChatMessage("user", "Compare", attachments=(PICTURE.ref, DOCUMENT.ref))
+    return await store.save(owner, replace(chat, messages=(question,)))
+
+
+def _attached(data_dir: Path) -> set[str]:
+    root = data_dir / "attachments"
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+async def test_attached_files_are_written_once_beside_the_chats_and_go_when_swept(
+    new_database: Callable[[], str], opened: Callable[..., Any], tmp_path: Path
+) -> None:
+    store = await opened(new_database())
+    state = tmp_path / SNAPSHOT_STATE_NAME
+    chat = await _chat_with_files(store, ALICE)
+
+    first = await write_snapshot(store, tmp_path, state)
+    second = await write_snapshot(store, tmp_path, state)
+
+    png_name, pdf_name = (f"{f.ref.sha256}.{s}" for f, s in ((PICTURE, "png"), (DOCUMENT, "pdf")))
+    assert _attached(tmp_path) == {f"{ALICE}/{png_name}", f"{ALICE}/{pdf_name}"}
+    assert (tmp_path / "attachments" / ALICE / png_name).read_bytes() == PICTURE.data
+    assert (first.files, first.files_written, second.files_written) == (2, 2, 0)
+    assert await store.delete(ALICE, chat.id)
+    swept = SqlAttachmentStore(store.engine, grace_seconds=0)
+    assert await swept.delete_unused(ALICE) == 2
+    third = await write_snapshot(store, tmp_path, state)
+    assert third.files_removed == 2 and _attached(tmp_path) == set()
+
+
+async def test_a_space_restart_brings_attached_files_back(
+    opened: Callable[..., Any], hub: FakeHfHub, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    url = database_url(data_dir)
+    store = await opened(url, data_dir)
+    chat = await _chat_with_files(store, ALICE)
+    sync = _sync(data_dir, hub, snapshot_hook(url, data_dir))
+    assert sync.flush(timeout=30)
+    await store.aclose()
+
+    shutil.rmtree(data_dir)  # the restart
+    restarted = _sync(data_dir, hub, snapshot_hook(url, data_dir))
+    assert restarted.restore().ok
+    store = await opened(url, data_dir)
+
+    reopened = await store.load(ALICE, chat.id)
+    files = SqlAttachmentStore(store.engine)
+    assert reopened.messages[0].attachments == (PICTURE.ref, DOCUMENT.ref)
+    assert await files.get(ALICE, PICTURE.ref.sha256) == PICTURE.data
+    assert await files.get(ALICE, DOCUMENT.ref.sha256) == DOCUMENT.data
+    with pytest.raises(AttachmentNotFound):
+        await files.get(BOB, PICTURE.ref.sha256)
+    commits = len(hub.commits)
+    assert restarted.flush(timeout=30)
+    assert len(hub.commits) == commits  # nothing new to push
+
+
+async def test_a_damaged_file_in_the_folder_is_not_restored_into_the_database(
+    opened: Callable[..., Any], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    folder = data_dir / "attachments" / ALICE
+    folder.mkdir(parents=True)
+    (folder / f"{PICTURE.ref.sha256}.png").write_bytes(b"not the picture")
+    (folder / f"{DOCUMENT.ref.sha256}.pdf").write_bytes(DOCUMENT.data)
+
+    store = await opened(database_url(data_dir), data_dir)
+
+    files = SqlAttachmentStore(store.engine)
+    assert await files.hashes(ALICE) == {DOCUMENT.ref.sha256}

@@ -722,3 +722,15 @@ def test_a_write_waits_for_another_process_holding_the_owners_lock(tmp_path: Pat
     saving.join(timeout=10)
     assert not saving.is_alive()
     assert len(store.load(ALICE, question.id).messages) == 2
+
+
+def test_a_questions_files_are_kept_with_it_in_the_file_store(store: ConversationStore) -> None:
+    from tests.test_attachment_store import DOCUMENT, PICTURE
+
+    chat = store.new_conversation("openai/gpt-4o", "", 0.3)
+    question = ChatMessage("user", "Compare", attachments=(PICTURE.ref, DOCUMENT.ref))
+    saved = store.save(ALICE, replace(chat, messages=(question,)))
+
+    reopened = store.load(ALICE, saved.id)
+
+    assert reopened.messages[0].attachments == (PICTURE.ref, DOCUMENT.ref)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import os
+import re
 import time
+import zipfile
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -14,18 +20,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chatlib.attachments import Attachment
 from chatlib.errors import ImportRejected
 from chatlib.messages import AnswerMeta, ChatMessage
 from chatlib.storage import Conversation, ConversationStore, is_valid_conversation_id
 from chatlib.transfer import (
     EXPORT_MAX_AGE_SECONDS,
+    build_export,
     export_filename,
     export_json,
     export_markdown,
     parse_import,
+    parse_import_file,
     write_export,
 )
 from tests.clocks import FakeClock
+from tests.legacy import transfer as released_transfer
 
 ALICE = "a1" * 16
 BOB = "b2" * 16
@@ -421,3 +431,168 @@ def test_arbitrary_bytes_are_accepted_or_refused_never_crash(data: bytes) -> Non
 @given(documents)
 def test_arbitrary_json_is_accepted_or_refused_never_crash(document: object) -> None:
     _accepted_or_refused(orjson.dumps(document))
+
+
+# -- attached files -----------------------------------------------------------------------
+
+
+def _with_files(store: ConversationStore) -> tuple[Conversation, dict[str, Attachment]]:
+    """A chat whose question carries a picture and a PDF, and those files' bytes."""
+    from tests.test_attachment_store import DOCUMENT, PICTURE
+
+    chat = _conversation(store, ALICE, "Compare these")
+    question = replace(chat.messages[0], attachments=(PICTURE.ref, DOCUMENT.ref))
+    chat = replace(chat, messages=(question, *chat.messages[1:]))
+    return chat, {f.ref.sha256: f for f in (PICTURE, DOCUMENT)}
+
+
+def test_files_travel_once_each_in_the_export_and_come_back_byte_for_byte(
+    store: ConversationStore,
+) -> None:
+    chat, files = _with_files(store)
+    twice = replace(chat, id="f" * 32)  # a second chat with the same files
+
+    data = export_json([chat, twice], now=NOW, files=files)
+
+    document = orjson.loads(data)
+    assert sorted(document["attachments"]) == sorted(files)
+    parsed = parse_import_file(data, max_bytes=5 * MB)
+    assert {f.ref.sha256: f.data for f in parsed.files} == {s: f.data for s, f in files.items()}
+    assert parsed.conversations[0].messages == chat.messages
+
+
+def test_the_released_app_still_imports_an_export_with_files(store: ConversationStore) -> None:
+    chat, files = _with_files(store)
+
+    [imported] = released_transfer.parse_import(
+        export_json([chat], now=NOW, files=files), max_bytes=5 * MB
+    )
+
+    assert [m.content for m in imported.messages] == [m.content for m in chat.messages]
+
+
+def _tampered(store: ConversationStore, change: Callable[[dict[str, Any], str], None]) -> bytes:
+    chat, files = _with_files(store)
+    document = orjson.loads(export_json([chat], now=NOW, files=files))
+    change(document, next(iter(sorted(files))))
+    return orjson.dumps(document)
+
+
+def _first_png(document: dict[str, Any]) -> dict[str, Any]:
+    return next(f for f in document["attachments"].values() if f["mime"] == "image/png")
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            lambda d, _: _first_png(d).update(data_base64=base64.b64encode(b"\x89PNG").decode()),
+            "does not match its SHA-256",
+        ),
+        (
+            lambda d, sha: d["attachments"].pop(sha),
+            "is referred to but not in the file",
+        ),
+        (
+            lambda d, _: d["conversations"][0]["messages"][0]["attachments"][0].update(
+                name="../../etc/passwd"
+            ),
+            "expected a plain file name",
+        ),
+        (
+            lambda d, _: d["conversations"][0]["messages"][0]["attachments"][0].update(kind="pdf"),
+            "field 'kind' is 'pdf'",
+        ),
+        (
+            lambda d, _: _first_png(d).update(data_base64="not base64!"),
+            "not valid base64",
+        ),
+    ],
+    ids=["sha-mismatch", "missing-file", "path-name", "kind-mismatch", "bad-base64"],
+)
+def test_a_tampered_file_is_refused_naming_what_is_wrong(
+    store: ConversationStore, change: Callable[[dict[str, Any], str], None], reason: str
+) -> None:
+    with pytest.raises(ImportRejected, match=re.escape(reason)):
+        parse_import_file(_tampered(store, change), max_bytes=5 * MB)
+
+
+def test_a_program_disguised_as_a_picture_is_refused(store: ConversationStore) -> None:
+    program = b"\x7fELF\x02\x01\x01" + bytes(64)
+    disguised = _disguised(store, program)
+
+    with pytest.raises(ImportRejected, match="says it is 'image/png' but its bytes are not"):
+        parse_import_file(disguised, max_bytes=5 * MB)
+    html = _disguised(store, b"<html><script>alert(1)</script></html>")
+    with pytest.raises(ImportRejected, match="'image/png' but its bytes are text/plain"):
+        parse_import_file(html, max_bytes=5 * MB)
+
+
+def _disguised(store: ConversationStore, data: bytes) -> bytes:
+    """An export whose picture was swapped for `data`, hashes and sizes made to agree."""
+    from chatlib.attachments import AttachmentRef
+
+    chat = _conversation(store, ALICE, "Look")
+    sha = hashlib.sha256(data).hexdigest()
+    ref = AttachmentRef(sha256=sha, name="cat.png", mime="image/png", size=len(data), kind="image")
+    question = replace(chat.messages[0], attachments=(ref,))
+    files = {sha: Attachment(ref=ref, data=data)}
+    return export_json([replace(chat, messages=(question,))], now=NOW, files=files)
+
+
+def test_a_file_over_the_attachment_limit_is_refused_with_both_sizes(
+    store: ConversationStore,
+) -> None:
+    chat, files = _with_files(store)
+    data = export_json([chat], now=NOW, files=files)
+
+    with pytest.raises(ImportRejected, match=r"per file") as refused:
+        parse_import_file(data, max_bytes=5 * MB, max_file_bytes=50)
+    assert "('photo.png') is about 75 bytes; the limit is 50 bytes per file" in str(refused.value)
+
+
+def test_markdown_with_files_is_a_zip_linking_them_and_without_is_plain(
+    store: ConversationStore,
+) -> None:
+    chat, files = _with_files(store)
+
+    download = build_export([chat], "markdown", NOW, files)
+    plain = build_export([_conversation(store, ALICE, "plain")], "markdown", NOW, files)
+
+    assert download.name == "chat_20250615T120005Z.zip"
+    with zipfile.ZipFile(io.BytesIO(download.data)) as archive:
+        names = sorted(archive.namelist())
+        markdown = archive.read("chat.md").decode()
+        stored = {n: archive.read(n) for n in names if n.startswith("files/")}
+    assert names == ["chat.md", "files/photo.png", "files/report.pdf"]
+    assert {hashlib.sha256(b).hexdigest() for b in stored.values()} == set(files)
+    assert "![photo.png](files/photo.png)" in markdown
+    assert "- 📎 [report.pdf](files/report.pdf)" in markdown
+    assert plain.name.endswith(".md") and plain.data.startswith(b"# plain")
+
+
+_REF_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 2**40),
+    st.text(max_size=80),
+    st.sampled_from(["image/png", "application/pdf", "text/plain", "image", "pdf", "a" * 64]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["sha256", "name", "mime", "size", "kind", "width", "height"]),
+            _REF_VALUES,
+        ),
+        max_size=3,
+    )
+)
+def test_arbitrary_file_references_are_accepted_or_refused_never_crash(refs: object) -> None:
+    document = {"messages": [{"role": "user", "content": "hi", "attachments": refs}]}
+    try:
+        parse_import_file(orjson.dumps(document), max_bytes=MB)
+    except ImportRejected as refused:
+        assert refused.reason

@@ -24,6 +24,7 @@ from chatlib.storage import (
     ConversationSummary,
     ListResult,
 )
+from chatlib.store.attachments import SqlAttachmentStore
 from chatlib.store.engine import create_engine_for, database_url, describe_url
 from chatlib.store.json_import import ImportReport, import_json_directory
 from chatlib.store.migrate import migrate
@@ -33,6 +34,7 @@ from chatlib.store.startup import open_store, prepare_database
 __all__ = [
     "ConversationStoreProtocol",
     "ImportReport",
+    "SqlAttachmentStore",
     "SqlConversationStore",
     "create_engine_for",
     "database_url",

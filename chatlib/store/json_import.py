@@ -3,13 +3,17 @@
 `DATA_DIR/conversations/<owner_key>/<conversation_id>.json` files are read by the file
 store's own reader (`ConversationStore.load`: the one decode path) and inserted as they are:
 ids, titles, dates, revisions and every message with its metadata. A damaged file is
-logged, counted and skipped. The files are left untouched, and a row in `store_meta`
-remembers the import so it never runs twice.
+logged, counted and skipped. Attached files,
+`DATA_DIR/attachments/<owner_key>/<sha256>.<suffix>` (what the dataset sync restores), are
+inserted for their owner when their bytes have that hash and are of that type; others are
+skipped the same way. The files are left untouched, and a row in `store_meta` remembers
+the import so it never runs twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 import uuid
@@ -22,6 +26,7 @@ import structlog
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from chatlib.attachments import sniff
 from chatlib.errors import StorageError
 from chatlib.storage import (
     CONVERSATIONS_DIR,
@@ -30,6 +35,7 @@ from chatlib.storage import (
     is_valid_conversation_id,
     is_valid_owner_key,
 )
+from chatlib.store.attachments import ATTACHMENTS_DIR, insert_file, parse_file_name
 from chatlib.store.engine import startup_lock
 from chatlib.store.schema import conversations, store_meta
 from chatlib.store.sql import SqlConversationStore, insert_conversation, storable
@@ -48,6 +54,8 @@ class ImportReport:
     skipped: int = 0  # damaged or unreadable files
     already_present: int = 0  # ids this owner already had in the database
     owners: int = 0
+    files: int = 0  # attached files inserted
+    files_skipped: int = 0  # damaged: not of the hash or type their name says
     already_done: bool = False
 
 
@@ -64,6 +72,8 @@ async def import_json_directory(store: SqlConversationStore, data_dir: Path) -> 
         if done.first() is not None:
             return ImportReport(already_done=True)
         report = await _import_all(connection, Path(data_dir))
+        files, files_skipped = await _import_files(connection, Path(data_dir) / ATTACHMENTS_DIR)
+        report = replace(report, files=files, files_skipped=files_skipped)
         record: dict[str, Any] = {**asdict(report), "finished_at": time.time()}
         await connection.execute(
             insert(store_meta).values(key=IMPORT_MARKER, value=orjson.dumps(record).decode())
@@ -100,6 +110,60 @@ async def _import_all(connection: AsyncConnection, data_dir: Path) -> ImportRepo
             owners=totals.owners + 1,
         )
     return totals
+
+
+async def _import_files(connection: AsyncConnection, root: Path) -> tuple[int, int]:
+    """Insert every owner's attached files that are what their names say; (inserted, skipped)."""
+    inserted = skipped = 0
+    now = time.time()
+    for owner_key, names in await asyncio.to_thread(_owners_and_files, root):
+        for start in range(0, len(names), _BATCH):
+            batch = await asyncio.to_thread(
+                _read_files, root / owner_key, names[start : start + _BATCH]
+            )
+            for name, checked in batch:
+                if checked is None:
+                    skipped += 1
+                    log.warning("store.import_file_skipped", owner_key=owner_key, name=name)
+                elif await insert_file(connection, owner_key, *checked, now):
+                    inserted += 1
+    return inserted, skipped
+
+
+def _owners_and_files(root: Path) -> list[tuple[str, list[str]]]:
+    """(owner key, file names) per owner folder of attached files."""
+    found: list[tuple[str, list[str]]] = []
+    try:
+        owners = sorted(e.name for e in os.scandir(root) if is_valid_owner_key(e.name))
+    except OSError:  # none yet (or unreadable: logged by nobody, nothing to import)
+        return []
+    for owner_key in owners:
+        try:
+            names = sorted(n for n in os.listdir(root / owner_key) if parse_file_name(n))
+        except OSError:
+            continue
+        found.append((owner_key, names))
+    return found
+
+
+def _read_files(
+    directory: Path, names: list[str]
+) -> list[tuple[str, tuple[str, str, bytes] | None]]:
+    """(name, (sha256, mime, bytes)) when the bytes are what the name says, else None."""
+    read: list[tuple[str, tuple[str, str, bytes] | None]] = []
+    for name in names:
+        sha256, mime = parse_file_name(name) or ("", "")
+        try:
+            data = (directory / name).read_bytes()
+        except OSError:
+            read.append((name, None))
+            continue
+        sniffed = sniff(data)
+        if hashlib.sha256(data).hexdigest() != sha256 or sniffed is None or sniffed[1] != mime:
+            read.append((name, None))
+        else:
+            read.append((name, (sha256, mime, data)))
+    return read
 
 
 def _owners_and_ids(root: Path) -> list[tuple[str, list[str]]]:

@@ -1,6 +1,7 @@
 """The tables, as SQLAlchemy Core metadata (the migrations under `migrations/` create them).
 
-Dates are Unix seconds (UTC) as doubles, like `Conversation`; message metadata is JSON text.
+Dates are Unix seconds (UTC) as doubles, like `Conversation`; message metadata and a
+message's attachment references are JSON text; the attached files' bytes are in `attachments`.
 `conversations` carries the summary columns the list shows, so listing never reads messages
 (nor `branches`, the inactive versions of messages, read only when a conversation is opened).
 `messages` holds the active branch, in order: what search and the list's counts see.
@@ -15,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -66,7 +68,23 @@ messages = Table(
     Column("reasoning", Text, nullable=False),
     Column("meta", Text, nullable=True),
     Column("created_at", Double, nullable=True),
+    # The message's files as JSON text (a list of AttachmentRef dicts; NULL: none).
+    Column("attachments", Text, nullable=True),
     UniqueConstraint("conversation_id", "position", name="uq_messages_conversation_position"),
+)
+
+# Files attached to (or drawn in) messages, once per owner and content: a message refers to
+# one by its SHA-256. `created_at` is refreshed when the same bytes are stored again, so a
+# file just uploaded is never swept as unused before the message that uses it is saved.
+attachments = Table(
+    "attachments",
+    metadata,
+    Column("owner_key", String(32), primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+    Column("mime", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", Double, nullable=False),
 )
 
 # One row per chat turn, mirroring chatlib.usage.UsageRecord (the CSV's columns, in order).

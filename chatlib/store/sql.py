@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 import structlog
-from sqlalchemy import ColumnElement, Row, delete, insert, select, update
+from sqlalchemy import ColumnElement, Row, delete, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -51,10 +51,11 @@ from chatlib.storage import (
 from chatlib.store import search
 from chatlib.store.engine import read_transaction, write_transaction
 from chatlib.store.failures import DATABASE_ERRORS, Doing, error_code, storage_error
-from chatlib.store.schema import conversations, messages
+from chatlib.store.schema import attachments, conversations, messages
 
-# One stored message: node id, role, content, reasoning, meta (JSON text), created_at.
-MessageRow = tuple[str | None, str, str, str, str | None, float | None]
+# One stored message: node id, role, content, reasoning, meta (JSON text), created_at,
+# attachments (JSON text of the references).
+MessageRow = tuple[str | None, str, str, str, str | None, float | None, str | None]
 
 _SUMMARY_COLUMNS = (
     conversations.c.id,
@@ -72,6 +73,7 @@ _MESSAGE_COLUMNS = (
     messages.c.reasoning,
     messages.c.meta,
     messages.c.created_at,
+    messages.c.attachments,
 )
 
 
@@ -253,8 +255,9 @@ class SqlConversationStore:
     async def move_all(self, from_owner_key: str, to_owner_key: str) -> int:
         """Give every conversation of one owner to another (an anonymous visitor logging in).
 
-        Ids are unique across owners, so nothing can be overwritten. One statement: all move
-        or none do. Returns how many moved.
+        Ids are unique across owners, so nothing can be overwritten. The attached files go
+        along (one copy each: files the new owner has already are kept once). One
+        transaction: all move or none do. Returns how many conversations moved.
         """
         _require_owner_key(from_owner_key)
         _require_owner_key(to_owner_key)
@@ -267,6 +270,7 @@ class SqlConversationStore:
                     .where(conversations.c.owner_key == from_owner_key)
                     .values(owner_key=to_owner_key)
                 )
+                await _move_attachments(connection, from_owner_key, to_owner_key)
         except DATABASE_ERRORS as exc:
             raise self._failed(exc, "move", from_owner_key, None) from exc
         moved = result.rowcount
@@ -409,6 +413,9 @@ def encode_messages(messages: Sequence[ChatMessage]) -> builtins.list[MessageRow
         meta: str | None = None
         if message.meta is not None:
             meta = json_bytes(_stored_meta(message)).decode()
+        files: str | None = None
+        if message.attachments:
+            files = json_bytes([a.to_dict() for a in message.attachments]).decode()
         rows.append(
             (
                 message.id or None,
@@ -417,6 +424,7 @@ def encode_messages(messages: Sequence[ChatMessage]) -> builtins.list[MessageRow
                 message.reasoning,
                 meta,
                 message.created_at,
+                files,
             )
         )
     return rows
@@ -463,8 +471,9 @@ def decode_conversation(row: Row[Any], rows: Sequence[MessageRow]) -> Conversati
                 "reasoning": reasoning,
                 "meta": None if meta is None else orjson.loads(meta),
                 "created_at": created_at,
+                "attachments": None if files is None else orjson.loads(files),
             }
-            for node_id, role, content, reasoning, meta, created_at in rows
+            for node_id, role, content, reasoning, meta, created_at, files in rows
         ],
         "branches": None if row.branches is None else orjson.loads(row.branches),
     }
@@ -498,7 +507,15 @@ async def message_rows(
     )
     return [
         # A row an older app wrote has no id yet: it reads as the position's default one.
-        (r.node_id or default_id(n), r.role, r.content, r.reasoning, r.meta, r.created_at)
+        (
+            r.node_id or default_id(n),
+            r.role,
+            r.content,
+            r.reasoning,
+            r.meta,
+            r.created_at,
+            r.attachments,
+        )
         for n, r in enumerate(result)
     ]
 
@@ -584,8 +601,9 @@ async def _insert_messages(
                 "reasoning": reasoning,
                 "meta": meta,
                 "created_at": created_at,
+                "attachments": files,
             }
-            for position, (node_id, role, content, reasoning, meta, created_at) in enumerate(
+            for position, (node_id, role, content, reasoning, meta, created_at, files) in enumerate(
                 rows[start:], start
             )
         ],
@@ -613,3 +631,21 @@ async def insert_conversation(
         connection, conversation.id, encode_messages(conversation.messages), start=0
     )
     return True
+
+
+async def _move_attachments(
+    connection: AsyncConnection, from_owner_key: str, to_owner: str
+) -> None:
+    """Give one owner's attached files to another; a file both have is kept once."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    columns = [c.name for c in attachments.c if c.name != "owner_key"]
+    copied = select(
+        *[attachments.c[name] for name in columns],
+        literal(to_owner).label("owner_key"),
+    ).where(attachments.c.owner_key == from_owner_key)
+    await connection.execute(
+        dialect.insert(attachments)
+        .from_select([*columns, "owner_key"], copied)
+        .on_conflict_do_nothing(index_elements=[attachments.c.owner_key, attachments.c.sha256])
+    )
+    await connection.execute(delete(attachments).where(attachments.c.owner_key == from_owner_key))
