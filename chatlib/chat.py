@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from dataclasses import dataclass, replace
-from typing import Literal
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
 
 import structlog
 
 from chatlib import errors
+from chatlib.attachments import (
+    Attachment,
+    AttachmentRef,
+    AttachmentRejected,
+    check_sizes,
+    file_parser_plugins,
+    image_from_data_url,
+)
+from chatlib.catalog import ModelCatalog, ModelInfo
 from chatlib.client import (
     ClientPool,
     Clock,
     Finished,
     FirstToken,
+    ImageDelta,
     ReasoningDelta,
     StreamEvent,
     StreamFailed,
@@ -30,11 +41,14 @@ from chatlib.messages import (
     AnswerMeta,
     ChatMessage,
     History,
-    build_upstream_messages,
+    UpstreamWindow,
     check_model_id,
     check_system_prompt,
     check_temperature,
     check_user_input,
+    clean_text,
+    upstream_messages,
+    upstream_window,
 )
 from chatlib.ratelimit import RateLimiter
 from chatlib.usage import UsageRecord, UsageSink
@@ -42,6 +56,14 @@ from chatlib.usage import UsageRecord, UsageSink
 log = structlog.get_logger(__name__)
 
 REFUSALS_RECORDED_EVERY_S = 10.0
+MAX_ANSWER_IMAGES = 8  # pictures kept from one answer; a runaway stream cannot fill memory
+VISION_SUGGESTIONS = 3
+
+
+class FileSource(Protocol):
+    """Where the bytes of files attached in earlier turns are read (the attachment store)."""
+
+    async def get(self, owner_key: str, sha256: str) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -60,15 +82,28 @@ class TurnRequest:
     logged_in: bool = False
     action: Literal["send", "retry", "edit"] = "send"
     edit_index: int | None = None  # for "edit": the nth user message (0 = first question)
+    # Files for the question ("send"/"edit" only), prepared off the loop (attachments.prepare).
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True)
 class TurnFrame:
-    """The conversation as it should look now. `done` marks the final frame."""
+    """The conversation as it should look now. `done` marks the final frame.
+
+    `files` holds the bytes of this turn's files by SHA-256: the question's attachments and
+    the pictures the model has drawn so far (the answer's `attachments` refer to them), so a
+    page can show them before, and without, reading the store. `dropped_attachments` counts
+    older files left out of the request (over the size budget, or pictures for a model that
+    cannot see); `notes` says that, and any picture from the model that was left out, in
+    sentences for the page to show under the answer.
+    """
 
     history: History
     done: bool = False
     error: errors.ChatError | None = None
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    dropped_attachments: int = 0
+    notes: tuple[str, ...] = ()
 
     @property
     def answer(self) -> ChatMessage:
@@ -89,6 +124,9 @@ class _Turn:
     text: list[str]
     reasoning: list[str]
     failure: errors.UpstreamError | None = None
+    images: list[Attachment] = field(default_factory=list)  # drawn by the model, checked
+    dropped_attachments: int = 0
+    notes: list[str] = field(default_factory=list)
 
     def apply(self, event: StreamEvent) -> None:
         if isinstance(event, TextDelta):
@@ -124,8 +162,17 @@ class _Turn:
             reasoning="".join(self.reasoning),
             meta=self.meta,
             created_at=self.created_at,
+            attachments=tuple(image.ref for image in self.images),
         )
-        return TurnFrame((*self.history, answer), done=done, error=self.failure if done else None)
+        files = {a.ref.sha256: a.data for a in (*self.request.attachments, *self.images)}
+        return TurnFrame(
+            (*self.history, answer),
+            done=done,
+            error=self.failure if done else None,
+            files=files,
+            dropped_attachments=self.dropped_attachments,
+            notes=tuple(self.notes),
+        )
 
 
 class ChatService:
@@ -139,10 +186,12 @@ class ChatService:
         *,
         limiter: RateLimiter | None = None,
         usage: UsageSink | None = None,
+        catalog: ModelCatalog | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
     ) -> None:
         self._settings = settings
+        self._catalog = catalog  # what each model can do (read images, draw); None: unknown
         self._limiter = limiter
         self._usage = usage
         self._wall_clock = wall_clock
@@ -179,14 +228,23 @@ class ChatService:
         return run_to_end(self.frames(request, history, control), control)
 
     async def frames(
-        self, request: TurnRequest, history: History, control: TurnControl
-    ) -> AsyncIterator[TurnFrame]:
+        self,
+        request: TurnRequest,
+        history: History,
+        control: TurnControl,
+        *,
+        files: FileSource | None = None,
+        asked_files: tuple[AttachmentRef, ...] = (),
+    ) -> AsyncGenerator[TurnFrame]:
         """The turn's frames, for a caller that handles a consumer leaving (see `run_turn`).
 
-        The request is checked here, the one place: the input, the key and the rate limit.
-        The first frame shows the question and an empty answer; the last one is `done`.
+        The request is checked here, the one place: the input, its files, what the model
+        can do, the key and the rate limit. The first frame shows the question and an empty
+        answer; the last one is `done`. `files` reads the bytes of files attached earlier in
+        `history` (without it they are not sent, and counted as dropped); `asked_files` are
+        the stored files of a question asked again ("retry").
         """
-        turn = await self._start(request, history)
+        turn = await self._start(request, history, asked_files)
         yield turn.frame()
         with (
             structlog.contextvars.bound_contextvars(
@@ -197,37 +255,80 @@ class ChatService:
             self._budget.streaming(),
             self._running_as(request.session_key, control),
         ):
-            async for frame in self._stream(turn, control):
+            async for frame in self._stream(turn, control, files):
                 yield frame
         await self._record_usage(turn)
         yield turn.frame(done=True)
 
-    async def _start(self, request: TurnRequest, history: History) -> _Turn:
+    async def _start(
+        self, request: TurnRequest, history: History, asked_files: tuple[AttachmentRef, ...]
+    ) -> _Turn:
         """Check the request; raise ChatError (nothing sent upstream) when it is refused."""
-        text = check_user_input(request.user_text, self._settings.max_input_chars)
-        request = replace(
-            request,
-            user_text=text,
-            model=check_model_id(request.model),
-            system_prompt=check_system_prompt(
-                request.system_prompt, self._settings.max_input_chars
-            ),
-            temperature=check_temperature(request.temperature),
-        )
+        request = self._checked(request, asked_files)
         key = self._resolve_key(request.api_key)
         request_id = uuid.uuid4().hex[:16]
         await self._check_rate_limit(request, request_id)
         now = self._wall_clock()
+        refs = (*(a.ref for a in request.attachments), *asked_files)
+        question = ChatMessage(
+            role="user", content=request.user_text, created_at=now, attachments=refs
+        )
         return _Turn(
             request=request,
             api_key=key,
             request_id=request_id,
-            history=(*history, ChatMessage(role="user", content=text, created_at=now)),
+            history=(*history, question),
             meta=AnswerMeta(model=request.model),
             created_at=now,
             text=[],
             reasoning=[],
         )
+
+    def _checked(self, request: TurnRequest, asked_files: tuple[AttachmentRef, ...]) -> TurnRequest:
+        """The request cleaned, or InputError: text, files, model, prompt, temperature."""
+        files = request.attachments
+        if files and request.action == "retry":
+            raise errors.InputError(
+                "Retry asks the same question again, with its files. To send other files, "
+                "edit the question or send a new message."
+            )
+        check_sizes([(a.ref.name, len(a.data)) for a in files], self._settings.attachment_limits)
+        refs = (*(a.ref for a in files), *asked_files)
+        text = request.user_text
+        if refs and not clean_text(text).strip():
+            text = ""  # a file alone is a question
+        else:
+            text = check_user_input(text, self._settings.max_input_chars)
+        model = check_model_id(request.model)
+        self._check_capabilities(model, refs)
+        return replace(
+            request,
+            user_text=text,
+            model=model,
+            system_prompt=check_system_prompt(
+                request.system_prompt, self._settings.max_input_chars
+            ),
+            temperature=check_temperature(request.temperature),
+        )
+
+    def _model_info(self, model: str) -> ModelInfo | None:
+        """The catalog's entry for `model`; None for a custom id (OpenRouter will judge)."""
+        if self._catalog is None:
+            return None
+        return next((m for m in self._catalog.models if m.id == model), None)
+
+    def _check_capabilities(self, model: str, refs: tuple[AttachmentRef, ...]) -> None:
+        """InputError for a picture to a model the catalog says cannot see (PDFs go anywhere)."""
+        info = self._model_info(model)
+        if info is None or info.vision or not any(ref.kind == "image" for ref in refs):
+            return
+        assert self._catalog is not None  # noqa: S101 - _model_info found the model in it
+        seeing = [m.id for m in self._catalog.models if m.vision and m.id != model]
+        if not seeing:
+            raise errors.InputError(f"{model} can't see images. Pick a model that can.")
+        names = ", ".join(seeing[:VISION_SUGGESTIONS])
+        more = ", …" if len(seeing) > VISION_SUGGESTIONS else ""
+        raise errors.InputError(f"{model} can't see images. Try a model that can: {names}{more}")
 
     @contextlib.contextmanager
     def _running_as(self, session_key: str | None, control: TurnControl) -> Iterator[None]:
@@ -245,16 +346,19 @@ class ChatService:
             if self._running.get(session_key) is control:
                 del self._running[session_key]
 
-    async def _stream(self, turn: _Turn, control: TurnControl) -> AsyncIterator[TurnFrame]:
+    async def _stream(
+        self, turn: _Turn, control: TurnControl, files: FileSource | None
+    ) -> AsyncIterator[TurnFrame]:
         """Frames while the answer streams; the turn's meta is final afterwards."""
         request = turn.request
-        upstream = build_upstream_messages(
-            turn.history,
-            request.system_prompt,
-            self._settings.max_history_messages,
-            self._settings.max_upstream_chars,
+        upstream, extra_body = await self._request_body(turn, files)
+        log.info(
+            "chat.started",
+            messages=len(upstream),
+            temperature=request.temperature,
+            attachments=len(request.attachments),
+            dropped_attachments=turn.dropped_attachments,
         )
-        log.info("chat.started", messages=len(upstream), temperature=request.temperature)
         started = self._clock()
         if not control.stop_requested:  # the page may have left before the stream began
             events = stream_chat(
@@ -264,12 +368,17 @@ class ChatService:
                 temperature=request.temperature,
                 idle_timeout=self._settings.stream_idle_timeout_seconds,
                 clock=self._clock,
+                extra_body=extra_body,
                 pace=ReadPacer(self._budget, clock=self._clock),
             )
             async for batch in coalesce(events, self._budget, control, clock=self._clock):
                 for event in batch:
                     # After a Stop the answer keeps what was on screen: later text is dropped.
-                    if not (control.stop_requested and _is_text(event)):
+                    if control.stop_requested and _is_content(event):
+                        continue
+                    if isinstance(event, ImageDelta):
+                        await self._take_image(turn, event)
+                    else:
                         turn.apply(event)
                 if turn.meta.status == "streaming":
                     yield turn.frame()
@@ -280,6 +389,60 @@ class ChatService:
             )
             turn.meta = replace(turn.meta, status=status, latency_ms=_ms(self._clock() - started))
         _log_outcome(turn)
+
+    async def _request_body(
+        self, turn: _Turn, files: FileSource | None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The upstream messages (files as content parts) and the extra request fields.
+
+        Older files that cannot go are counted in the turn and said in its notes.
+        """
+        request, settings = turn.request, self._settings
+        info = self._model_info(request.model)
+        history, unseen = turn.history, 0
+        if info is not None and not info.vision:
+            history, unseen = _without_images(history)
+        window = upstream_window(
+            history,
+            request.system_prompt,
+            settings.max_history_messages,
+            settings.max_upstream_chars,
+        )
+        loaded, missing = await _load_files(turn, window, files)
+        turn.dropped_attachments = window.dropped_attachments + unseen + missing
+        turn.notes.extend(_dropped_notes(window.dropped_attachments, unseen, missing, info))
+        sent = [ref for ref in window.attachments if ref.sha256 in loaded]
+        extra_body: dict[str, Any] = {}
+        plugins = file_parser_plugins(settings.pdf_engine, sent)
+        if plugins:
+            extra_body["plugins"] = plugins
+        if info is not None and info.image_output:
+            extra_body["modalities"] = ["image", "text"]
+        return upstream_messages(window, request.system_prompt, loaded), extra_body
+
+    async def _take_image(self, turn: _Turn, event: ImageDelta) -> None:
+        """Check a picture the model drew and keep it; a bad one is left out, with a note."""
+        number = len(turn.images) + 1
+        if number > MAX_ANSWER_IMAGES:
+            log.warning("chat.image_dropped", reason="too_many", kept=MAX_ANSWER_IMAGES)
+            note = f"The model drew more than {MAX_ANSWER_IMAGES} pictures; the rest were left out."
+            if note not in turn.notes:
+                turn.notes.append(note)
+            return
+        limits = self._settings.attachment_limits
+        try:  # decoding and re-encoding a picture takes milliseconds: off the loop
+            image = await asyncio.to_thread(
+                image_from_data_url, event.url, limits, f"image-{number}"
+            )
+        except AttachmentRejected as exc:
+            log.warning("chat.image_dropped", reason=type(exc).__name__, url_chars=len(event.url))
+            turn.notes.append(f"A picture from the model was left out: {exc.user_message}")
+            return
+        except Exception as exc:  # noqa: BLE001 - a broken picture never breaks the answer
+            log.warning("chat.image_dropped", reason=type(exc).__name__, url_chars=len(event.url))
+            turn.notes.append("A picture from the model could not be read and was left out.")
+            return
+        turn.images.append(image)
 
     async def _record_usage(self, turn: _Turn) -> None:
         if self._usage is None:
@@ -332,8 +495,62 @@ class ChatService:
         decision.raise_if_refused()
 
 
-def _is_text(event: StreamEvent) -> bool:
-    return isinstance(event, TextDelta | ReasoningDelta)
+def _is_content(event: StreamEvent) -> bool:
+    return isinstance(event, TextDelta | ReasoningDelta | ImageDelta)
+
+
+def _without_images(history: History) -> tuple[History, int]:
+    """`history` with no pictures attached (for a model that cannot see), and how many."""
+    dropped = 0
+    kept: list[ChatMessage] = []
+    for message in history:
+        files = tuple(ref for ref in message.attachments if ref.kind != "image")
+        if message.role == "user" and len(files) != len(message.attachments):
+            dropped += len(message.attachments) - len(files)
+            message = replace(message, attachments=files)
+        kept.append(message)
+    return tuple(kept), dropped
+
+
+async def _load_files(
+    turn: _Turn, window: UpstreamWindow, files: FileSource | None
+) -> tuple[dict[str, bytes], int]:
+    """The bytes of the files `window` sends, by SHA-256, and how many could not be read."""
+    loaded = {a.ref.sha256: a.data for a in turn.request.attachments}
+    missing: set[str] = set()
+    for ref in window.attachments:
+        if ref.sha256 in loaded or ref.sha256 in missing:
+            continue
+        try:
+            if files is None:
+                raise errors.AttachmentNotFound()
+            loaded[ref.sha256] = await files.get(turn.request.owner_key, ref.sha256)
+        except errors.StorageError as exc:
+            log.warning("chat.attachment_unavailable", error=type(exc).__name__)
+            missing.add(ref.sha256)
+    unread = sum(1 for ref in window.attachments if ref.sha256 in missing)
+    return loaded, unread
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def _dropped_notes(
+    over_budget: int, unseen: int, missing: int, info: ModelInfo | None
+) -> list[str]:
+    """What the page says under the answer about older files that were not sent."""
+    notes: list[str] = []
+    if over_budget:
+        files = _plural(over_budget, "older attachment was", "older attachments were")
+        notes.append(f"{files} not sent: over the size budget.")
+    if unseen and info is not None:
+        pictures = _plural(unseen, "older picture was", "older pictures were")
+        notes.append(f"{pictures} not sent: {info.id} can't see images.")
+    if missing:
+        files = _plural(missing, "older attachment was", "older attachments were")
+        notes.append(f"{files} not sent: the file could not be read.")
+    return notes
 
 
 def _log_outcome(turn: _Turn) -> None:

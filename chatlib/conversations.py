@@ -14,8 +14,8 @@ import builtins
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -23,7 +23,8 @@ from typing import TypeVar
 import structlog
 
 from chatlib import branches
-from chatlib.chat import ChatService, TurnRequest
+from chatlib.attachments import Attachment, AttachmentLimits
+from chatlib.chat import ChatService, TurnFrame, TurnRequest
 from chatlib.client import Clock
 from chatlib.errors import (
     ChatError,
@@ -48,8 +49,15 @@ from chatlib.storage import (
     ListResult,
     conversation_title,
 )
-from chatlib.store import ConversationStoreProtocol
-from chatlib.transfer import ExportFile, ExportFormat, build_export, parse_import, write_export
+from chatlib.store import ConversationStoreProtocol, SqlAttachmentStore
+from chatlib.transfer import (
+    ExportFile,
+    ExportFormat,
+    build_export,
+    gather_files,
+    parse_import_file,
+    write_export,
+)
 
 __all__ = [
     "ConversationFrame",
@@ -64,17 +72,29 @@ log = structlog.get_logger(__name__)
 _V = TypeVar("_V")
 NO_RETRY = "There is no message to retry yet."
 NOT_EDITABLE = "Only your own messages can be edited."
+NO_ATTACHMENT_STORE = (
+    "This server cannot keep attached files, so none can be sent. Send the message without them."
+)
 LAST_SEEN_CONVERSATIONS = 256  # kept for a chat to go on while the data folder is unreadable
 
 
 @dataclass(frozen=True)
 class ConversationFrame:
-    """The conversation as it should look now, plus what went wrong, if anything."""
+    """The conversation as it should look now, plus what went wrong, if anything.
+
+    `files`, `dropped_attachments` and `notes` are the turn's (see chat.TurnFrame): the bytes
+    of this turn's files by SHA-256 (the question's, and the pictures drawn so far, which
+    are in the store only once the frame is `done`), older files not sent, and sentences
+    for the page to show under the answer.
+    """
 
     conversation: Conversation
     done: bool = False
     error: ChatError | None = None
     save_error: StorageError | None = None
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    dropped_attachments: int = 0
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,8 +135,10 @@ class ConversationService:
         max_import_bytes: int,
         clock: Clock = time.time,
         max_sessions: int = 20_000,
+        attachments: SqlAttachmentStore | None = None,
     ) -> None:
         self._store = store
+        self._attachments = attachments
         self._chat = chat
         self._exports_dir = exports_dir
         self._max_import_bytes = max_import_bytes
@@ -155,10 +177,18 @@ class ConversationService:
     ) -> AsyncIterator[ConversationFrame]:
         start = await self._prepare(request)
         conversation, request = start.conversation, start.request
+        owner_key = request.owner_key
         frames = self._chat.frames(
-            replace(request, conversation_id=conversation.id), start.history, control
+            replace(request, conversation_id=conversation.id),
+            start.history,
+            control,
+            files=self._attachments,
+            asked_files=() if start.question is None else start.question.attachments,
         )
         first = await anext(frames)  # the chat's refusals are raised here
+        # The files go in before the question that refers to them: a saved message never
+        # points at a missing file.
+        await self._store_question_files(owner_key, request.attachments, frames)
         # A conversation without a question yet is titled from this one (the one rule).
         title = conversation.title if _has_question(start.history) else NEW_CHAT_TITLE
         base = replace(
@@ -168,7 +198,6 @@ class ConversationService:
             system_prompt=request.system_prompt,
             temperature=float(request.temperature),
         )
-        owner_key = request.owner_key
         shown = start.identified(first.history)
         saved, save_error = await self._save(
             owner_key, replace(base, messages=shown[:-1]), start.stored
@@ -176,17 +205,58 @@ class ConversationService:
         # What the answer's save expects to find: the question as saved, else what was.
         expected = start.stored if save_error is not None else saved
         self.view(request.session_key, conversation.id)  # a turn starts where the visitor is
-        yield ConversationFrame(replace(base, messages=shown), save_error=save_error)
+        yield _frame(replace(base, messages=shown), first, save_error=save_error)
         async for frame in frames:
             current = replace(base, messages=start.identified(frame.history))
             if not frame.done:
-                yield ConversationFrame(current)
+                yield _frame(current, frame)
                 continue
+            current, files_error = await self._store_answer_files(owner_key, current, frame)
             final, final_error = await self._save_answer(owner_key, current, expected, save_error)
             self._seen(owner_key, final)
-            yield ConversationFrame(
-                final, done=True, error=frame.error, save_error=final_error or save_error
+            yield _frame(
+                final, frame, save_error=final_error or files_error or save_error, done=True
             )
+
+    async def _store_question_files(
+        self, owner_key: str, files: tuple[Attachment, ...], frames: AsyncGenerator[TurnFrame]
+    ) -> None:
+        """Store the question's files; on failure the turn is refused (nothing was sent)."""
+        if not files or self._attachments is None:
+            return
+        try:
+            for attachment in files:
+                await self._attachments.put(owner_key, attachment)
+        except StorageError as exc:
+            log.warning("conversation.files_not_stored", error=type(exc).__name__)
+            await frames.aclose()
+            raise
+
+    async def _store_answer_files(
+        self, owner_key: str, conversation: Conversation, frame: TurnFrame
+    ) -> tuple[Conversation, StorageError | None]:
+        """Store the pictures the model drew, before the answer's save refers to them.
+
+        A picture that cannot be stored is left out of the saved answer (the failure is
+        returned, to be said like a failed save).
+        """
+        answer = conversation.messages[-1]
+        if not answer.attachments:
+            return conversation, None
+        kept, error = [], None
+        for ref in answer.attachments:
+            data = frame.files.get(ref.sha256)
+            try:
+                if self._attachments is None or data is None:
+                    continue  # nowhere to keep it: shown while streaming, not saved
+                kept.append(await self._attachments.put(owner_key, Attachment(ref, data)))
+            except StorageError as exc:
+                log.warning("conversation.files_not_stored", error=type(exc).__name__)
+                error = exc
+        if len(kept) == len(answer.attachments):
+            return conversation, error
+        answer = replace(answer, attachments=tuple(kept))
+        return replace(conversation, messages=(*conversation.messages[:-1], answer)), error
 
     async def _save_answer(
         self,
@@ -202,6 +272,8 @@ class ConversationService:
 
     async def _prepare(self, request: TurnRequest) -> _Prepared:
         """Load the owner's conversation and apply the action; InputError when it cannot be."""
+        if request.attachments and self._attachments is None:
+            raise InputError(NO_ATTACHMENT_STORE)
         if request.conversation_id is None:
             if request.action == "retry":
                 raise InputError(NO_RETRY)
@@ -298,8 +370,15 @@ class ConversationService:
         return await self._store.rename(owner_key, conversation_id, title)
 
     async def delete(self, owner_key: str, conversation_id: str) -> bool:
-        """Delete the owner's conversation; an answer still streaming into it is not saved."""
-        return await self._store.delete(owner_key, conversation_id)
+        """Delete the owner's conversation; an answer still streaming into it is not saved.
+
+        Its files go too, unless another of the owner's messages still refers to them.
+        """
+        deleted = await self._store.delete(owner_key, conversation_id)
+        if deleted and self._attachments is not None:
+            with contextlib.suppress(StorageError):  # logged; swept at the next delete
+                await self._attachments.delete_unused(owner_key)
+        return deleted
 
     async def undo(self, owner_key: str, conversation_id: str) -> tuple[Conversation, str | None]:
         """Remove the last question and its answer; returns the result and that question.
@@ -349,7 +428,11 @@ class ConversationService:
             if not conversation.messages:
                 raise InputError("This chat is empty: nothing to export.")
             chosen = [conversation]
-        export = await asyncio.to_thread(build_export, chosen, fmt, now)
+        files: dict[str, Attachment] = {}
+        if self._attachments is not None:
+            store = self._attachments
+            chosen, files = await gather_files(chosen, lambda sha: store.get(owner_key, sha))
+        export = await asyncio.to_thread(build_export, chosen, fmt, now, files)
         with contextlib.suppress(OSError):  # a full disk still gets its download
             await asyncio.to_thread(
                 write_export, self._exports_dir, export.data, now, name=export.name
@@ -372,9 +455,17 @@ class ConversationService:
         Raises ImportRejected naming what is wrong with the file, StorageError when the disk
         refuses; the owner's conversations are as they were in both cases.
         """
-        parsed = await asyncio.to_thread(parse_import, data, max_bytes=self._max_import_bytes)
+        files = self._attachments
+        max_file_bytes = files.max_file_bytes if files else AttachmentLimits.max_file_bytes
+        parsed = await asyncio.to_thread(
+            parse_import_file, data, max_bytes=self._max_import_bytes, max_file_bytes=max_file_bytes
+        )
+        # Files first: a failure below leaves only unused files, swept by delete_unused.
+        for file in parsed.files:
+            if files is not None:
+                await files.put(owner_key, file)
         now = self._clock()  # the sidebar marks imported chats
-        marked = [replace(conversation, imported_at=now) for conversation in parsed]
+        marked = [replace(conversation, imported_at=now) for conversation in parsed.conversations]
         return len(await self._store.save_all(owner_key, marked))
 
     async def has_conversations(self, owner_key: str) -> bool:
@@ -409,6 +500,25 @@ def _new_ids(conversation: Conversation) -> tuple[str, str]:
     taken = {m.id for m in conversation.messages} | {n.id for n in conversation.branches}
     question_id = branches.new_id(taken)
     return question_id, branches.new_id({*taken, question_id})
+
+
+def _frame(
+    conversation: Conversation,
+    frame: TurnFrame,
+    *,
+    save_error: StorageError | None = None,
+    done: bool = False,
+) -> ConversationFrame:
+    """The page's frame: `conversation` with the turn's files, notes and outcome."""
+    return ConversationFrame(
+        conversation,
+        done=done,
+        error=frame.error if done else None,
+        save_error=save_error,
+        files=frame.files,
+        dropped_attachments=frame.dropped_attachments,
+        notes=frame.notes,
+    )
 
 
 def _has_question(history: History) -> bool:

@@ -5,11 +5,21 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, NoReturn, get_args
 
-from chatlib.attachments import AttachmentRef
+from chatlib.attachments import (
+    ATTACHMENT_KINDS,
+    IMAGE_MIMES,
+    MAX_NAME_CHARS,
+    PDF_MIME,
+    SHA256_HEX_CHARS,
+    TEXT_MIME,
+    AttachmentKind,
+    AttachmentRef,
+    content_parts,
+)
 from chatlib.errors import InputError, is_out_of_credits
 
 Role = Literal["user", "assistant", "system"]
@@ -24,6 +34,10 @@ _TIME_RULE = "Unix seconds between 1970 and 3000"
 _MAX_TOKENS = 10**12
 _MAX_COST_USD = 1_000_000.0
 _MAX_MS = 1e9
+# Files per message the reader takes, whatever the settings say now: a sanity bound for
+# imported and stored messages (uploads are held to MAX_ATTACHMENTS_PER_MESSAGE).
+MAX_STORED_ATTACHMENTS = 32
+_MAX_IMAGE_SIDE = 100_000
 
 
 @dataclass(frozen=True)
@@ -191,21 +205,39 @@ def check_temperature(value: object) -> float:
     return temperature
 
 
-def build_upstream_messages(
+@dataclass(frozen=True)
+class UpstreamWindow:
+    """What a turn sends upstream: the recent messages, each with the files that fit."""
+
+    messages: tuple[ChatMessage, ...]
+    dropped_attachments: int = 0  # older files left out to stay within the budget
+
+    @property
+    def attachments(self) -> tuple[AttachmentRef, ...]:
+        """Every file the window sends, oldest first (the bytes to load)."""
+        return tuple(ref for m in self.messages for ref in m.attachments)
+
+
+def upstream_window(
     history: Sequence[ChatMessage],
     system_prompt: str,
     max_history: int,
     max_chars: int | None = None,
-) -> list[dict[str, str]]:
-    """The OpenAI-format messages sent upstream: system prompt + the last `max_history`.
+) -> UpstreamWindow:
+    """The last `max_history` messages, within `max_chars` of text and files together.
 
-    With `max_chars`, older messages are also left out once the text would pass that many
-    characters (the newest message is always sent): what a turn can cost stays bounded.
+    The newest message (the question) is always sent whole, with its files. Text comes
+    before files: older messages are left out only once their text alone passes the budget;
+    what the budget has left then goes to older files, newest first, so past it the OLDEST
+    files are dropped first (counted in `dropped_attachments`). A file counts what it adds
+    to the request (`sent_chars`, its data URL). Only questions send files: a picture the
+    model drew stays in the chat but is not sent back.
     """
     sendable = [
         m for m in history if m.role != "system" and (m.role == "user" or m.content.strip())
     ]
-    recent = sendable[-max_history:]
+    recent = [m if m.role == "user" else replace(m, attachments=()) for m in sendable]
+    recent = recent[-max_history:]
     if max_chars is not None and recent:
         budget = max_chars - len(system_prompt) - len(recent[-1].content)
         keep = 1
@@ -218,11 +250,75 @@ def build_upstream_messages(
     # Never start the window with an orphan assistant answer: most providers reject it.
     while recent and recent[0].role == "assistant":
         recent = recent[1:]
-    messages: list[dict[str, str]] = []
+    if max_chars is None or not recent:
+        return UpstreamWindow(tuple(recent))
+    left = max_chars - len(system_prompt) - sum(len(m.content) for m in recent)
+    left -= sum(sent_chars(ref) for ref in recent[-1].attachments)
+    return _fit_attachments(recent, left)
+
+
+def sent_chars(ref: AttachmentRef) -> int:
+    """What a file adds to a request, from its reference alone (no bytes needed).
+
+    Exactly `upstream_size` of its part for images and PDFs (a base64 data URL); for a text
+    file, its bytes (at least its characters) plus the fence and its name.
+    """
+    if ref.kind == "text":
+        return ref.size + len(ref.name) + 16
+    return len(f"data:{ref.mime};base64,") + 4 * ((ref.size + 2) // 3)
+
+
+def _fit_attachments(recent: list[ChatMessage], left: int) -> UpstreamWindow:
+    """Keep the newest older files that fit in `left` characters; drop all before them."""
+    fitted: list[ChatMessage] = [recent[-1]]
+    dropped = 0
+    for message in reversed(recent[:-1]):
+        kept: list[AttachmentRef] = []
+        for ref in reversed(message.attachments):
+            size = sent_chars(ref)
+            if dropped or size > left:
+                dropped += 1
+                continue
+            left -= size
+            kept.append(ref)
+        if len(kept) != len(message.attachments):
+            message = replace(message, attachments=tuple(reversed(kept)))
+        fitted.append(message)
+    return UpstreamWindow(tuple(reversed(fitted)), dropped)
+
+
+def upstream_messages(
+    window: UpstreamWindow, system_prompt: str, files: Mapping[str, bytes]
+) -> list[dict[str, Any]]:
+    """The OpenAI-format messages of `window`: a question with files as content parts.
+
+    `files` holds the bytes by SHA-256; a file without bytes there is left out (the caller
+    loaded them and counts what it could not).
+    """
+    messages: list[dict[str, Any]] = []
     if system_prompt.strip():
         messages.append({"role": "system", "content": clean_text(system_prompt.strip())})
-    messages.extend({"role": m.role, "content": clean_text(m.content)} for m in recent)
+    for m in window.messages:
+        present = [(r, files[r.sha256]) for r in m.attachments if r.sha256 in files]
+        messages.append({"role": m.role, "content": content_parts(clean_text(m.content), present)})
     return messages
+
+
+def build_upstream_messages(
+    history: Sequence[ChatMessage],
+    system_prompt: str,
+    max_history: int,
+    max_chars: int | None = None,
+    files: Mapping[str, bytes] | None = None,
+) -> list[dict[str, Any]]:
+    """The OpenAI-format messages sent upstream: system prompt + the last `max_history`.
+
+    With `max_chars`, older messages (and first their files) are also left out once the
+    text would pass that many characters (the newest message is always sent): what a turn
+    can cost stays bounded. See `upstream_window` and `upstream_messages`.
+    """
+    window = upstream_window(history, system_prompt, max_history, max_chars)
+    return upstream_messages(window, system_prompt, files or {})
 
 
 def strip_last_turn(history: History) -> tuple[History, str | None]:
@@ -423,7 +519,90 @@ def parse_message(
         if created_at is None
         else timestamp_field(created_at, where, "created_at", strict=strict),
         id="" if message_id is None else message_id_field(message_id, where),
+        attachments=parse_attachments(raw.get("attachments"), where),
     )
+
+
+# -- attachment references (the bytes live in the attachment store; see chatlib.attachments) --
+
+_SHA256_RE = re.compile(f"[0-9a-f]{{{SHA256_HEX_CHARS}}}")
+_KIND_OF_MIME: Final[dict[str, AttachmentKind]] = {
+    **dict.fromkeys(IMAGE_MIMES, "image"),
+    PDF_MIME: "pdf",
+    TEXT_MIME: "text",
+}
+
+
+def attachment_kind(mime: str) -> AttachmentKind | None:
+    """The kind of a stored file's type (None: a type this app does not keep)."""
+    return _KIND_OF_MIME.get(mime)
+
+
+def parse_attachments(raw: object, where: str) -> tuple[AttachmentRef, ...]:
+    """A message's `attachments`: a list of at most MAX_STORED_ATTACHMENTS references."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        reject(f"{where}, field 'attachments' is {describe(raw)}, expected a list")
+    if len(raw) > MAX_STORED_ATTACHMENTS:
+        reject(f"{where} has {len(raw):,} attachments; the limit is {MAX_STORED_ATTACHMENTS}")
+    return tuple(
+        parse_attachment_ref(item, f"{where}, attachment {n}") for n, item in enumerate(raw, 1)
+    )
+
+
+def parse_attachment_ref(raw: object, where: str) -> AttachmentRef:
+    """One file reference: its hash, a plain name, a kept type with its kind, size, sides."""
+    if not isinstance(raw, dict):
+        reject(f"{where} is {describe(raw)}, expected an object")
+    sha256 = text_field(required(raw, "sha256", where), where, "sha256")
+    if _SHA256_RE.fullmatch(sha256) is None:
+        reject(f"{where}, field 'sha256' is {show(sha256)}, expected 64 lowercase hex digits")
+    mime = text_field(required(raw, "mime", where), where, "mime")
+    kind = attachment_kind(mime)
+    if kind is None:
+        reject(f"{where}, field 'mime' is {show(mime)}, expected one of {', '.join(_KIND_OF_MIME)}")
+    stated_kind = required(raw, "kind", where)
+    if stated_kind not in ATTACHMENT_KINDS:
+        reject(f"{where}, field 'kind' is {show(stated_kind)}, expected image/pdf/text")
+    if stated_kind != kind:
+        reject(f"{where}, field 'kind' is {show(stated_kind)}, but a {mime} file is {kind!r}")
+    width, height = raw.get("width"), raw.get("height")
+    return AttachmentRef(
+        sha256=sha256,
+        name=attachment_name_field(required(raw, "name", where), where),
+        mime=mime,
+        size=_count_field(required(raw, "size", where), where, "size", strict=True),
+        kind=kind,
+        width=None if width is None else _side_field(width, where, "width"),
+        height=None if height is None else _side_field(height, where, "height"),
+    )
+
+
+def attachment_name_field(value: object, where: str) -> str:
+    """A file's shown name: 1 to MAX_NAME_CHARS, no path, no control characters."""
+    name = text_field(value, where, "name", MAX_NAME_CHARS)
+    if not name.strip() or name in (".", ".."):
+        reject(f"{where}, field 'name' is {show(name)}, expected a file name")
+    if "/" in name or "\\" in name or any(_hidden(c) for c in name):
+        reject(f"{where}, field 'name' is {show(name)}, expected a plain file name (no path)")
+    return name
+
+
+# Bidirectional overrides can make "gpj.exe" show as "exe.jpg".
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def _hidden(c: str) -> bool:
+    return c in _BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Cs")
+
+
+def _side_field(value: object, where: str, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_IMAGE_SIDE:
+        reject(f"{where}, field '{name}' is {show(value)}, expected a whole number of pixels")
+    return value
 
 
 _MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -28,6 +28,7 @@ from chatlib.ratelimit import IPNetwork, RateLimiter, effective_trusted_proxies
 from chatlib.retention import RetentionSweeper, ensure_private_dir
 from chatlib.snapshot import SNAPSHOT_STATE_NAME, write_snapshot
 from chatlib.store import (
+    SqlAttachmentStore,
     SqlConversationStore,
     create_engine_for,
     database_url,
@@ -70,6 +71,7 @@ class Services:
     session_keys: SessionKeys
     downloads_dir: Path
     retention: RetentionSweeper
+    attachments: SqlAttachmentStore
     sync: HubSync | None = None
 
     @property
@@ -214,11 +216,16 @@ def create_services(
     limiter = _limiter(settings)
     usage_dir = data_dir / "usage"
     store = SqlConversationStore(create_engine_for(_prepared_database(settings, usage_dir)))
+    attachments = SqlAttachmentStore(store.engine, max_file_bytes=settings.max_attachment_bytes)
     usage = SqlUsageLog(store.engine, UsageLog(usage_dir)) if settings.enable_analytics else None
-    chat = ChatService(settings, clients, budget, limiter=limiter, usage=usage)
+    chat = ChatService(settings, clients, budget, limiter=limiter, usage=usage, catalog=catalog)
     exports_dir = data_dir / "exports"
     conversations = ConversationService(
-        store, chat, exports_dir=exports_dir, max_import_bytes=settings.max_import_bytes
+        store,
+        chat,
+        exports_dir=exports_dir,
+        max_import_bytes=settings.max_import_bytes,
+        attachments=attachments,
     )
     operator = OperatorGate.from_settings(settings)
     redactor.add(operator.token)
@@ -234,6 +241,7 @@ def create_services(
         conversations=conversations,
         live=LiveAnswers(conversations, max_unattended_per_owner=settings.max_unattended_answers),
         store=store,
+        attachments=attachments,
         catalog=catalog,
         clients=clients,
         redactor=redactor,

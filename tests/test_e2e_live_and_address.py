@@ -249,6 +249,7 @@ def test_only_the_newest_toast_is_shown(page: Page, app_server: AppServer) -> No
     open_app(page, app_server.url)
     page.evaluate("window.orchat.send('version-request', 'version-request-go', '999:1')")
     expect(toast(page, "no other version")).to_be_visible()
-    page.evaluate("window.orchat.send('open-request', 'open-request-go', 'ffffffffffffffffffffffffffffffff')")
+    unknown = "f" * 32
+    page.evaluate(f"window.orchat.send('open-request', 'open-request-go', '{unknown}')")
     expect(toast(page, "does not exist")).to_be_visible()
     expect(page.locator(".toast-body:visible")).to_have_count(1)  # not a stack of them

@@ -184,6 +184,7 @@ def launch_kwargs(settings: Settings, services: Services) -> dict[str, Any]:
                     AttachmentRoute,
                     secret=services.server_secret,
                     load=services.attachments.get,
+                    embedded=settings.on_space,  # shown in a frame on huggingface.co
                 ),
             ]
         },
