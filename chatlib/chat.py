@@ -418,7 +418,11 @@ class ChatService:
             extra_body["plugins"] = plugins
         if info is not None and info.image_output:
             extra_body["modalities"] = ["image", "text"]
-        return upstream_messages(window, request.system_prompt, loaded), extra_body
+        if not loaded:
+            return upstream_messages(window, request.system_prompt, loaded), extra_body
+        # Base64 of megabytes of files would hold every other stream up: off the loop.
+        built = await asyncio.to_thread(upstream_messages, window, request.system_prompt, loaded)
+        return built, extra_body
 
     async def _take_image(self, turn: _Turn, event: ImageDelta) -> None:
         """Check a picture the model drew and keep it; a bad one is left out, with a note."""

@@ -15,6 +15,7 @@ Two holes in the server under the app are closed here (ASGI middleware, no Gradi
 
 from __future__ import annotations
 
+import json
 import traceback
 from collections.abc import Mapping
 from typing import Final
@@ -103,14 +104,21 @@ class RequestGuard:
 
 def _padded(body: bytes, inputs: int) -> bytes:
     """The JSON body with `data` padded to `inputs` values; anything else unchanged."""
+    strict = True
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body  # Gradio answers 422 with its own reason
+        # A lone surrogate escape ("\\ud800", as a browser's JSON.stringify writes it) is
+        # valid JSON that orjson refuses; the standard parser keeps it for the app to judge.
+        strict = False
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return body  # Gradio answers 422 with its own reason
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         return body
     data = document["data"]
     if len(data) >= inputs:
         return body
     document["data"] = [*data, *([None] * (inputs - len(data)))]
-    return orjson.dumps(document)
+    return orjson.dumps(document) if strict else json.dumps(document).encode("ascii")

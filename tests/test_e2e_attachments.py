@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.conftest import TEST_API_KEY, AppServer
+from tests.conftest import TEST_API_KEY, AppServer, start_app
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.ui import INPUT, new_device_context, open_app, set_model, toast, wait_until_idle
 
 VISION_MODEL = "openai/gpt-4o"
 TEXT_ONLY_MODEL = "meta-llama/llama-3.3-70b-instruct"
+DRAWING_MODEL = "google/gemini-2.5-flash-image"
 FILE_INPUT = "#message-input input[type=file]"
 CHIPS = "#message-input .thumbnail-wrapper"
 USER_IMAGES = '#chat [data-testid="user"] a[href^="/attachment/"] img'
@@ -196,3 +197,30 @@ def test_an_attachment_link_opens_only_in_its_owner_s_browser(
         assert refused.value.code == 404
     finally:
         owner.close()
+
+
+def test_a_drawn_picture_appears_and_is_still_there_after_a_restart(
+    page: Page, fake: FakeOpenRouter, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    workdir = tmp_path_factory.mktemp("drawing")
+    env = {"OPENROUTER_API_KEY": TEST_API_KEY, "OPENROUTER_BASE_URL": fake.base_url}
+    drawn = '#chat [data-testid="bot"] img'
+    server = start_app(workdir, env)
+    try:
+        open_app(page, server.url)
+        set_model(page, DRAWING_MODEL)
+        send_now(page, "Draw me a logo [[images=1]] [[tokens=3]]")
+        wait_until_idle(page)
+        expect(page.locator(drawn)).to_have_count(1)
+        page.wait_for_function(f"document.querySelector('{drawn}').naturalWidth > 0")
+        assert fake.chat_requests()[-1].body["modalities"] == ["image", "text"]
+        address = page.url
+    finally:
+        server.stop()
+    again = start_app(workdir, env, port=server.port)  # same address: same visitor, same seat
+    try:
+        open_app(page, address)
+        expect(page.locator(drawn)).to_have_count(1)
+        page.wait_for_function(f"document.querySelector('{drawn}').naturalWidth > 0")
+    finally:
+        again.stop()

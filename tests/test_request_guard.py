@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -9,7 +10,7 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from chatlib.request_guard import RequestGuard
+from chatlib.request_guard import RequestGuard, _padded
 
 
 async def echo_or_crash(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -58,3 +59,11 @@ async def test_a_request_that_crashes_a_route_is_a_400_and_one_log_line_without_
     assert answer.status_code == 400
     assert [entry["event"] for entry in logs] == ["http.bad_request"]
     assert "request's text" not in str(logs)
+
+
+def test_a_body_with_a_lone_surrogate_escape_is_padded_too() -> None:
+    # A browser's JSON.stringify writes lone surrogates as escapes: valid JSON that the
+    # app answers with a clear error, which needs every input to be there.
+    body = b'{"data": ["lone \\ud800", "m"]}'
+    padded = json.loads(_padded(body, 4))
+    assert padded["data"] == ["lone \ud800", "m", None, None]

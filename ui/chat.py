@@ -15,7 +15,7 @@ import gradio as gr
 
 from chatlib import attachments as attachment_rules
 from chatlib.attachment_links import link_path, seat_from_cookie_header
-from chatlib.attachments import Attachment, AttachmentLimits
+from chatlib.attachments import Attachment, AttachmentLimits, AttachmentRef, data_url
 from chatlib.config import TEMPERATURE_SLIDER_MAX
 from chatlib.conversations import ConversationFrame, ConversationService, TurnRequest
 from chatlib.errors import StorageError
@@ -104,6 +104,25 @@ def _composed(message: dict[str, Any] | str | None) -> tuple[str, list[str]]:
         files = [str(f) for f in message.get("files") or [] if isinstance(f, str)]
         return str(message.get("text") or ""), files
     return message or "", []
+
+
+def _fresh(link: Link | None, frame: ConversationFrame) -> Link | None:
+    """Links for a frame: pictures the model is drawing are inline until the answer is saved.
+
+    They reach the store with the answer's save, so until then a private link would find
+    nothing; the frame carries their bytes.
+    """
+    if frame.done or not frame.files or link is None:
+        return link
+    stored_link = link
+
+    def inline_or_stored(ref: AttachmentRef) -> str:
+        data = frame.files.get(ref.sha256)
+        if data is not None and ref.kind == "image":
+            return data_url(ref, data)
+        return stored_link(ref)
+
+    return inline_or_stored
 
 
 class ChatPanel:
@@ -253,9 +272,11 @@ class ChatPanel:
                 if frame is None:  # switched away: redraw what is open now, so it wins
                     yield await self._viewed(owner_key, session_key, link)
                     return
-                shown = conversation_display(frame.conversation, link)
+                shown = conversation_display(frame.conversation, _fresh(link, frame))
                 updates: Updates = {**first, self.chatbot: shown}
                 first = {}
+                if frame.done and frame.notes:  # e.g. older attachments left out
+                    gr.Info(" ".join(frame.notes))
                 if frame.save_error is not None and not frame.done:
                     warn(frame.save_error)
                 if not frame.done:

@@ -63,6 +63,8 @@ def app_env(fake: FakeOpenRouter) -> dict[str, str]:
         "OPERATOR_TOKEN": OPERATOR_TOKEN,
         "UPLOADS_PER_MIN": str(UPLOADS_PER_MIN),
         "MAX_IMPORT_BYTES": str(MAX_IMPORT_BYTES),
+        # Below twice the import cap, so uploads are capped by imports (attachments fit too).
+        "MAX_ATTACHMENT_BYTES": str(MAX_IMPORT_BYTES),
         "STREAM_IDLE_TIMEOUT_SECONDS": "3",
     }
 

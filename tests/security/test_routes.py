@@ -9,6 +9,7 @@ import gradio as gr
 from fastapi.routing import APIRoute
 from starlette.routing import Route
 
+from chatlib.attachment_route import AttachmentRoute
 from chatlib.request_guard import RequestGuard
 from chatlib.upload_guard import UploadGuard
 from tests.conftest import AppServer
@@ -46,9 +47,15 @@ async def test_the_app_has_exactly_gradios_state_changing_routes(make_page: Page
     assert changing == routes_that_change_state(gradios.routes)
     assert ("POST", "/gradio_api/queue/join") in changing
     assert ("POST", "/gradio_api/upload") in changing
-    # The app's only additions to the HTTP layer are two middlewares: the request guard
-    # (malformed requests get a 4xx) and the upload guard (rate and size).
-    assert [m.cls for m in app_kwargs["middleware"]] == [RequestGuard, UploadGuard]
+    # The app's only additions to the HTTP layer are three middlewares: the request guard
+    # (malformed requests get a 4xx), the upload guard (rate and size) and the attachment
+    # route (GET only: private, expiring links to a visitor's own files; see
+    # tests/test_attachment_links.py).
+    assert [m.cls for m in app_kwargs["middleware"]] == [
+        RequestGuard,
+        UploadGuard,
+        AttachmentRoute,
+    ]
 
 
 async def test_only_the_chat_endpoint_is_public_and_it_stores_nothing(

@@ -80,7 +80,8 @@ def test_a_crafted_stored_state_sent_to_the_real_app_is_billed_to_the_operator(
     crafted = {"anon_id": new_anonymous_id(), "api_key": ATTACKER_KEY}
     # Inputs: action (server state), message, chat id (server state), model, system prompt,
     # temperature, browser state: exactly what the page's JavaScript posts.
-    data = [None, "Use my key [[tokens=2]]", None, "openai/gpt-4o", "", 0.3, crafted]
+    message = {"text": "Use my key [[tokens=2]]", "files": []}
+    data = [None, message, None, "openai/gpt-4o", "", 0.3, crafted]
     with http_from(security_app.url) as http:
         messages = queue_call(http, send_fn, data)
     assert messages[-1]["msg"] == "process_completed" and messages[-1]["success"]
