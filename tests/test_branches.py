@@ -37,8 +37,8 @@ from chatlib.transfer import export_json, export_markdown, parse_import
 from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.legacy import transfer as released_transfer
+from tests.turns import OWNER, turn_request
 
-OWNER = "0" * 32
 STRANGER = "5" * 32
 QUICK = "[[tokens=3]] [[rate=500]]"
 
@@ -312,15 +312,7 @@ async def service(fake: FakeOpenRouter, tmp_path: Path) -> AsyncIterator[Convers
 
 
 def _turn(text: str, conversation_id: str | None = None, **kw: object) -> TurnRequest:
-    return TurnRequest(
-        owner_key=OWNER,
-        conversation_id=conversation_id,
-        user_text=text,
-        model="openai/gpt-4o",
-        system_prompt="",
-        temperature=0.3,
-        **kw,  # type: ignore[arg-type]
-    )
+    return turn_request(text, conversation_id, **kw)
 
 
 async def _last(frames: AsyncIterator[ConversationFrame]) -> ConversationFrame:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import inspect
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 
 from chatlib.chat import ChatService
 from chatlib.client import ClientPool
-from chatlib.conversations import ConversationFrame, ConversationService, TurnRequest
+from chatlib.conversations import ConversationService, TurnRequest
 from chatlib.errors import ConversationNotFound, ImportRejected, InputError, StorageError
 from chatlib.frames import FrameBudget
 from chatlib.messages import History
@@ -25,8 +24,8 @@ from chatlib.storage import AsyncConversationStore, Conversation, ConversationSt
 from chatlib.usage import UsageLog, UsageRecord, read_usage
 from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
+from tests.turns import OWNER, eventually, last_frame, turn_request
 
-OWNER = "0" * 32
 SLOW = "tell me a long story [[tokens=400]] [[rate=40]]"
 
 
@@ -51,30 +50,14 @@ async def services(
         usage.close()
 
 
-async def _eventually(check: Callable[[], bool | Awaitable[bool]]) -> None:
-    """Wait (up to ~10 s) for work the turn finishes in the background."""
-    for _ in range(200):
-        result = check()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("never happened")
+_eventually = eventually
 
 
 def _turn(text: str = SLOW, conversation_id: str | None = None, **kw: object) -> TurnRequest:
-    return TurnRequest(
-        owner_key=OWNER,
-        conversation_id=conversation_id,
-        user_text=text,
-        model="openai/gpt-4o",
-        system_prompt="",
-        temperature=0.3,
-        **kw,  # type: ignore[arg-type]
-    )
+    return turn_request(text, conversation_id, **kw)
 
 
-async def _last(frames: AsyncIterator[ConversationFrame]) -> ConversationFrame:
-    return [frame async for frame in frames][-1]
+_last = last_frame
 
 
 async def _messages_once_answered(

@@ -4,8 +4,7 @@ any of them, capped when nobody watches, private to their owner, saved at shutdo
 from __future__ import annotations
 
 import asyncio
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,8 @@ from chatlib.storage import AsyncConversationStore, ConversationStore
 from chatlib.usage import UsageLog, UsageRecord, read_usage
 from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
+from tests.turns import OWNER, eventually, turn_request
 
-OWNER = "0" * 32
 STRANGER = "5" * 32
 SHORT = "a short answer [[tokens=40]] [[rate=200]]"
 LONG = "a long answer [[tokens=600]] [[rate=100]]"  # 6 s: every test stops it well before
@@ -77,29 +76,14 @@ async def setup(fake: FakeOpenRouter, tmp_path: Path) -> AsyncIterator[Setup]:
         usage.close()
 
 
-async def _eventually(check: Callable[[], bool | Awaitable[bool]]) -> None:
-    """Wait (up to ~10 s) for what an answer does in its own task."""
-    for _ in range(200):
-        result = check()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("never happened")
+_eventually = eventually
 
 
 def _turn(
     text: str = SHORT, conversation_id: str | None = None, *, owner: str = OWNER, **kw: object
 ) -> TurnRequest:
-    return TurnRequest(
-        owner_key=owner,
-        conversation_id=conversation_id,
-        user_text=text,
-        model="openai/gpt-4o",
-        system_prompt="",
-        temperature=0.3,
-        session_key="page-1",  # what a page passes; the live answer is tied to no page
-        **kw,  # type: ignore[arg-type]
-    )
+    # what a page passes; the live answer is tied to no page
+    return turn_request(text, conversation_id, owner=owner, session_key="page-1", **kw)
 
 
 def _answer_of(frame: ConversationFrame) -> str:

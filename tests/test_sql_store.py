@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chatlib.branches import switch, versions_of
 from chatlib.chat import ChatService
 from chatlib.client import ClientPool
-from chatlib.conversations import ConversationFrame, ConversationService, TurnRequest
+from chatlib.conversations import ConversationService, TurnRequest
 from chatlib.errors import (
     ConversationChanged,
     ConversationDeleted,
@@ -47,6 +47,7 @@ from tests.clocks import FakeClock
 from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 from tests.pg_server import fresh_database, postgres_server, postgres_url  # noqa: F401
+from tests.turns import last_frame, turn_request
 
 ALICE = "a1" * 16
 BOB = "b2" * 16
@@ -720,18 +721,10 @@ async def conversation_service(
 
 
 def _turn(said: str, conversation_id: str | None = None) -> TurnRequest:
-    return TurnRequest(
-        owner_key=ALICE,
-        conversation_id=conversation_id,
-        user_text=said,
-        model="openai/gpt-4o",
-        system_prompt="",
-        temperature=0.3,
-    )
+    return turn_request(said, conversation_id, owner=ALICE)
 
 
-async def _last(frames: AsyncIterator[ConversationFrame]) -> ConversationFrame:
-    return [frame async for frame in frames][-1]
+_last = last_frame
 
 
 async def test_turns_through_the_conversation_service_keep_deletes_renames_and_newer_turns(
