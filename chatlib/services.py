@@ -188,6 +188,17 @@ def _prepared_database(settings: Settings, usage_dir: Path) -> str:
     return url
 
 
+def _secrets(settings: Settings, redactor: SecretRedactor | None) -> tuple[SecretRedactor, str]:
+    """The log redactor, knowing every secret, and the server secret (DATA_DIR is created)."""
+    redactor = redactor or SecretRedactor([settings.openrouter_api_key or ""])
+    for secret in (settings.browser_state_secret, settings.hf_token):
+        redactor.add(secret)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    server_secret = _server_secret(settings, settings.data_dir)
+    redactor.add(server_secret)
+    return redactor, server_secret
+
+
 def create_services(
     settings: Settings,
     redactor: SecretRedactor | None = None,
@@ -200,13 +211,8 @@ def create_services(
     `swept_dirs` are emptied of files older than an hour along with exports and downloads
     (Gradio's upload and cache folder) once `services.retention` is started.
     """
-    redactor = redactor or SecretRedactor([settings.openrouter_api_key or ""])
-    for secret in (settings.browser_state_secret, settings.hf_token):
-        redactor.add(secret)
+    redactor, server_secret = _secrets(settings, redactor)
     data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server_secret = _server_secret(settings, data_dir)
-    redactor.add(server_secret)
     storage_key, browser_secret = browser_state_params(server_secret)
     clients = ClientPool(settings)
     budget = FrameBudget(

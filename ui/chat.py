@@ -523,7 +523,14 @@ class ChatPanel:
             self.stop_btn,
             *sidebar.list_outputs,
         ]
-        state_in = [ctx.conversation_id, *turn_settings, ctx.browser_state]
+        self._wire_turns([ctx.conversation_id, *turn_settings, ctx.browser_state], turn_outputs)
+        self.open_outputs = [*turn_outputs, *turn_settings]
+        self._wire_navigation(sidebar)
+        self.model_picker.wire(demo)
+
+    def _wire_turns(self, state_in: list[Any], turn_outputs: list[Any]) -> None:
+        """Send, retry, edit, undo and Stop."""
+        ctx = self.ctx
         ask = shown_as_toast(self.ask)
         gr.on(
             [self.textbox.submit, self.send_btn.click],
@@ -551,6 +558,10 @@ class ChatPanel:
         self.stop_btn.click(
             shown_as_toast(self.stop), inputs=identity, queue=False, api_visibility="private"
         )
+
+    def _wire_navigation(self, sidebar: SidebarPanel) -> None:
+        """New chat, opening a chat (list, back/forward), versions, and the address bar."""
+        ctx = self.ctx
         gr.on(
             [sidebar.new_btn.click, self.chatbot.clear],
             self.new_chat,
@@ -565,7 +576,6 @@ class ChatPanel:
             js=CLOSE_SIDEBAR_IF_NARROW_JS,
             **QUICK,
         )
-        self.open_outputs = [*turn_outputs, *turn_settings]
         opening: dict[str, Any] = {
             "outputs": self.open_outputs,
             "trigger_mode": "multiple",  # a page following one chat may open another
@@ -591,4 +601,3 @@ class ChatPanel:
             lambda shown: shown or "", inputs=ctx.conversation_id, outputs=self.address, **QUICK
         )
         self.address.change(None, inputs=self.address, js=SHOW_ADDRESS_JS)
-        self.model_picker.wire(demo)
