@@ -50,6 +50,7 @@ from chatlib.messages import (
     upstream_messages,
     upstream_window,
 )
+from chatlib.options import AnswerOptions
 from chatlib.ratelimit import RateLimiter
 from chatlib.usage import UsageRecord, UsageSink
 
@@ -81,7 +82,12 @@ class TurnRequest:
     rate_key: str | None = None  # client IP, or HF user id when logged in; None: no limit
     logged_in: bool = False
     action: Literal["send", "retry", "edit"] = "send"
-    edit_index: int | None = None  # for "edit": the nth user message (0 = first question)
+    # For "edit": the nth user message (0 = first question). For "retry": the question whose
+    # answer is asked again (None: the last one); the old answer stays as another version.
+    edit_index: int | None = None
+    # Web search, reasoning effort, answer length. None: the conversation's saved options
+    # (a new conversation: the defaults). A turn's options are saved with its conversation.
+    options: AnswerOptions | None = None
     # Files for the question ("send"/"edit" only), prepared off the loop (attachments.prepare).
     attachments: tuple[Attachment, ...] = ()
 

@@ -28,6 +28,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from chatlib import errors
 from chatlib.config import Settings
 from chatlib.logging import redact_secret_shapes
+from chatlib.sources import Source
 
 log = structlog.get_logger(__name__)
 
@@ -96,7 +97,23 @@ class StreamFailed:
     latency_ms: float
 
 
-StreamEvent = TextDelta | ReasoningDelta | ImageDelta | FirstToken | Usage | Finished | StreamFailed
+@dataclass(frozen=True)
+class SourcesFound:
+    """Web sources the answer cites (`url_citation` annotations), new ones since the last."""
+
+    sources: tuple[Source, ...]
+
+
+StreamEvent = (
+    TextDelta
+    | ReasoningDelta
+    | ImageDelta
+    | SourcesFound
+    | FirstToken
+    | Usage
+    | Finished
+    | StreamFailed
+)
 
 
 def _error_body(exc: openai.APIError) -> Mapping[str, Any]:

@@ -21,6 +21,7 @@ from chatlib.attachments import (
     content_parts,
 )
 from chatlib.errors import InputError, is_out_of_credits
+from chatlib.sources import Source
 
 Role = Literal["user", "assistant", "system"]
 AnswerStatus = Literal["streaming", "complete", "stopped", "interrupted"]
@@ -54,6 +55,8 @@ class AnswerMeta:
     ttft_ms: float | None = None
     latency_ms: float | None = None
     generation_id: str | None = None
+    # Web pages the answer cites (web search); shown under it, saved and exported with it.
+    sources: tuple[Source, ...] = ()
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -78,7 +81,10 @@ class AnswerMeta:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (used by the UI state and, later, storage)."""
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        data = {k: v for k, v in self.__dict__.items() if v is not None and k != "sources"}
+        if self.sources:
+            data["sources"] = [s.to_dict() for s in self.sources]
+        return data
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ from chatlib.messages import (
     text_field,
     timestamp_field,
 )
+from chatlib.options import AnswerOptions
 
 # The layout and schema of stored conversations (exports share the conversation schema).
 SCHEMA_VERSION = 1
@@ -198,6 +199,8 @@ class Conversation:
     imported_at: float | None = None  # Unix seconds: created by an import (None: chatted here)
     # The inactive versions of messages, least recently active first (see chatlib.branches).
     branches: Branches = ()
+    # Web search, reasoning effort and answer length, as the last turn asked (chatlib.options).
+    options: AnswerOptions = field(default_factory=AnswerOptions)
 
     @property
     def total_cost_usd(self) -> float:
