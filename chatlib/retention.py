@@ -3,7 +3,8 @@
 Exports (one random subdirectory per export), the download copies and Gradio's upload and
 cache folders (one subdirectory per file) are swept on a timer, so an export is gone an
 hour after it was made whether or not anyone exports again, and so are uploads no event
-consumed.
+consumed. The same timer runs `jobs` for what is not a file here (attached files nothing
+refers to any more, in the database: `chatlib.store.attachments.unused_files_sweep`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ DEFAULT_MAX_AGE_SECONDS: Final = 3600.0
 DEFAULT_INTERVAL_SECONDS: Final = 300.0
 # A sweep looks this deep into one entry for its newest change, then stops looking.
 _MAX_WALK_ENTRIES = 1000
+
+# A job the sweeper runs on every sweep besides its folders: given the sweep's wall-clock
+# time, it deletes what has expired and returns how many things it deleted.
+SweepJob = Callable[[float], int]
 
 
 def _newest_mtime(entry: os.DirEntry[str], info: os.stat_result) -> float:
@@ -84,8 +89,9 @@ def sweep(directories: Iterable[Path], *, max_age_seconds: float, now: float) ->
 
 
 class RetentionSweeper:
-    """Runs `sweep` over `directories` every `interval_seconds` in a daemon thread.
+    """Runs `sweep` over `directories`, then each of `jobs`, every `interval_seconds`.
 
+    The sweeps run in a daemon thread, so a job that needs an event loop brings its own.
     `clock` gives the wall-clock time files are compared with (`time.time`); `wait` is
     how the thread pauses between sweeps (default: the stop event's own `wait`, so `stop`
     ends it at once). Tests pass a fake clock and a `wait` that returns immediately.
@@ -99,10 +105,12 @@ class RetentionSweeper:
         interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.time,
         wait: Callable[[float], object] | None = None,
+        jobs: Iterable[SweepJob] = (),
     ) -> None:
         if max_age_seconds <= 0 or interval_seconds <= 0:
             raise ValueError("max_age_seconds and interval_seconds must be positive")
         self.directories = tuple(directories)
+        self.jobs = tuple(jobs)
         self.max_age_seconds = max_age_seconds
         self.interval_seconds = interval_seconds
         self._clock = clock
@@ -113,8 +121,21 @@ class RetentionSweeper:
         self.removed = 0
 
     def sweep_once(self) -> int:
-        """One sweep now; returns how many entries were removed (never raises OSError)."""
-        removed = sweep(self.directories, max_age_seconds=self.max_age_seconds, now=self._clock())
+        """One sweep now; returns how many entries were removed (never raises OSError).
+
+        A job that fails is logged and skipped: the folders and the other jobs still count.
+        """
+        now = self._clock()
+        removed = sweep(self.directories, max_age_seconds=self.max_age_seconds, now=now)
+        for job in self.jobs:
+            try:
+                removed += job(now)
+            except Exception as exc:  # e.g. the database is down: try again next time
+                log.warning(
+                    "retention.job_failed",
+                    job=getattr(job, "__name__", type(job).__name__),
+                    error=type(exc).__name__,
+                )
         self.sweeps += 1
         self.removed += removed
         if removed:
@@ -131,6 +152,7 @@ class RetentionSweeper:
         log.info(
             "retention.started",
             directories=len(self.directories),
+            jobs=len(self.jobs),
             max_age_s=self.max_age_seconds,
             interval_s=self.interval_seconds,
         )

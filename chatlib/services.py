@@ -35,6 +35,7 @@ from chatlib.store import (
     describe_url,
     open_store,
 )
+from chatlib.store.attachments import unused_files_sweep
 from chatlib.transfer import EXPORT_MAX_AGE_SECONDS
 from chatlib.usage import SqlUsageLog, UsageLog, UsageSink, import_usage_csv
 
@@ -209,7 +210,8 @@ def create_services(
     """Wire the default implementations together (creates DATA_DIR if needed).
 
     `swept_dirs` are emptied of files older than an hour along with exports and downloads
-    (Gradio's upload and cache folder) once `services.retention` is started.
+    (Gradio's upload and cache folder) once `services.retention` is started; so are attached
+    files no message uses any more.
     """
     redactor, server_secret = _secrets(settings, redactor)
     data_dir = settings.data_dir
@@ -221,7 +223,8 @@ def create_services(
     catalog = _catalog(settings)
     limiter = _limiter(settings)
     usage_dir = data_dir / "usage"
-    store = SqlConversationStore(create_engine_for(_prepared_database(settings, usage_dir)))
+    url = _prepared_database(settings, usage_dir)
+    store = SqlConversationStore(create_engine_for(url))
     attachments = SqlAttachmentStore(store.engine, max_file_bytes=settings.max_attachment_bytes)
     usage = SqlUsageLog(store.engine, UsageLog(usage_dir)) if settings.enable_analytics else None
     chat = ChatService(settings, clients, budget, limiter=limiter, usage=usage, catalog=catalog)
@@ -241,7 +244,9 @@ def create_services(
         session_keys=SessionKeys(),
         downloads_dir=downloads_dir,
         retention=RetentionSweeper(
-            [exports_dir, downloads_dir, *swept_dirs], max_age_seconds=EXPORT_MAX_AGE_SECONDS
+            [exports_dir, downloads_dir, *swept_dirs],
+            max_age_seconds=EXPORT_MAX_AGE_SECONDS,
+            jobs=[unused_files_sweep(url)],  # files uploaded or left behind, used by no message
         ),
         chat=chat,
         conversations=conversations,

@@ -1,16 +1,25 @@
-"""Exports and uploads are gone an hour after they were made, whether or not anyone exports."""
+"""Exports, uploads and unused attached files are gone an hour after they were made."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import queue
 import secrets
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from chatlib.attachments import Attachment, AttachmentRef
+from chatlib.branches import BranchNode
+from chatlib.messages import AnswerMeta, ChatMessage
 from chatlib.retention import RetentionSweeper, ensure_private_dir, sweep
+from chatlib.store import SqlAttachmentStore, database_url, open_store
+from chatlib.store.attachments import unused_files_sweep
+from tests.clocks import FakeClock
 
 HOUR = 3600.0
 NOW = 1_800_000_000.0
@@ -179,3 +188,84 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
 def test_a_private_folder_is_made_for_downloads(tmp_path: Path) -> None:
     folder = ensure_private_dir(tmp_path / "data" / "downloads")
     assert folder.is_dir() and folder.stat().st_mode & 0o777 == 0o700
+
+
+# -- attached files nothing uses --------------------------------------------------------
+
+ALICE = "a1" * 16
+BOB = "b2" * 16
+
+
+def a_file(text: str) -> Attachment:
+    """A small text file as `chatlib.attachments.prepare` hands it over."""
+    data = text.encode()
+    ref = AttachmentRef(
+        hashlib.sha256(data).hexdigest(), f"{text}.txt", "text/plain", len(data), "text"
+    )
+    return Attachment(ref=ref, data=data)
+
+
+ASKED_WITH, OLD_VERSION, NEVER_SENT, BOBS_LEFTOVER, JUST_UPLOADED = (
+    a_file(name) for name in ("asked", "old-version", "never-sent", "bobs", "just-uploaded")
+)
+
+
+async def test_the_sweeper_deletes_attached_files_no_message_uses_once_they_are_an_hour_old(
+    tmp_path: Path,
+) -> None:
+    url = database_url(tmp_path)
+    store = await open_store(url, data_dir=None, clock=FakeClock())
+    clock = [NOW]
+    files = SqlAttachmentStore(store.engine, clock=lambda: clock[0])
+    steps = Steps()
+    sweeper = RetentionSweeper(
+        [tmp_path / "exports"],
+        interval_seconds=300,
+        clock=lambda: clock[0],
+        wait=steps,
+        jobs=[unused_files_sweep(url)],
+    )
+    try:
+        for file in (ASKED_WITH, OLD_VERSION, NEVER_SENT):
+            await files.put(ALICE, file)
+        await files.put(BOB, BOBS_LEFTOVER)
+        # Alice asked with one file; an earlier version of her question (edited since) had another.
+        chat = store.new_conversation("openai/gpt-4o", "", 0.3)
+        question = ChatMessage("user", "Look", attachments=(ASKED_WITH.ref,))
+        answer = ChatMessage("assistant", "Nice.", meta=AnswerMeta("openai/gpt-4o", "complete"))
+        chat = await store.save(ALICE, replace(chat, messages=(question, answer)))
+        first_try = ChatMessage("user", "Look?", id="0123456789ab", attachments=(OLD_VERSION.ref,))
+        await store.save(
+            ALICE, replace(chat, branches=(BranchNode(None, first_try),)), expected=chat
+        )
+        clock[0] += HOUR + 1
+        await files.put(ALICE, JUST_UPLOADED)  # on a question being sent right now
+
+        sweeper.start()
+        await asyncio.to_thread(steps.paused.get, timeout=30)  # the sweep at startup
+
+        assert sweeper.removed == 2  # the file never sent, and Bob's
+        assert await files.hashes(BOB) == set()
+        kept = {ASKED_WITH.ref.sha256, OLD_VERSION.ref.sha256, JUST_UPLOADED.ref.sha256}
+        assert await files.hashes(ALICE) == kept
+        clock[0] += HOUR + 1  # nothing came to use the last upload
+        await asyncio.to_thread(steps.next_sweep)
+        assert await files.hashes(ALICE) == kept - {JUST_UPLOADED.ref.sha256}
+        assert await files.get(ALICE, OLD_VERSION.ref.sha256) == OLD_VERSION.data
+    finally:
+        sweeper.stop(timeout=0)
+        steps.go.put(True)
+        await store.aclose()
+
+
+def test_a_job_that_fails_is_skipped_and_the_folders_are_still_swept(tmp_path: Path) -> None:
+    exports = tmp_path / "exports"
+    export = an_export(exports, 2 * HOUR)
+
+    def database_down(_now: float) -> int:
+        raise OSError("the database is not answering")
+
+    sweeper = RetentionSweeper([exports], clock=lambda: NOW, jobs=[database_down, lambda _now: 2])
+
+    assert sweeper.sweep_once() == 3
+    assert not export.exists()

@@ -6,13 +6,15 @@ other version, costs its size once. Every statement names the owner in its WHERE
 hash another visitor has reads exactly like one nobody has (AttachmentNotFound).
 
 Files are swept by `delete_unused` once no message of their owner (active or another version)
-refers to them any more, e.g. after a chat is deleted. A file stored within the last
-`grace_seconds` is never swept: it may belong to a question being sent right now, stored
-before the message that refers to it.
+refers to them any more: when a chat is deleted, and for every owner on the retention
+sweeper's timer (`unused_files_sweep`), so a file uploaded but never sent goes too. A file
+stored within the last `grace_seconds` is never swept: it may belong to a question being
+sent right now, stored before the message that refers to it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Iterable
@@ -27,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from chatlib.attachments import Attachment, AttachmentLimits, AttachmentRef, AttachmentRejected
 from chatlib.errors import AttachmentNotFound, StorageError
 from chatlib.storage import is_valid_owner_key
-from chatlib.store.engine import write_transaction
+from chatlib.store.engine import create_engine_for, write_transaction
 from chatlib.store.failures import DATABASE_ERRORS, error_code, problem
 from chatlib.store.schema import attachments, conversations, messages
 
@@ -39,6 +41,7 @@ __all__ = [
     "file_name",
     "parse_file_name",
     "referenced_hashes",
+    "unused_files_sweep",
 ]
 
 UNUSED_GRACE_SECONDS = 3600.0
@@ -198,6 +201,25 @@ class SqlAttachmentStore:
             self._log.info("attachments.swept", owner_key=owner_key, deleted=len(unused))
         return len(unused)
 
+    async def delete_unused_everywhere(self) -> int:
+        """`delete_unused` for every owner with a file older than the grace; how many went."""
+        stored_before = self._clock() - self._grace_seconds
+        statement = (
+            select(attachments.c.owner_key)
+            .where(attachments.c.created_at < stored_before)
+            .distinct()
+        )
+        try:
+            async with self._engine.connect() as connection:
+                owners = sorted((await connection.execute(statement)).scalars())
+        except DATABASE_ERRORS as exc:
+            raise self._failed(exc, "delete", "*") from exc
+        deleted = 0
+        for owner_key in owners:
+            if is_valid_owner_key(owner_key):
+                deleted += await self.delete_unused(owner_key)
+        return deleted
+
     def _failed(self, exc: Exception, doing: str, owner_key: str) -> StorageError:
         # The driver's message may quote parameters (the file's bytes): log its type only.
         self._log.warning(
@@ -262,3 +284,27 @@ async def insert_file(
         .on_conflict_do_nothing(index_elements=[attachments.c.owner_key, attachments.c.sha256])
     )
     return result.rowcount > 0
+
+
+def unused_files_sweep(
+    url: str, *, grace_seconds: float = UNUSED_GRACE_SECONDS
+) -> Callable[[float], int]:
+    """A job for `chatlib.retention.RetentionSweeper`: every owner's unused files, deleted.
+
+    The sweeper calls it from its own thread with the sweep's time; each call opens an engine
+    of its own on an event loop of its own, so the serving engine's connections stay on the
+    server's loop (as `services._prepared_database` does at startup).
+    """
+
+    async def sweep_at(now: float) -> int:
+        engine = create_engine_for(url)
+        try:
+            store = SqlAttachmentStore(engine, clock=lambda: now, grace_seconds=grace_seconds)
+            return await store.delete_unused_everywhere()
+        finally:
+            await engine.dispose()
+
+    def unused_attachments(now: float) -> int:
+        return asyncio.run(sweep_at(now))
+
+    return unused_attachments
