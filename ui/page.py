@@ -16,6 +16,7 @@ from chatlib.request_guard import RequestGuard
 from chatlib.services import Services
 from chatlib.transfer import EXPORT_MAX_AGE_SECONDS
 from chatlib.upload_guard import UploadGuard
+from chatlib.upload_owners import UploadOwners
 from chatlib.visitors import BrowserIdentity
 from ui import api
 from ui.assets import CLOSE_SIDEBAR_ON_PHONES_JS, CSS, SETTLE_ADDRESS_JS, head_html
@@ -179,6 +180,8 @@ def launch_kwargs(settings: Settings, services: Services) -> dict[str, Any]:
             "middleware": [
                 request_guard,
                 upload_guard,
+                # Gradio's copy of an upload goes back to the browser that uploaded it only.
+                Middleware(UploadOwners, trusted_proxies=services.trusted_proxies),
                 # Private links to stored attachments, and the seat cookie they are signed for.
                 Middleware(
                     AttachmentRoute,

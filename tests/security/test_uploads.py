@@ -139,3 +139,19 @@ def test_a_files_part_that_is_no_file_is_refused_without_a_traceback(
         assert http.get("config").status_code == 200  # it survives either way
     assert "Traceback" not in tail.settled()
     assert answer.status_code == 400
+
+
+def test_an_uploaded_file_is_served_back_to_its_uploader_only(security_app: AppServer) -> None:
+    seat = "uploader-seat-0123456789abcdef"
+    with http_from(security_app.url, cookies={"orc_seat": seat}) as uploader:
+        answer = uploader.post(UPLOAD, files={"files": ("photo.txt", b"private words")})
+        assert answer.status_code == 200
+        (path,) = answer.json()
+        assert uploader.get(f"gradio_api/file={path}").content == b"private words"
+    with http_from(security_app.url, cookies={"orc_seat": "another-seat-0123456789abcdef"}) as b:
+        assert b.get(f"gradio_api/file={path}").status_code == 404
+        # Another spelling of the same path is the same file.
+        assert b.get(f"gradio_api/file={path.replace('/gradio/', '/gradio/./')}").status_code == 404
+    with http_from(security_app.url) as no_cookie:
+        assert no_cookie.get(f"gradio_api/file={path}").status_code == 404
+        assert no_cookie.head(f"gradio_api/file={path}").status_code == 404
