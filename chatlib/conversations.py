@@ -14,7 +14,7 @@ import builtins
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from chatlib import branches
 from chatlib.attachments import Attachment, AttachmentLimits
 from chatlib.chat import ChatService, TurnFrame, TurnRequest
 from chatlib.client import Clock
+from chatlib.compare import Column, CompareControl, CompareFrame, check_models, merged
 from chatlib.errors import (
     ChatError,
     ConversationChanged,
@@ -42,6 +43,7 @@ from chatlib.messages import (
     strip_last_turn,
     user_message_index,
 )
+from chatlib.options import AnswerOptions
 from chatlib.storage import (
     NEW_CHAT_TITLE,
     Conversation,
@@ -197,6 +199,8 @@ class ConversationService:
             model=request.model.strip(),
             system_prompt=request.system_prompt,
             temperature=float(request.temperature),
+            # What this turn asked with (see _prepare): a later retry asks the same way.
+            options=request.options or conversation.options,
         )
         shown = start.identified(first.history)
         saved, save_error = await self._save(
@@ -279,22 +283,35 @@ class ConversationService:
                 raise InputError(NO_RETRY)
             if request.action == "edit":
                 raise InputError(NOT_EDITABLE)
-            fresh = self._store.new_conversation(
-                request.model.strip(), request.system_prompt, request.temperature
+            # A new conversation starts from the defaults unless the turn says otherwise.
+            options = request.options or AnswerOptions()
+            fresh = replace(
+                self._store.new_conversation(
+                    request.model.strip(), request.system_prompt, request.temperature
+                ),
+                options=options,
             )
-            return _Prepared(fresh, None, (), request, _new_ids(fresh))
+            return _Prepared(fresh, None, (), replace(request, options=options), _new_ids(fresh))
         stored = await self._load_for_turn(request.owner_key, request.conversation_id)
         messages = stored.messages
         ids = _new_ids(stored)
+        # A turn without its own options (a retry, the API's defaults) asks as the chat did.
+        request = replace(request, options=request.options or stored.options)
         if request.action == "retry":
-            history, question = strip_last_turn(messages)
-            if question is None:
+            # The nth question (None: the last); its answer and all after it are asked again.
+            nth = request.edit_index
+            if nth is None:
+                history, question = strip_last_turn(messages)
+                at = None if question is None else len(history)
+            else:
+                at = user_message_index(messages, nth) if nth >= 0 else None
+            if at is None:
                 raise InputError(NO_RETRY)
-            asked = messages[len(history)]
+            asked = messages[at]
             # The old answers stay, as other versions of the answer to this question.
-            forked = branches.fork(stored, len(history) + 1)
-            retried = replace(request, user_text=question)
-            return _Prepared(forked, stored, history, retried, (asked.id, ids[1]), asked)
+            forked = branches.fork(stored, at + 1)
+            retried = replace(request, user_text=asked.content)
+            return _Prepared(forked, stored, messages[:at], retried, (asked.id, ids[1]), asked)
         if request.action == "edit":
             index = None
             if request.edit_index is not None and request.edit_index >= 0:
@@ -338,6 +355,157 @@ class ConversationService:
         except StorageError as exc:
             log.warning("conversation.save_failed", error=type(exc).__name__)
             return conversation, exc
+
+    # -- comparing models --------------------------------------------------------------------
+
+    def compare(
+        self,
+        request: TurnRequest,
+        models: Sequence[str],
+        control: CompareControl | None = None,
+    ) -> AsyncGenerator[CompareFrame]:
+        """Ask one question of two or three models at once, the answers streaming together.
+
+        `request` is a "send" (its `model` is not used: `models` are asked); the question goes
+        into the owner's conversation (a new one without an id) and is saved at the start.
+        Each model is a request of its own (the rate limit counts each; each writes its usage
+        row), tied to no page. When every answer has ended they are saved as the versions of
+        one answer, the first model's active, or the one `control.keep` chose meanwhile.
+        Raises ChatError before the first frame when refused (InputError for the models,
+        RateLimited...; nothing is saved then). `control.columns[i].stop()` stops one
+        answer; `control.stop()`, or the consumer leaving, stops all, and what arrived is
+        saved in the background.
+        """
+        chosen = check_models(models)
+        if request.action != "send":
+            raise InputError("Only a new message can be compared across models.")
+        control = control or CompareControl.for_columns(len(chosen))
+        if len(control.columns) != len(chosen):
+            raise ValueError("the control needs one column per model")
+        return run_to_end(self._compare(request, chosen, control), control)
+
+    async def _compare(
+        self, request: TurnRequest, models: tuple[str, ...], control: CompareControl
+    ) -> AsyncIterator[CompareFrame]:
+        start = await self._prepare(replace(request, model=models[0]))
+        owner_key = start.request.owner_key
+        started = await self._start_columns(start, models, control)
+        streams = [frames for _, frames in started]
+        try:
+            await self._store_question_files(owner_key, start.request.attachments, streams[0])
+        except StorageError:
+            for frames in streams[1:]:
+                await frames.aclose()
+            raise
+        first = started[0][0]
+        title = start.conversation.title if _has_question(start.history) else NEW_CHAT_TITLE
+        base = replace(
+            start.conversation,
+            title=conversation_title(title, first.history),
+            model=models[0],
+            system_prompt=start.request.system_prompt,
+            temperature=float(start.request.temperature),
+            options=start.request.options or start.conversation.options,
+        )
+        asked = start.identified(first.history)[:-1]
+        saved, save_error = await self._save(owner_key, replace(base, messages=asked), start.stored)
+        expected = start.stored if save_error is not None else saved
+        self.view(request.session_key, base.id)
+        shape = _ColumnShape(models, _column_ids(asked, base, len(models)), first.answer)
+        columns = [shape.column(i, frame) for i, (frame, _) in enumerate(started)]
+        last = [frame for frame, _ in started]
+        files = dict(first.files)
+        question = replace(base, messages=asked)
+        yield CompareFrame(question, tuple(columns), len(asked), False, save_error, files)
+        async for index, frame in merged(streams):
+            last[index], columns[index] = frame, shape.column(index, frame)
+            files.update(frame.files)
+            if not all(column.done for column in columns):
+                yield CompareFrame(question, tuple(columns), len(asked), False, save_error, files)
+        final, files_error = await self._save_comparison(
+            owner_key, question, columns, last, control.chosen or 0
+        )
+        final, final_error = await self._save_answer(owner_key, final, expected, save_error)
+        self._seen(owner_key, final)
+        error = final_error or files_error or save_error
+        yield CompareFrame(final, tuple(columns), len(asked), True, error, files)
+
+    async def _start_columns(
+        self, start: _Prepared, models: tuple[str, ...], control: CompareControl
+    ) -> builtins.list[tuple[TurnFrame, AsyncGenerator[TurnFrame]]]:
+        """Each model's checked request and its first frame (nothing streams before all pass).
+
+        A refusal of any (its checks, the rate limit) is raised; the others are let go.
+        """
+        started: builtins.list[tuple[TurnFrame, AsyncGenerator[TurnFrame]]] = []
+        try:
+            for model, column in zip(models, control.columns, strict=True):
+                # No session: a newer turn of a page stops its older one, never a sister column.
+                asked = replace(
+                    start.request,
+                    model=model,
+                    conversation_id=start.conversation.id,
+                    session_key=None,
+                )
+                frames = self._chat.frames(asked, start.history, column, files=self._attachments)
+                started.append((await anext(frames), frames))
+        except BaseException:
+            for _, frames in started:
+                await frames.aclose()
+            raise
+        return started
+
+    async def _save_comparison(
+        self,
+        owner_key: str,
+        asked: Conversation,
+        columns: Sequence[Column],
+        last: Sequence[TurnFrame],
+        active: int,
+    ) -> tuple[Conversation, StorageError | None]:
+        """`asked` with every answer as a version of one answer (`active` on the path).
+
+        The pictures each model drew are stored first; one that cannot be is left out.
+        """
+        answers: builtins.list[ChatMessage] = []
+        error: StorageError | None = None
+        for column, frame in zip(columns, last, strict=True):
+            one = replace(asked, messages=(*asked.messages, column.answer))
+            one, files_error = await self._store_answer_files(owner_key, one, frame)
+            answers.append(one.messages[-1])
+            error = error or files_error
+        question_id = asked.messages[-1].id
+        others = (
+            branches.BranchNode(question_id, answer)
+            for index, answer in enumerate(answers)
+            if index != active
+        )
+        return replace(
+            asked,
+            messages=(*asked.messages, answers[active]),
+            branches=(*asked.branches, *others),
+        ), error
+
+    async def keep_answer(
+        self, owner_key: str, conversation_id: str, message_index: int, version: int
+    ) -> Conversation:
+        """Make version `version` (1-based, as written) of `messages[message_index]` active.
+
+        What "Continue with this answer" does after a comparison: the others stay as
+        versions. The result is saved and returned; InputError when there is no such
+        version, ConversationChanged if another tab changed the chat meanwhile.
+        """
+        stored = await self._store.load(owner_key, conversation_id)
+        numbered = branches.versions_of(stored)
+        if not 0 <= message_index < len(numbered) or not 1 <= version <= numbered[message_index][1]:
+            raise InputError(branches.NO_OTHER_VERSION)
+        step = version - numbered[message_index][0]
+        if step == 0:
+            return stored
+        switched = branches.switch(stored, message_index, step)
+        saved = await self._store.save(owner_key, switched, touch=False, expected=stored)
+        self._seen(owner_key, saved)
+        return saved
 
     # -- the owner's conversations -----------------------------------------------------------
 
@@ -500,6 +668,34 @@ def _new_ids(conversation: Conversation) -> tuple[str, str]:
     taken = {m.id for m in conversation.messages} | {n.id for n in conversation.branches}
     question_id = branches.new_id(taken)
     return question_id, branches.new_id({*taken, question_id})
+
+
+# Compared answers are written this far apart, in the order the models were picked: their
+# versions are numbered in that order (branches number versions by when they were written).
+_COMPARED_GAP_S = 0.001
+
+
+def _column_ids(asked: History, conversation: Conversation, count: int) -> tuple[str, ...]:
+    """Ids for `count` compared answers that no message of the conversation has."""
+    taken = {m.id for m in (*conversation.messages, *asked)} | {n.id for n in conversation.branches}
+    ids: builtins.list[str] = []
+    for _ in range(count):
+        ids.append(branches.new_id(taken | set(ids)))
+    return tuple(ids)
+
+
+@dataclass(frozen=True)
+class _ColumnShape:
+    """How a compared answer's frames become its column: its model, id and written time."""
+
+    models: tuple[str, ...]
+    ids: tuple[str, ...]
+    first: ChatMessage  # the first model's answer as it started
+
+    def column(self, index: int, frame: TurnFrame) -> Column:
+        written = (self.first.created_at or 0.0) + index * _COMPARED_GAP_S
+        answer = replace(frame.answer, id=self.ids[index], created_at=written)
+        return Column(self.models[index], answer, done=frame.done, error=frame.error)
 
 
 def _frame(

@@ -21,7 +21,7 @@ from chatlib.attachments import (
     content_parts,
 )
 from chatlib.errors import InputError, is_out_of_credits
-from chatlib.sources import Source
+from chatlib.sources import MAX_SOURCE_TITLE_CHARS, MAX_SOURCE_URL_CHARS, MAX_SOURCES, Source
 
 Role = Literal["user", "assistant", "system"]
 AnswerStatus = Literal["streaming", "complete", "stopped", "interrupted"]
@@ -657,4 +657,36 @@ def _parse_meta(raw: dict[str, Any], where: str, strict: bool, model: str | None
         generation_id=None
         if generation_id is None
         else identifier_field(generation_id, where, "generation_id", strict=strict),
+        sources=parse_sources(raw.get("sources"), where, strict=strict),
     )
+
+
+def parse_sources(raw: object, where: str, *, strict: bool) -> tuple[Source, ...]:
+    """An answer's `sources`: a list of `{"url", "title"?}`; strictly, within the limits.
+
+    Any URL text is kept (it is what the model cited): whether a page may make it a link
+    is `Source.link`'s decision, made when it is shown.
+    """
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        reject(f"{where}, field 'sources' is {describe(raw)}, expected a list")
+    if strict and len(raw) > MAX_SOURCES:
+        reject(f"{where} has {len(raw):,} sources; the limit is {MAX_SOURCES}")
+    return tuple(
+        _parse_source(item, f"{where}, source {n}", strict) for n, item in enumerate(raw, 1)
+    )
+
+
+def _parse_source(raw: object, where: str, strict: bool) -> Source:
+    if not isinstance(raw, dict):
+        reject(f"{where} is {describe(raw)}, expected an object")
+    url = text_field(
+        required(raw, "url", where), where, "url", MAX_SOURCE_URL_CHARS if strict else None
+    )
+    if strict and not url.strip():
+        reject(f"{where}, field 'url' is empty")
+    title = raw.get("title")
+    if title is not None:
+        title = text_field(title, where, "title", MAX_SOURCE_TITLE_CHARS if strict else None)
+    return Source(url=url, title=title or "")

@@ -80,7 +80,7 @@ from chatlib.messages import (
     text_field,
     timestamp_field,
 )
-from chatlib.options import AnswerOptions
+from chatlib.options import MAX_ANSWER_TOKENS, REASONING_EFFORTS, AnswerOptions
 
 # The layout and schema of stored conversations (exports share the conversation schema).
 SCHEMA_VERSION = 1
@@ -238,6 +238,9 @@ class Conversation:
         }
         if self.imported_at is not None:
             data["imported_at"] = self.imported_at
+        # Always written, defaults too: a file says what its chat asks for (older versions
+        # of the app ignore the key; a file without it reads as the defaults).
+        data["options"] = self.options.to_dict()
         if self.branches:
             # Beside `messages` (still the active path, flat): older versions of the app read
             # that and ignore this key, so they import the branch that was shown.
@@ -330,8 +333,45 @@ def parse_conversation(
         # An import's own mark is set by whoever imports (now); a file's claim is not taken.
         imported_at=None if strict else _optional_time(item, "imported_at", where),
         branches=branches,
+        options=parse_options(item.get("options"), where),
     )
     return prune(conversation)
+
+
+def parse_options(raw: object, where: str) -> AnswerOptions:
+    """A conversation's `options` (null or missing: the defaults); every field is checked.
+
+    The same rules hold for stored rows and imports: the values are few and small, and a
+    wrong one would reach the upstream request.
+    """
+    if raw is None:
+        return AnswerOptions()
+    at = f"{where}, options"
+    if not isinstance(raw, dict):
+        reject(f"{where}, field 'options' is {describe(raw)}, expected an object")
+    defaults = AnswerOptions()
+    web_search = raw.get("web_search", defaults.web_search)
+    if not isinstance(web_search, bool):
+        reject(f"{at}, field 'web_search' is {show(web_search)}, expected true or false")
+    effort = raw.get("reasoning_effort", defaults.reasoning_effort)
+    if not isinstance(effort, str) or effort not in REASONING_EFFORTS:
+        reject(
+            f"{at}, field 'reasoning_effort' is {show(effort)}, "
+            f"expected one of {'/'.join(REASONING_EFFORTS)}"
+        )
+    max_tokens = raw.get("max_tokens")
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int)
+        or not 1 <= max_tokens <= MAX_ANSWER_TOKENS
+    ):
+        number = isinstance(max_tokens, int | float) and not isinstance(max_tokens, bool)
+        shown = repr(max_tokens) if number else show(max_tokens)
+        reject(
+            f"{at}, field 'max_tokens' is {shown}, expected null or a whole "
+            f"number from 1 to {MAX_ANSWER_TOKENS:,}"
+        )
+    return AnswerOptions(web_search=web_search, reasoning_effort=effort, max_tokens=max_tokens)
 
 
 def _parse_branches(

@@ -10,11 +10,13 @@ Export format (schema_version 1)::
         {
           "id": "<32 hex>", "title": "...", "created_at": <unix s>, "updated_at": <unix s>,
           "model": "openai/gpt-4o", "system_prompt": "...", "temperature": 0.3,
+          "options": {"web_search": false, "reasoning_effort": "off", "max_tokens": null},
           "messages": [
             {"role": "user" | "assistant" | "system", "content": "...",
              "reasoning": "...", "created_at": <unix s>,
              "meta": {"model": "...", "status": "complete", "prompt_tokens": 12,
-                      "completion_tokens": 30, "cost_usd": 0.0012, ...},
+                      "completion_tokens": 30, "cost_usd": 0.0012, ...,
+                      "sources": [{"url": "https://...", "title": "..."}]},
              "id": "<message id>"}
           ],
           "branches": [
@@ -26,6 +28,11 @@ Export format (schema_version 1)::
         "<sha256>": {"name": "photo.jpg", "mime": "image/jpeg", "data_base64": "..."}
       }
     }
+
+`options` (optional: missing means the defaults) is what the chat asks answers for: web
+search, reasoning effort (off/low/medium/high), an answer length in tokens (null: the
+model's own). An answer's `sources` are the pages it cited, as cited: any URL text is
+kept, and shown as a link only when it is http(s).
 
 `messages` is the branch on screen, flat, as before versions existed, so older versions of
 the app import it (they ignore `branches` and ids). `branches` (optional) holds the other
@@ -54,9 +61,11 @@ import binascii
 import contextlib
 import hashlib
 import io
+import re
 import secrets
 import shutil
 import time
+import unicodedata
 import zipfile
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -81,6 +90,8 @@ from chatlib.messages import (
     reject,
     show,
 )
+from chatlib.options import AnswerOptions
+from chatlib.sources import Source
 from chatlib.storage import (
     SCHEMA_VERSION,
     Conversation,
@@ -307,6 +318,7 @@ def export_markdown(conversation: Conversation, paths: Mapping[str, str] | None 
     lines.append(f"- Temperature: {conversation.temperature:g}")
     created = datetime.fromtimestamp(conversation.created_at, UTC)
     lines.append(f"- Started: {created:%Y-%m-%d %H:%M} UTC")
+    lines.extend(_markdown_options(conversation.options))
     if conversation.system_prompt.strip():
         lines.append("- System prompt:")
         lines.append("")
@@ -324,6 +336,8 @@ def export_markdown(conversation: Conversation, paths: Mapping[str, str] | None 
             lines.append("")
         lines.append(message.content)
         lines.extend(_markdown_files(message, paths or {}))
+        if message.meta is not None and message.meta.sources:
+            lines.extend(_markdown_sources(message.meta.sources))
         if message.meta is not None and message.meta.error:
             lines.extend(["", f"> ⚠️ {message.meta.error}"])
     return "\n".join(lines) + "\n"
@@ -346,7 +360,52 @@ def _markdown_files(message: ChatMessage, paths: Mapping[str, str]) -> list[str]
 
 
 def _escape_link_text(text: str) -> str:
-    return "".join("\\" + c if c in "\\[]*_`<>" else c for c in text)
+    return "".join("\\" + c if c in "\\[]()*_`<>&" else c for c in text)
+
+
+def _markdown_options(options: AnswerOptions) -> list[str]:
+    """Header lines for the options that are not the defaults."""
+    defaults, lines = AnswerOptions(), []
+    if options.web_search != defaults.web_search:
+        lines.append(f"- Web search: {'on' if options.web_search else 'off'}")
+    if options.reasoning_effort != defaults.reasoning_effort:
+        lines.append(f"- Reasoning effort: {options.reasoning_effort}")
+    if options.max_tokens is not None:
+        lines.append(f"- Answer length: at most {options.max_tokens:,} tokens")
+    return lines
+
+
+def _markdown_sources(sources: Sequence[Source]) -> list[str]:
+    """The cited pages, numbered: links for http(s) URLs, any other URL as code, never a link."""
+    lines = ["", "Sources:", ""]
+    for n, source in enumerate(sources, 1):
+        title = _escape_link_text(" ".join(source.title.split()))
+        link = source.link
+        if link is None:
+            shown = _code_span(source.url)
+            lines.append(f"{n}. {title} — {shown}" if title else f"{n}. {shown}")
+            continue
+        label = title or _escape_link_text(source.domain)
+        lines.append(
+            f"{n}. [{label}]({_link_destination(link)}) — {_escape_link_text(source.domain)}"
+        )
+    return lines
+
+
+# Kept out of a link's destination: each would end it early or change how it is read.
+_DESTINATION_ESCAPES = {c: f"%{ord(c):02X}" for c in "()<>\\`\"' "}
+
+
+def _link_destination(url: str) -> str:
+    return "".join(_DESTINATION_ESCAPES.get(c, c) for c in url)
+
+
+def _code_span(text: str) -> str:
+    """`text` as inline code on one line, whatever backticks or line breaks it holds."""
+    flat = "".join("\ufffd" if unicodedata.category(c) in ("Cc", "Cs") else c for c in text)
+    fence = "`" * (max((len(run) for run in re.findall("`+", flat)), default=0) + 1)
+    # The spaces keep a backtick at either end apart from the fence (CommonMark strips one).
+    return f"{fence} {flat} {fence}"
 
 
 def _markdown_heading(message: ChatMessage) -> str:

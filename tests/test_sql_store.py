@@ -627,7 +627,7 @@ async def test_two_processes_starting_at_once_migrate_once(database: str) -> Non
             assert await store.load(ALICE, chat.id) == chat
         async with stores[1].engine.connect() as connection:
             versions = (await connection.execute(text("SELECT * FROM alembic_version"))).all()
-        assert [tuple(v) for v in versions] == [("0003",)]
+        assert [tuple(v) for v in versions] == [("0004",)]
     finally:
         for store in stores:
             await store.aclose()

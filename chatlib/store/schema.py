@@ -43,6 +43,8 @@ conversations = Table(
     Column("imported_at", Double, nullable=True),  # Unix seconds; NULL: chatted here
     # The inactive versions of messages (JSON text, NULL: none), read only with the messages.
     Column("branches", Text, nullable=True),
+    # Web search, reasoning effort, answer length (JSON text of AnswerOptions; NULL: defaults).
+    Column("options", Text, nullable=True),
     # The list's order, per owner: an index scan, never a sort of every conversation.
     Index("ix_conversations_owner_updated", "owner_key", "updated_at", "created_at", "id"),
 )

@@ -36,6 +36,7 @@ from chatlib.errors import (
 )
 from chatlib.files import json_bytes
 from chatlib.messages import ChatMessage, clean_text
+from chatlib.options import AnswerOptions
 from chatlib.storage import (
     MAX_TITLE_CHARS,
     Conversation,
@@ -476,6 +477,7 @@ def decode_conversation(row: Row[Any], rows: Sequence[MessageRow]) -> Conversati
             for node_id, role, content, reasoning, meta, created_at, files in rows
         ],
         "branches": None if row.branches is None else orjson.loads(row.branches),
+        "options": None if row.options is None else orjson.loads(row.options),
     }
     return parse_conversation(document)
 
@@ -492,7 +494,13 @@ def _conversation_values(conversation: Conversation) -> dict[str, Any]:
         "total_cost_usd": conversation.total_cost_usd,
         "imported_at": conversation.imported_at,
         "branches": encode_branches(conversation),
+        "options": encode_options(conversation.options),
     }
+
+
+def encode_options(options: AnswerOptions) -> str | None:
+    """The `options` column: JSON text (None for the defaults, as rows from before 0004)."""
+    return None if options == AnswerOptions() else json_bytes(options.to_dict()).decode()
 
 
 async def message_rows(
