@@ -886,6 +886,7 @@ class FakeOpenRouter(Fake):
         self.catalog_requests: list[RecordedRequest] = []
         self._catalog_mode = "ok"
         self._defaults: dict[str, str] = {}
+        self._model_defaults: dict[str, dict[str, str]] = {}
         self._cond = threading.Condition()
         self._active_streams = 0
         self._closing_event: asyncio.Event | None = None
@@ -953,11 +954,12 @@ class FakeOpenRouter(Fake):
             self.requests.clear()
             self.catalog_requests.clear()
             self._defaults = {}
+            self._model_defaults = {}
         self._catalog_mode = "ok"
         self.image_max_side = IMAGE_MAX_SIDE
 
-    def set_defaults(self, **directives: str | float) -> None:
-        """Set directives used when a request does not carry its own."""
+    def set_defaults(self, *, for_model: str | None = None, **directives: str | float) -> None:
+        """Set directives used when a request does not carry its own (`for_model`: its only)."""
         parsed: dict[str, str] = {}
         for key, value in directives.items():
             if key not in DIRECTIVE_KEYS:
@@ -966,6 +968,10 @@ class FakeOpenRouter(Fake):
             parsed[key] = str(value)
         _build_plan(parsed, tokens=self.default_tokens, rate=self.tokens_per_second)
         with self._cond:
+            if for_model is not None:
+                known = self._model_defaults.get(for_model, {})
+                self._model_defaults[for_model] = {**known, **parsed}
+                return
             self._defaults = {**self._defaults, **parsed}
 
     def wait_for_requests(self, n: int, timeout: float = 10.0) -> list[RecordedRequest]:
@@ -1102,7 +1108,11 @@ class FakeOpenRouter(Fake):
         except (_BadContent, OSError) as exc:  # OSError: Pillow could not read the image
             return _error(400, f"Invalid content: {exc}")
         user_text = _last_user_text(messages)
-        directives = {**self._defaults, **dict(DIRECTIVE_RE.findall(user_text))}
+        directives = {
+            **self._defaults,
+            **self._model_defaults.get(model, {}),
+            **dict(DIRECTIVE_RE.findall(user_text)),
+        }
         last_files = next(
             (
                 f
