@@ -7,26 +7,37 @@ kernel if the bench process itself dies (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import ctypes
 import json
+import logging
 import math
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import openai
 import orjson
+import structlog
+
+from chatlib.chat import TurnRequest
+from chatlib.config import Settings
+from chatlib.conversations import ConversationFrame
+from chatlib.services import Services
+from tests.fakes.openrouter import expected_reply
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -646,3 +657,97 @@ def _short_frame(frame: str) -> str:
     parts = Path(file).parts
     tail = "/".join(parts[-2:]) if parts else file
     return f"{name} ({tail})"
+
+
+# -- the in-process load benchmarks (live_answers, import_under_load, attachments_under_load) --
+
+T = TypeVar("T")
+LoadBench = Callable[[argparse.Namespace, str, Path], Awaitable[int]]
+# How a benchmark consumes one turn: directly, or as a live answer it follows.
+Consume = Callable[[Services, TurnRequest], AsyncIterator[ConversationFrame]]
+
+
+def in_process_settings(fake_url: str, data_dir: Path, **more: str) -> Settings:
+    """The app's settings for services built in this process: the fake upstream, no rate
+    limit, quiet logs; `more` adds or overrides variables (MAX_IMPORT_BYTES="...")."""
+    environ = {
+        "OPENROUTER_API_KEY": FAKE_API_KEY,
+        "OPENROUTER_BASE_URL": fake_url,
+        "DATA_DIR": str(data_dir),
+        "RATE_LIMIT_REQUESTS_PER_MIN": "0",
+        "LOG_LEVEL": "WARNING",
+        **more,
+    }
+    return Settings.from_env(environ, env_file=None)
+
+
+async def answer_gaps(
+    services: Services, consume: Consume, n: int, tokens: int, rate: float
+) -> list[float] | None:
+    """Answer one new chat; the gaps between its frames, or None if the answer was wrong."""
+    message = f"Stream {n} {secrets.token_hex(3)} [[tokens={tokens}]] [[rate={rate:g}]]"
+    request = TurnRequest(
+        owner_key=secrets.token_hex(16),
+        conversation_id=None,
+        user_text=message,
+        model=MODEL,
+        system_prompt="",
+        temperature=0.3,
+        session_key=f"bench-{n}-{secrets.token_hex(4)}",
+    )
+    gaps: list[float] = []
+    last: float | None = None
+    final = None
+    async for frame in consume(services, request):
+        now = time.perf_counter()
+        if last is not None:
+            gaps.append(now - last)
+        last = now
+        final = frame
+    if final is None or not final.done or final.error is not None:
+        return None
+    answer = final.conversation.messages[-1].content
+    return gaps if answer == expected_reply(message, tokens) else None
+
+
+def round_order(phases: Sequence[T], round_number: int) -> list[T]:
+    """The phases of one round: reversed every other round, so machine noise hits all alike."""
+    return list(phases) if round_number % 2 == 0 else list(reversed(phases))
+
+
+def verdict(ok: bool) -> int:
+    """Print PASS or FAIL; the exit status."""
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+def load_bench_main(
+    bench: LoadBench,
+    *,
+    description: str,
+    prefix: str,
+    streams: int,
+    tokens: int,
+    more_arguments: Callable[[argparse.ArgumentParser], object] | None = None,
+) -> int:
+    """The command line of a load benchmark: parse --streams/--rounds/--tokens/--rate (and
+    `more_arguments`), start the fake upstream, run `bench(args, fake_url, workdir)` in a
+    temporary folder (the services write logs/ and data only there) and print the total time.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--streams", type=int, default=streams)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=tokens, help="tokens per answer")
+    parser.add_argument("--rate", type=float, default=100.0, help="tokens per second upstream")
+    if more_arguments is not None:
+        more_arguments(parser)
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp, ProcessGroup() as group:
+        workdir = Path(tmp)
+        fake = start_fake(group, workdir / "fake", tokens_per_second=args.rate)
+        os.chdir(workdir)
+        status = asyncio.run(bench(args, fake.url, workdir))
+    print(f"total bench time {time.perf_counter() - started:.0f} s")
+    return status

@@ -21,19 +21,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import secrets
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import structlog
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import FAKE_API_KEY, MODEL, ProcessGroup, fmt, percentile, start_fake  # noqa: E402
+from bench._harness import (  # noqa: E402
+    MODEL,
+    fmt,
+    in_process_settings,
+    load_bench_main,
+    percentile,
+    round_order,
+    verdict,
+)
 from bench.live_answers import Phase, live, run_round  # noqa: E402
 from chatlib.chat import TurnRequest  # noqa: E402
 from chatlib.config import Settings  # noqa: E402
@@ -109,17 +113,11 @@ def report(phases: tuple[Phase, Phase], upload_starts: list[float], rate: float)
 
 
 async def bench(args: argparse.Namespace, fake_url: str, workdir: Path) -> int:
-    settings = Settings.from_env(
-        {
-            "OPENROUTER_API_KEY": FAKE_API_KEY,
-            "OPENROUTER_BASE_URL": fake_url,
-            "DATA_DIR": str(workdir / "data"),
-            "RATE_LIMIT_REQUESTS_PER_MIN": "0",
-            "LOG_LEVEL": "WARNING",
-            "MAX_ATTACHMENT_BYTES": str(PDF_BYTES + 1_000_000),
-            "MAX_MESSAGE_ATTACHMENT_BYTES": str(3 * PDF_BYTES),
-        },
-        env_file=None,
+    settings = in_process_settings(
+        fake_url,
+        workdir / "data",
+        MAX_ATTACHMENT_BYTES=str(PDF_BYTES + 1_000_000),
+        MAX_MESSAGE_ATTACHMENT_BYTES=str(3 * PDF_BYTES),
     )
     paths = await asyncio.to_thread(write_files, workdir)
     services = create_services(settings)
@@ -131,8 +129,7 @@ async def bench(args: argparse.Namespace, fake_url: str, workdir: Path) -> int:
     try:
         await run_round(services, Phase("warm-up", live), streams=2, tokens=20, rate=200)
         for number in range(args.rounds):
-            order = [False, True] if number % 2 == 0 else [True, False]
-            for with_upload in order:
+            for with_upload in round_order([False, True], number):
                 if with_upload:
                     upload_starts.append(
                         await round_with_upload(services, settings, phases[1], paths, args)
@@ -147,28 +144,14 @@ async def bench(args: argparse.Namespace, fake_url: str, workdir: Path) -> int:
                     )
     finally:
         await services.aclose()
-    ok = report(phases, upload_starts, args.rate)
-    print("PASS" if ok else "FAIL")
-    return 0 if ok else 1
+    return verdict(report(phases, upload_starts, args.rate))
 
 
 def main() -> int:
     """Run the benchmark and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tokens", type=int, default=300, help="tokens per answer")
-    parser.add_argument("--rate", type=float, default=100.0, help="tokens per second upstream")
-    args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="attach-bench-") as tmp, ProcessGroup() as group:
-        workdir = Path(tmp)
-        fake = start_fake(group, workdir / "fake", tokens_per_second=args.rate)
-        os.chdir(workdir)  # the services write logs/ and data only under the temp directory
-        status = asyncio.run(bench(args, fake.url, workdir))
-    print(f"total bench time {time.perf_counter() - started:.0f} s")
-    return status
+    return load_bench_main(
+        bench, description=__doc__.splitlines()[0], prefix="attach-bench-", streams=20, tokens=300
+    )
 
 
 if __name__ == "__main__":

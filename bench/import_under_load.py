@@ -24,35 +24,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 import secrets
 import sys
-import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._harness import (  # noqa: E402
-    FAKE_API_KEY,
     MODEL,
-    ProcessGroup,
+    answer_gaps,
     fmt,
+    in_process_settings,
+    load_bench_main,
     percentile,
-    start_fake,
+    round_order,
+    verdict,
 )
 from chatlib.chat import TurnRequest  # noqa: E402
-from chatlib.config import Settings  # noqa: E402
+from chatlib.conversations import ConversationFrame  # noqa: E402
 from chatlib.messages import AnswerMeta, ChatMessage  # noqa: E402
 from chatlib.services import Services, create_services  # noqa: E402
 from chatlib.storage import Conversation  # noqa: E402
 from chatlib.transfer import export_json  # noqa: E402
-from tests.fakes.openrouter import expected_reply  # noqa: E402
 
 IMPORT_CONVERSATIONS = 1000
 IMPORT_TARGET_BYTES = 4_900_000
@@ -119,31 +116,8 @@ class Phase:
     import_seconds: list[float] = field(default_factory=list)
 
 
-async def one_stream(services: Services, n: int, tokens: int, rate: float) -> list[float] | None:
-    """Answer one new chat; the gaps between its frames, or None if the answer was wrong."""
-    message = f"Stream {n} {secrets.token_hex(3)} [[tokens={tokens}]] [[rate={rate:g}]]"
-    request = TurnRequest(
-        owner_key=secrets.token_hex(16),
-        conversation_id=None,
-        user_text=message,
-        model=MODEL,
-        system_prompt="",
-        temperature=0.3,
-        session_key=f"bench-{n}-{secrets.token_hex(4)}",
-    )
-    gaps: list[float] = []
-    last: float | None = None
-    final = None
-    async for frame in services.conversations.turn(request):
-        now = time.perf_counter()
-        if last is not None:
-            gaps.append(now - last)
-        last = now
-        final = frame
-    if final is None or final.error is not None:
-        return None
-    answer = final.conversation.messages[-1].content
-    return gaps if answer == expected_reply(message, tokens) else None
+def _turn(services: Services, request: TurnRequest) -> AsyncIterator[ConversationFrame]:
+    return services.conversations.turn(request)
 
 
 async def run_round(
@@ -165,7 +139,7 @@ async def run_round(
         phase.import_seconds.append(time.perf_counter() - started)
         assert saved == IMPORT_CONVERSATIONS, saved
 
-    tasks = [one_stream(services, n, tokens, rate) for n in range(streams)]
+    tasks = [answer_gaps(services, _turn, n, tokens, rate) for n in range(streams)]
     if import_data is None:
         results = await asyncio.gather(*tasks)
     else:
@@ -178,17 +152,9 @@ async def run_round(
             phase.gaps.extend(gaps)
 
 
-async def bench(args: argparse.Namespace, fake_url: str, data_dir: Path) -> int:
-    settings = Settings.from_env(
-        {
-            "OPENROUTER_API_KEY": FAKE_API_KEY,
-            "OPENROUTER_BASE_URL": fake_url,
-            "DATA_DIR": str(data_dir),
-            "RATE_LIMIT_REQUESTS_PER_MIN": "0",
-            "MAX_IMPORT_BYTES": str(MAX_IMPORT_BYTES),
-            "LOG_LEVEL": "WARNING",
-        },
-        env_file=None,
+async def bench(args: argparse.Namespace, fake_url: str, workdir: Path) -> int:
+    settings = in_process_settings(
+        fake_url, workdir / "data", MAX_IMPORT_BYTES=str(MAX_IMPORT_BYTES)
     )
     services = create_services(settings)
     data = await asyncio.to_thread(import_file_bytes)
@@ -210,10 +176,7 @@ async def bench(args: argparse.Namespace, fake_url: str, data_dir: Path) -> int:
             import_delay=0,
         )
         for round_number in range(args.rounds):
-            order = [(baseline, None), (loaded, data)]
-            if round_number % 2:
-                order.reverse()
-            for phase, import_data in order:
+            for phase, import_data in round_order([(baseline, None), (loaded, data)], round_number):
                 await run_round(
                     services,
                     phase,
@@ -251,28 +214,23 @@ async def bench(args: argparse.Namespace, fake_url: str, data_dir: Path) -> int:
     )
     print(f"\np95 gap ratio import / baseline: {p95_ratio:.2f} (target <= {P95_RATIO_TARGET})")
     print(f"max gap ratio import / baseline: {max_ratio:.2f} (target <= {MAX_RATIO_TARGET})")
-    print("PASS" if ok else "FAIL")
-    return 0 if ok else 1
+    return verdict(ok)
+
+
+def _import_delay(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--import-delay", type=float, default=0.5, help="seconds into the answers")
 
 
 def main() -> int:
     """Run the benchmark and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tokens", type=int, default=400, help="tokens per answer")
-    parser.add_argument("--rate", type=float, default=100.0, help="tokens per second upstream")
-    parser.add_argument("--import-delay", type=float, default=0.5, help="seconds into the answers")
-    args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="import-bench-") as tmp, ProcessGroup() as group:
-        workdir = Path(tmp)
-        fake = start_fake(group, workdir / "fake", tokens_per_second=args.rate)
-        os.chdir(workdir)  # the services write logs/ and data only under the temp directory
-        status = asyncio.run(bench(args, fake.url, workdir / "data"))
-    print(f"total bench time {time.perf_counter() - started:.0f} s")
-    return status
+    return load_bench_main(
+        bench,
+        description=__doc__.splitlines()[0],
+        prefix="import-bench-",
+        streams=20,
+        tokens=400,
+        more_arguments=_import_delay,
+    )
 
 
 if __name__ == "__main__":

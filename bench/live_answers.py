@@ -25,38 +25,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
-import secrets
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._harness import (  # noqa: E402
-    FAKE_API_KEY,
-    MODEL,
-    ProcessGroup,
+    Consume,
+    answer_gaps,
     fmt,
+    in_process_settings,
+    load_bench_main,
     percentile,
-    start_fake,
+    round_order,
+    verdict,
 )
 from chatlib.chat import TurnRequest  # noqa: E402
-from chatlib.config import Settings  # noqa: E402
 from chatlib.conversations import ConversationFrame  # noqa: E402
 from chatlib.services import Services, create_services  # noqa: E402
-from tests.fakes.openrouter import expected_reply  # noqa: E402
 
 P95_RATIO_TARGET = 1.2
 CPU_RATIO_TARGET = 1.2
-
-Consume = Callable[[Services, TurnRequest], AsyncIterator[ConversationFrame]]
 
 
 async def direct(services: Services, request: TurnRequest) -> AsyncIterator[ConversationFrame]:
@@ -88,42 +80,13 @@ class Phase:
         return self.cpu_seconds * 1000 / max(self.streams, 1)
 
 
-async def one_stream(
-    services: Services, consume: Consume, n: int, tokens: int, rate: float
-) -> list[float] | None:
-    """Answer one new chat; the gaps between its frames, or None if the answer was wrong."""
-    message = f"Stream {n} {secrets.token_hex(3)} [[tokens={tokens}]] [[rate={rate:g}]]"
-    request = TurnRequest(
-        owner_key=secrets.token_hex(16),
-        conversation_id=None,
-        user_text=message,
-        model=MODEL,
-        system_prompt="",
-        temperature=0.3,
-        session_key=f"bench-{n}-{secrets.token_hex(4)}",
-    )
-    gaps: list[float] = []
-    last: float | None = None
-    final = None
-    async for frame in consume(services, request):
-        now = time.perf_counter()
-        if last is not None:
-            gaps.append(now - last)
-        last = now
-        final = frame
-    if final is None or not final.done or final.error is not None:
-        return None
-    answer = final.conversation.messages[-1].content
-    return gaps if answer == expected_reply(message, tokens) else None
-
-
 async def run_round(
     services: Services, phase: Phase, *, streams: int, tokens: int, rate: float
 ) -> None:
     """N concurrent streams consumed the phase's way; adds their gaps and CPU."""
     cpu_before = time.process_time()
     results = await asyncio.gather(
-        *(one_stream(services, phase.consume, n, tokens, rate) for n in range(streams))
+        *(answer_gaps(services, phase.consume, n, tokens, rate) for n in range(streams))
     )
     phase.cpu_seconds += time.process_time() - cpu_before
     for gaps in results:
@@ -160,18 +123,8 @@ def report(args: argparse.Namespace, phases: tuple[Phase, Phase]) -> bool:
     )
 
 
-async def bench(args: argparse.Namespace, fake_url: str, data_dir: Path) -> int:
-    settings = Settings.from_env(
-        {
-            "OPENROUTER_API_KEY": FAKE_API_KEY,
-            "OPENROUTER_BASE_URL": fake_url,
-            "DATA_DIR": str(data_dir),
-            "RATE_LIMIT_REQUESTS_PER_MIN": "0",
-            "LOG_LEVEL": "WARNING",
-        },
-        env_file=None,
-    )
-    services = create_services(settings)
+async def bench(args: argparse.Namespace, fake_url: str, workdir: Path) -> int:
+    services = create_services(in_process_settings(fake_url, workdir / "data"))
     print(
         f"{args.streams} streams x {args.tokens} tokens @ {args.rate:g} tok/s; "
         f"{args.rounds} rounds of each way"
@@ -184,35 +137,20 @@ async def bench(args: argparse.Namespace, fake_url: str, data_dir: Path) -> int:
         for consume in (direct, live):  # warm up: clients, connections, the store's first writes
             await run_round(services, Phase("warm-up", consume), streams=2, tokens=20, rate=200)
         for round_number in range(args.rounds):
-            order = list(phases) if round_number % 2 == 0 else list(reversed(phases))
-            for phase in order:
+            for phase in round_order(phases, round_number):
                 await run_round(
                     services, phase, streams=args.streams, tokens=args.tokens, rate=args.rate
                 )
     finally:
         await services.aclose()
-    ok = report(args, phases)
-    print("PASS" if ok else "FAIL")
-    return 0 if ok else 1
+    return verdict(report(args, phases))
 
 
 def main() -> int:
     """Run the benchmark and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tokens", type=int, default=200, help="tokens per answer")
-    parser.add_argument("--rate", type=float, default=100.0, help="tokens per second upstream")
-    args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="live-bench-") as tmp, ProcessGroup() as group:
-        workdir = Path(tmp)
-        fake = start_fake(group, workdir / "fake", tokens_per_second=args.rate)
-        os.chdir(workdir)  # the services write logs/ and data only under the temp directory
-        status = asyncio.run(bench(args, fake.url, workdir / "data"))
-    print(f"total bench time {time.perf_counter() - started:.0f} s")
-    return status
+    return load_bench_main(
+        bench, description=__doc__.splitlines()[0], prefix="live-bench-", streams=50, tokens=200
+    )
 
 
 if __name__ == "__main__":
