@@ -13,6 +13,8 @@ import structlog
 from sqlalchemy import select, text
 
 from chatlib.messages import AnswerMeta, ChatMessage
+from chatlib.options import AnswerOptions
+from chatlib.sources import Source
 from chatlib.storage import Conversation, ConversationStore
 from chatlib.store import SqlConversationStore, database_url, import_json_directory, open_store
 from chatlib.store.json_import import IMPORT_MARKER
@@ -66,7 +68,14 @@ def _write_todays_folder(data_dir: Path) -> dict[str, list[Conversation]]:
         latency_ms=1900.0,
         generation_id="gen-abc",
     )
-    monad = chat(ALICE, question, complete)
+    cited = replace(
+        complete,
+        meta=replace(
+            complete.meta, sources=(Source("https://ncatlab.org/nlab/show/monad", "nLab"),)
+        ),  # type: ignore[arg-type]
+    )
+    searched = AnswerOptions(web_search=True, reasoning_effort="medium", max_tokens=4000)
+    monad = chat(ALICE, question, cited, options=searched)
     renamed = files.rename(ALICE, monad.id, "Category theory")  # revision 2
     written[ALICE][-1] = files.save(ALICE, _with(renamed, "And a functor?"), expected=renamed)
     chat(ALICE, question, _answer("Mid-answ", status="streaming"))
@@ -117,9 +126,13 @@ async def test_every_conversation_of_every_owner_arrives_exactly(
                 imported = await store.load(owner, conversation.id)
                 assert imported == reference.load(owner, conversation.id)
                 assert imported.revision == conversation.revision
+                assert imported.options == conversation.options  # web search, reasoning, length
             # The same order, titles, dates, counts and costs.
             assert (await store.list(owner)).conversations == listings[owner]
         assert [s.title for s in await store.search(ALICE, "FUNCTOR")] == ["Category theory"]
+        monad = await store.load(ALICE, written[ALICE][0].id)
+        assert monad.options.web_search and monad.messages[1].meta is not None
+        assert [s.title for s in monad.messages[1].meta.sources] == ["nLab"]
         assert [s.title for s in await store.search(BOB, "résumé")] == []  # the damaged one
     finally:
         await store.aclose()

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chatlib.errors import InputError
 from chatlib.messages import (
     AnswerMeta,
     ChatMessage,
+    ImportLimits,
+    SchemaError,
     build_upstream_messages,
     check_model_id,
     check_system_prompt,
@@ -15,9 +21,11 @@ from chatlib.messages import (
     check_user_input,
     format_answer_footer,
     history_from_dicts,
+    parse_message,
     strip_last_turn,
     user_message_index,
 )
+from chatlib.sources import MAX_SOURCE_TITLE_CHARS, MAX_SOURCE_URL_CHARS, MAX_SOURCES, Source
 from ui.display import to_display
 
 
@@ -176,3 +184,103 @@ def test_a_question_saved_without_its_answer_shows_as_interrupted() -> None:
     shown = to_display((ChatMessage("user", "Are you there?"),))
     assert [m["role"] for m in shown] == ["user", "assistant"]
     assert "interrupted" in shown[-1]["content"] and "Retry" in shown[-1]["content"]
+
+
+# -- the pages an answer cites ------------------------------------------------------------------
+
+CITED = (
+    Source("https://en.wikipedia.org/wiki/Lighthouse", "Lighthouse - Wikipedia"),
+    Source("https://example.org/no-title"),
+    Source("javascript:alert(1)", "Kept as the model cited it, never a link"),
+)
+
+
+def _answer_with(sources: object) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "content": "It helps ships.",
+        "meta": {"model": "m/x", "sources": sources},
+    }
+
+
+def test_an_answers_sources_come_back_as_they_were_saved() -> None:
+    answer = ChatMessage(
+        "assistant", "It helps ships.", meta=AnswerMeta("m/x", "complete", sources=CITED)
+    )
+
+    saved = answer.to_dict()
+
+    assert saved["meta"]["sources"][1] == {"url": "https://example.org/no-title"}
+    assert ChatMessage.from_dict(saved) == answer
+    assert parse_message(saved, limits=ImportLimits()) == answer  # an import takes them too
+    assert [s.link for s in parse_message(saved).meta.sources] == [  # type: ignore[union-attr]
+        "https://en.wikipedia.org/wiki/Lighthouse",
+        "https://example.org/no-title",
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sources", "reason"),
+    [
+        ("https://a.example", "field 'sources' is a string, expected a list"),
+        (["https://a.example"], "source 1 is a string, expected an object"),
+        ([{"title": "no address"}], "source 1 is missing the field 'url'"),
+        ([{"url": 42}], "source 1, field 'url' is a number, expected a string"),
+        ([{"url": "  "}], "source 1, field 'url' is empty"),
+        ([{"url": "https://a.example", "title": ["x"]}], "field 'title' is a list, expected a str"),
+        (
+            [{"url": "https://a.example/" + "x" * MAX_SOURCE_URL_CHARS}],
+            f"field 'url' is {MAX_SOURCE_URL_CHARS + 18:,} characters; the limit is "
+            f"{MAX_SOURCE_URL_CHARS:,}",
+        ),
+        (
+            [{"url": "https://a.example", "title": "t" * (MAX_SOURCE_TITLE_CHARS + 1)}],
+            f"field 'title' is {MAX_SOURCE_TITLE_CHARS + 1} characters",
+        ),
+        (
+            [{"url": f"https://a.example/{n}"} for n in range(MAX_SOURCES + 1)],
+            f"has {MAX_SOURCES + 1} sources; the limit is {MAX_SOURCES}",
+        ),
+    ],
+)
+def test_an_imported_answer_with_odd_sources_is_refused_naming_the_field(
+    sources: object, reason: str
+) -> None:
+    with pytest.raises(SchemaError) as refused:
+        parse_message(_answer_with(sources), where="message 2", limits=ImportLimits())
+    assert reason in refused.value.reason
+    assert refused.value.reason.startswith("message 2, meta")
+
+
+_HOSTILE = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=60)
+    | st.text(min_size=MAX_SOURCE_URL_CHARS - 2, max_size=MAX_SOURCE_URL_CHARS + 2)
+    | st.lists(st.text(max_size=5), max_size=2)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from(["url", "title", "content"]), _HOSTILE, max_size=3),
+        max_size=4,
+    )
+    | _HOSTILE
+)
+def test_any_sources_in_an_import_are_taken_whole_or_refused_with_a_reason(sources: object) -> None:
+    try:
+        message = parse_message(_answer_with(sources), limits=ImportLimits())
+    except SchemaError as refused:
+        assert "sources" in refused.reason or "source " in refused.reason
+        return
+    assert message.meta is not None
+    for source in message.meta.sources:
+        assert source.url.strip() and len(source.url) <= MAX_SOURCE_URL_CHARS
+        assert len(source.title) <= MAX_SOURCE_TITLE_CHARS
+        assert source.link is None or source.link.lower().startswith(("http://", "https://"))
+    assert parse_message(message.to_dict(), limits=ImportLimits()) == message

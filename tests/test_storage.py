@@ -29,6 +29,8 @@ from chatlib.errors import (
     StorageError,
 )
 from chatlib.messages import AnswerMeta, ChatMessage
+from chatlib.options import AnswerOptions
+from chatlib.sources import Source
 from chatlib.storage import (
     MAX_TITLE_CHARS,
     NEW_CHAT_TITLE,
@@ -703,6 +705,32 @@ def test_old_files_without_a_revision_read_as_revision_zero(tmp_path: Path) -> N
     path.write_bytes(orjson.dumps(document))
 
     assert store.load(ALICE, saved.id) == replace(saved, revision=0)
+
+
+def test_a_chats_options_and_an_answers_sources_are_kept_and_old_files_read_as_defaults(
+    tmp_path: Path,
+) -> None:
+    store = ConversationStore(tmp_path)
+    chat = _chat(store, ALICE, "Who won yesterday?")
+    answer = chat.messages[1]
+    assert answer.meta is not None
+    cited = (Source("https://news.example/match", "Match report"), Source("ftp://odd.example"))
+    searched = replace(
+        chat,
+        messages=(chat.messages[0], replace(answer, meta=replace(answer.meta, sources=cited))),
+        options=AnswerOptions(web_search=True, reasoning_effort="low", max_tokens=800),
+    )
+    saved = store.save(ALICE, searched, expected=chat)
+
+    reopened = ConversationStore(tmp_path).load(ALICE, saved.id)
+    assert reopened == saved and reopened.options == searched.options
+    assert reopened.messages[1].meta is not None and reopened.messages[1].meta.sources == cited
+
+    path = _owner_dir(tmp_path, ALICE) / f"{saved.id}.json"
+    document = orjson.loads(path.read_bytes())
+    del document["options"]  # as an older version of the app wrote it
+    path.write_bytes(orjson.dumps(document))
+    assert store.load(ALICE, saved.id) == replace(saved, options=AnswerOptions())
 
 
 def test_a_write_waits_for_another_process_holding_the_owners_lock(tmp_path: Path) -> None:

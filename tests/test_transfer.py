@@ -19,10 +19,13 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from markdown_it import MarkdownIt
 
 from chatlib.attachments import Attachment
 from chatlib.errors import ImportRejected
 from chatlib.messages import AnswerMeta, ChatMessage
+from chatlib.options import AnswerOptions
+from chatlib.sources import Source
 from chatlib.storage import Conversation, ConversationStore, is_valid_conversation_id
 from chatlib.transfer import (
     EXPORT_MAX_AGE_SECONDS,
@@ -187,6 +190,136 @@ def test_markdown_export_reads_like_the_chat(store: ConversationStore) -> None:
     assert markdown.index("**You**") < markdown.index("**Assistant**")
 
 
+SEARCHED = (
+    Source("https://en.wikipedia.org/wiki/Treasure_(pirates)", "Treasure [pirates] (wiki)"),
+    Source("https://www.example.org/map"),
+    Source("javascript:alert(document.cookie)", "Click me"),
+    Source("file:///etc/passwd\n\n# injected heading"),
+)
+
+
+def _searched(store: ConversationStore) -> Conversation:
+    """A chat that searched the web: its options and an answer citing pages, some hostile."""
+    chat = _conversation(store, ALICE, "Where is the treasure?")
+    answer = chat.messages[1]
+    assert answer.meta is not None
+    cited = replace(answer, meta=replace(answer.meta, sources=SEARCHED))
+    options = AnswerOptions(web_search=True, reasoning_effort="high", max_tokens=2000)
+    return store.save(ALICE, replace(chat, messages=(chat.messages[0], cited), options=options))
+
+
+def test_a_chats_options_and_an_answers_sources_travel_in_the_json_export(
+    store: ConversationStore,
+) -> None:
+    chat = _searched(store)
+
+    document = orjson.loads(export_json([chat], now=NOW))
+    (imported,) = _import(store, BOB, export_json([chat], now=NOW), max_bytes=5 * MB)
+
+    exported = document["conversations"][0]
+    assert exported["options"] == {
+        "web_search": True,
+        "reasoning_effort": "high",
+        "max_tokens": 2000,
+    }
+    assert exported["messages"][1]["meta"]["sources"][0] == {
+        "url": "https://en.wikipedia.org/wiki/Treasure_(pirates)",
+        "title": "Treasure [pirates] (wiki)",
+    }
+    assert imported.options == chat.options
+    assert imported.messages[1].meta == chat.messages[1].meta
+    assert store.load(BOB, imported.id).options == chat.options
+
+
+def test_a_file_from_before_options_imports_with_the_defaults(store: ConversationStore) -> None:
+    document = _conversation(store, ALICE, "Old chat").to_dict()
+    del document["options"]
+
+    (imported,) = _parse(orjson.dumps(document))
+
+    assert imported.options == AnswerOptions()
+
+
+def test_markdown_lists_an_answers_sources_numbered_and_links_only_web_pages(
+    store: ConversationStore,
+) -> None:
+    markdown = export_markdown(_searched(store))
+
+    assert "Sources:\n\n1. [Treasure \\[pirates\\] \\(wiki\\)](" in markdown
+    assert "(https://en.wikipedia.org/wiki/Treasure_%28pirates%29) — en.wikipedia.org" in markdown
+    assert "2. [example.org](https://www.example.org/map) — example.org" in markdown
+    assert "3. Click me — ` javascript:alert(document.cookie) `" in markdown
+    assert "4. ` file:///etc/passwd\ufffd\ufffd# injected heading `" in markdown
+    assert markdown.index("Arr,") < markdown.index("Sources:")
+    links = _links(markdown)
+    assert links == [
+        "https://en.wikipedia.org/wiki/Treasure_%28pirates%29",
+        "https://www.example.org/map",
+    ]
+    assert "<h1>injected" not in MarkdownIt("commonmark").render(markdown)
+
+
+def test_markdown_names_the_chats_options_only_when_they_are_not_the_defaults(
+    store: ConversationStore,
+) -> None:
+    plain = export_markdown(_conversation(store, ALICE, "Hi"))
+    searched = export_markdown(_searched(store))
+
+    assert "Web search" not in plain and "Reasoning" not in plain and "Answer length" not in plain
+    header = searched.split("---")[0]
+    assert "- Web search: on\n- Reasoning effort: high\n- Answer length: at most 2,000 tokens" in (
+        header
+    )
+
+
+def _links(markdown: str) -> list[str]:
+    """Every link a Markdown viewer would make (none filtered out by the parser's own checks)."""
+    parser = MarkdownIt("commonmark")
+    parser.validateLink = lambda _url: True  # type: ignore[method-assign]
+    found: list[str] = []
+    tokens = list(parser.parse(markdown))
+    while tokens:
+        token = tokens.pop()
+        tokens.extend(token.children or ())
+        if token.type == "link_open":
+            found.insert(0, str(token.attrs["href"]))
+    return found
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            Source,
+            url=st.text(min_size=1, max_size=60)
+            | st.sampled_from(
+                ["https://", "http://x/", "HTTPS://A.EXAMPLE/(", "javascript:x"]
+            ).flatmap(lambda start: st.text(max_size=30).map(start.__add__)),
+            title=st.text(max_size=40),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_whatever_a_source_says_the_markdown_links_only_web_pages(sources: list[Source]) -> None:
+    answer = ChatMessage(
+        "assistant", "Answer", meta=AnswerMeta("m/x", "complete", sources=tuple(sources))
+    )
+    chat = Conversation(
+        "c" * 32, "Sources", 1.0, 1.0, "m/x", "", 0.3, (ChatMessage("user", "q"), answer)
+    )
+
+    markdown = export_markdown(chat)
+
+    listed = markdown.split("Sources:\n\n", 1)[1].rstrip("\n").split("\n")
+    assert [line.split(". ", 1)[0] for line in listed] == [
+        str(n) for n in range(1, len(sources) + 1)
+    ]
+    for href in _links(markdown):
+        assert href.lower().startswith(("http://", "https://"))
+    assert len(_links(markdown)) == sum(s.link is not None for s in sources)
+
+
 # -- import: what is accepted -----------------------------------------------------------------
 
 
@@ -284,13 +417,22 @@ EXPECTED_REASONS = {
     "model_with_spaces.json": "field 'model' contains spaces or control characters",
     "nan_temperature.json": "file is not JSON: unexpected character",
     "negative_cost.json": "message 1, meta, field 'cost_usd' is -1, expected a number from 0",
+    "max_tokens_fraction.json": "options, field 'max_tokens' is 12.5, expected null or a whole",
+    "max_tokens_zero.json": "conversation 1, options, field 'max_tokens' is 0, expected null or",
     "negative_tokens.json": "field 'completion_tokens' is a number, expected a whole number ≥ 0",
     "nested_too_deep.json": "file is not JSON: depth limit exceeded",
     "newer_schema.json": "schema_version 2, newer than this app reads (1)",
     "no_conversations.json": "file contains no conversations",
     "only_whitespace.json": "file is empty",
+    "options_not_an_object.json": "field 'options' is a string, expected an object",
+    "reasoning_effort_unknown.json": (
+        "options, field 'reasoning_effort' is 'extreme', expected one of off/low/medium/high"
+    ),
     "path_title_with_tool_role.json": "message 1 has role 'function', expected user/assistant",
     "plain_text.json": "file is not JSON: unexpected character",
+    "source_title_too_long.json": "meta, source 1, field 'title' is 301 characters; the limit",
+    "source_url_is_a_number.json": "message 2, meta, source 2, field 'url' is a number",
+    "sources_not_a_list.json": "meta, field 'sources' is an object, expected a list",
     "role_tool.json": "conversation 1, message 2 has role 'tool', expected user/assistant/system",
     "temperature_as_text.json": "field 'temperature' is a string, expected a number",
     "temperature_out_of_range.json": "field 'temperature' is 7, expected a number from 0 to 2",
@@ -304,6 +446,7 @@ EXPECTED_REASONS = {
     "unknown_status.json": "meta has status 'hacked'",
     "unrelated_object.json": "neither 'conversations' nor 'messages'",
     "utf16_with_bom.json": "file is UTF-16 encoded; it must be UTF-8",
+    "web_search_as_text.json": "options, field 'web_search' is 'yes', expected true or false",
     "wrong_format.json": "field 'format' is 'chatgpt-export', expected 'openrouter-chat'",
 }
 
@@ -372,6 +515,15 @@ messages = st.fixed_dictionaries(
                     "cost_usd": mostly(st.floats(0, 10), st.floats(-1, 2e6)),
                     "error": mostly(st.text(max_size=20)),
                     "generation_id": mostly(st.text(max_size=20)),
+                    "sources": mostly(
+                        st.lists(
+                            st.fixed_dictionaries(
+                                {"url": mostly(st.text(min_size=1, max_size=40))},
+                                optional={"title": mostly(st.text(max_size=20))},
+                            ),
+                            max_size=3,
+                        )
+                    ),
                 },
             )
         ),
@@ -390,6 +542,21 @@ conversations = st.fixed_dictionaries(
         "created_at": mostly(st.floats(0, 2e9), st.floats(-1, 4e10)),
         "updated_at": mostly(st.floats(0, 2e9), st.floats(-1, 4e10)),
         "schema_version": mostly(st.just(1), st.sampled_from([2, 0, 1.5])),
+        "options": mostly(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "web_search": mostly(st.booleans(), st.sampled_from([0, 1, "true"])),
+                    "reasoning_effort": mostly(
+                        st.sampled_from(["off", "low", "medium", "high"]),
+                        st.sampled_from(["HIGH", "max", ""]),
+                    ),
+                    "max_tokens": mostly(
+                        st.none() | st.integers(1, 10**6), st.integers(-1, 10**7) | st.floats()
+                    ),
+                },
+            )
+        ),
     },
 )
 documents = (
