@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
+import secrets
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -22,13 +24,13 @@ import httpx2
 import openai
 import orjson
 import structlog
-from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletionMessageParam
+from openai import AsyncAPIResponse, AsyncOpenAI, AsyncStream, RequestOptions
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from chatlib import errors
 from chatlib.config import Settings
 from chatlib.logging import redact_secret_shapes
-from chatlib.sources import Source
+from chatlib.sources import MAX_SOURCES, Source, sources_from_annotations
 
 log = structlog.get_logger(__name__)
 
@@ -384,6 +386,7 @@ class _ChunkBatch:
     text: list[str]
     reasoning: list[str]
     images: list[str] = field(default_factory=list)  # data URLs, in order
+    sources: list[Source] = field(default_factory=list)  # cited pages, in order (repeats too)
     usage: Mapping[str, Any] | None = None
     finish_reason: str | None = None
     generation_id: str | None = None
@@ -446,9 +449,11 @@ def _add_chunk(batch: _ChunkBatch, chunk: Any) -> None:
             if isinstance(content, str) and content:
                 batch.text.append(content)
             batch.images.extend(_image_urls(delta.get("images")))
-        message = choice.get("message")  # a final, non-delta message: only its pictures
+            batch.sources.extend(_sources(delta.get("annotations")))
+        message = choice.get("message")  # a final, non-delta message: pictures and sources
         if isinstance(message, Mapping):
             batch.images.extend(_image_urls(message.get("images")))
+            batch.sources.extend(_sources(message.get("annotations")))
         finish = choice.get("finish_reason")
         if isinstance(finish, str) and finish:
             batch.finish_reason = finish
@@ -473,6 +478,20 @@ def _image_urls(images: Any) -> list[str]:
         else:
             log.warning("chat.image_skipped", reason="image without a URL")
     return urls
+
+
+def _sources(annotations: Any) -> list[Source]:
+    """The `url_citation` sources of an `annotations` list; odd shapes give none.
+
+    Sources are extras: whatever the upstream sent, they must not cost the answer its text.
+    """
+    if annotations is None:
+        return []
+    try:
+        return sources_from_annotations(annotations)
+    except Exception as exc:  # noqa: BLE001 - logged and left out, the text goes on
+        log.warning("chat.sources_skipped", reason=type(exc).__name__)
+        return []
 
 
 async def _read(chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
@@ -551,6 +570,7 @@ class _Events:
         self.generation_id: str | None = None
         self.finish_reason: str | None = None
         self.ended = False  # `[DONE]` came
+        self._source_titled: dict[str, bool] = {}  # URL sent in this answer -> with a title
 
     @property
     def has_content(self) -> bool:
@@ -578,6 +598,8 @@ class _Events:
             yield ImageDelta(url)
         if batch.text:
             yield TextDelta("".join(batch.text))
+        if batch.sources and (new := self._new_sources(batch.sources)):
+            yield SourcesFound(new)  # not a first token: a page shows text, not a list
         if batch.usage is not None:
             yield _usage_event(batch.usage)
         if batch.error is not None:
@@ -586,6 +608,21 @@ class _Events:
             raise batch.broken
         if batch.done:
             self.ended = True
+
+    def _new_sources(self, sources: list[Source]) -> tuple[Source, ...]:
+        """The sources of `sources` not sent before (one per URL), within MAX_SOURCES.
+
+        A URL sent without a title comes again once a title for it arrives (merging keeps it).
+        """
+        new: dict[str, Source] = {}
+        for source in sources:
+            titled = self._source_titled.get(source.url)
+            if titled is None and len(self._source_titled) >= MAX_SOURCES:
+                continue  # a runaway stream of citations cannot grow the answer without end
+            if titled is None or (not titled and source.title):
+                self._source_titled[source.url] = bool(source.title)
+                new[source.url] = source
+        return tuple(new.values())
 
     def finished(self) -> Finished:
         """The closing event of a complete answer; _Truncated if it may be cut short."""
@@ -680,6 +717,113 @@ def _stream_error(exc: Exception, *, idle_timeout: float) -> errors.UpstreamErro
     )
 
 
+# Message strings at least this long (the data URLs of files) are encoded apart from the
+# rest of the body, in slices, in a thread, and the body goes to the socket in pieces. A turn
+# with a 20 MB PDF and a 10 MB photo is ~33 MB of JSON: encoding it in one call (the SDK's
+# json.dumps ~300 ms, orjson ~50 ms, both holding the GIL) or handing it to the socket in one
+# write (a ~100 ms copy into asyncio's buffer) would stall every other answer's frames.
+BIG_STRING_CHARS = 64 * 1024
+_SLICE_CHARS = 1024 * 1024
+_RAW_JSON_SLICE = re.compile(r"[A-Za-z0-9+/=:;,._-]*")  # base64 data URLs: nothing to escape
+# Ask the SDK for the raw, unread response (what `with_streaming_response` does), so the SSE
+# body is read here; and for bearer auth, as its own `chat.completions.create` does.
+_RAW_STREAM_HEADER = {"X-Stainless-Raw-Response": "stream"}
+
+
+@dataclass(frozen=True)
+class RequestBody:
+    """A JSON request body in pieces, written one at a time; iterable again for SDK retries."""
+
+    pieces: tuple[bytes, ...]
+
+    def __len__(self) -> int:
+        return sum(len(piece) for piece in self.pieces)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.pieces)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+
+
+def _json_string_pieces(text: str) -> list[bytes]:
+    """`text` as a JSON string literal, in slices of at most _SLICE_CHARS.
+
+    Each slice is one short C call, so the thread doing this hands the GIL back to the event
+    loop between slices. A string that needs escaping is encoded whole (not a data URL).
+    """
+    pieces = [b'"']
+    for start in range(0, len(text), _SLICE_CHARS):
+        part = text[start : start + _SLICE_CHARS]
+        if _RAW_JSON_SLICE.fullmatch(part) is None:
+            return [orjson.dumps(text)]
+        pieces.append(part.encode("ascii"))
+    pieces.append(b'"')
+    return pieces
+
+
+def _assemble(skeleton: Mapping[str, Any], marker: str, big: list[str]) -> tuple[bytes, ...]:
+    """The body's pieces: `skeleton` encoded, each `"<marker><n>"` replaced by `big[n]`."""
+    encoded = orjson.dumps(skeleton)
+    pieces: list[bytes] = []
+    at = 0
+    for match in re.finditer(b'"' + marker.encode() + rb'(\d+)"', encoded):
+        pieces.append(encoded[at : match.start()])
+        pieces.extend(_json_string_pieces(big[int(match.group(1))]))
+        at = match.end()
+    pieces.append(encoded[at:])
+    return tuple(piece for piece in pieces if piece)
+
+
+async def encode_request_body(body: Mapping[str, Any]) -> bytes | RequestBody:
+    """`body` as JSON (orjson): bytes, or a RequestBody in pieces when its messages are big.
+
+    The same JSON either way. TypeError (orjson.JSONEncodeError) if it cannot be encoded,
+    e.g. a lone surrogate.
+    """
+    marker = f"big-string-{secrets.token_hex(8)}-"
+    big: list[str] = []
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, str) and len(value) >= BIG_STRING_CHARS:
+            big.append(value)
+            return f"{marker}{len(big) - 1}"
+        if isinstance(value, Mapping):
+            return {key: swap(inner) for key, inner in value.items()}
+        if isinstance(value, list):
+            return [swap(inner) for inner in value]
+        return value
+
+    skeleton = {**body, "messages": swap(body.get("messages"))}
+    if not big:
+        return orjson.dumps(body)
+    return RequestBody(await asyncio.to_thread(_assemble, skeleton, marker, big))
+
+
+async def _post_chat(client: AsyncOpenAI, content: bytes | RequestBody) -> AsyncAPIResponse[Any]:
+    """POST the encoded body to /chat/completions through the SDK; the response is unread.
+
+    Going through the client's own `post` keeps what `chat.completions.create` does: the
+    same headers (auth, attribution, JSON content type), timeouts, retries and error
+    mapping; only the encoding moved out. A body in pieces states its length, so it is not
+    sent chunked.
+    """
+    headers = dict(_RAW_STREAM_HEADER)
+    if isinstance(content, RequestBody):
+        headers["Content-Length"] = str(len(content))
+    options: RequestOptions = {"headers": headers, "security": {"bearer_auth": True}}
+    response = await client.post(
+        "/chat/completions",
+        cast_to=ChatCompletion,
+        content=content,
+        options=options,
+        stream=True,
+        stream_cls=AsyncStream[ChatCompletionChunk],
+    )
+    return cast("AsyncAPIResponse[Any]", response)
+
+
 async def stream_chat(
     client: AsyncOpenAI,
     *,
@@ -693,25 +837,39 @@ async def stream_chat(
 ) -> AsyncIterator[StreamEvent]:
     """Stream one answer as typed events; always ends with Finished or StreamFailed.
 
-    FirstToken comes once, right before the first text, reasoning or picture (ImageDelta).
-    The SDK sends the request (auth, headers, timeouts, retries, HTTP error mapping); the
-    SSE body is parsed here with orjson, one batch per network read. Building an SDK model
-    per token cost ~200 us each, 40 % of the app's CPU while streaming. Once text has
-    arrived, `pace` (if given) is awaited whenever everything buffered has been read, so a
-    slow stream is read in bursts (about one per frame) instead of one wake-up per token.
+    FirstToken comes once, right before the first text, reasoning or picture (ImageDelta);
+    SourcesFound carries cited pages not seen before in this answer. The body is encoded
+    here (off the loop when big: `encode_request_body`); the SDK sends it (auth, headers,
+    timeouts, retries, HTTP error mapping); the SSE body is parsed here with orjson, one
+    batch per network read. Building an SDK model per token cost ~200 us each, 40 % of the
+    app's CPU while streaming. Once text has arrived, `pace` (if given) is awaited whenever
+    everything buffered has been read, so a slow stream is read in bursts (about one per
+    frame) instead of one wake-up per token.
     Closing this generator (e.g. the user pressed Stop) closes the upstream connection.
     """
     events = _Events(clock)
-    request = client.chat.completions.with_streaming_response.create(
-        model=model,
-        messages=cast("list[ChatCompletionMessageParam]", list(messages)),
-        temperature=temperature,
-        stream=True,
-        extra_body=dict(extra_body or {}),
-    )
+    request_body = {
+        "model": model,
+        "stream": True,
+        "messages": list(messages),
+        "temperature": temperature,
+        **(extra_body or {}),
+    }
+    try:
+        content = await encode_request_body(request_body)
+    except TypeError as exc:  # orjson: e.g. a lone surrogate, which no upstream would take
+        log.warning("chat.request_unencodable", error=type(exc).__name__)
+        yield events.failed(
+            errors.BadRequest(
+                "The message could not be sent: it holds characters that cannot be encoded. "
+                "Remove them and try again.",
+                code="bad_request",
+            )
+        )
+        return
     try:
         async with asyncio.timeout(idle_timeout):
-            response = await request.__aenter__()
+            response = await _post_chat(client, content)
     except openai.APIError as exc:
         yield events.failed(map_api_error(exc, model=model, started=False))
         return
@@ -735,4 +893,4 @@ async def stream_chat(
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the text so far is kept
         yield events.failed(_stream_error(exc, idle_timeout=idle_timeout))
     finally:
-        await request.__aexit__(None, None, None)
+        await response.close()
