@@ -14,17 +14,19 @@ from typing import Any
 import orjson
 import pytest
 
+from chatlib.branches import versions_of
 from chatlib.chat import ChatService
 from chatlib.client import ClientPool
 from chatlib.conversations import ConversationService, TurnRequest
 from chatlib.errors import ConversationNotFound, ImportRejected, InputError, StorageError
 from chatlib.frames import FrameBudget
 from chatlib.messages import History
+from chatlib.options import AnswerOptions
 from chatlib.storage import AsyncConversationStore, Conversation, ConversationStore
 from chatlib.usage import UsageLog, UsageRecord, read_usage
 from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
-from tests.turns import OWNER, eventually, last_frame, turn_request
+from tests.turns import MODEL, OWNER, eventually, last_frame, turn_request
 
 SLOW = "tell me a long story [[tokens=400]] [[rate=40]]"
 
@@ -228,6 +230,88 @@ async def test_retry_asks_the_last_question_again_in_place_of_its_answer(
     assert stored == final.conversation
     assert _texts(stored) == ["first", "second"]
     assert [m.role for m in stored.messages] == ["user", "assistant"] * 2
+
+
+async def test_retry_at_an_earlier_answer_asks_that_question_again_and_keeps_what_followed(
+    fake: FakeOpenRouter, services: tuple[ChatService, ConversationService, UsageLog]
+) -> None:
+    _, conversations, _ = services
+    conversation_id = await _chat(conversations, "first", "second", "third")
+    before = await conversations.open(OWNER, conversation_id)
+
+    retry = _turn("", conversation_id, action="retry", edit_index=0)
+    final = await _last(conversations.turn(retry))
+
+    stored = await conversations.open(OWNER, conversation_id)
+    assert stored == final.conversation
+    assert _texts(stored) == ["first"] and [m.role for m in stored.messages] == [
+        "user",
+        "assistant",
+    ]
+    assert stored.messages[0].id == before.messages[0].id  # the same question, asked again
+    sent = fake.chat_requests()[-1].body["messages"]
+    assert [(m["role"], m["content"]) for m in sent] == [("user", f"first\n{QUICK}")]
+    # The old answer, and the questions after it, are the other version of that answer.
+    assert versions_of(stored) == ((1, 1), (2, 2))
+    back = await conversations.switch_version(OWNER, conversation_id, 1, -1)
+    assert back.messages == before.messages
+
+
+async def test_retry_with_another_model_keeps_both_answers_each_naming_its_model(
+    fake: FakeOpenRouter, services: tuple[ChatService, ConversationService, UsageLog]
+) -> None:
+    _, conversations, _ = services
+    conversation_id = await _chat(conversations, "first", "second")
+    other = "anthropic/claude-sonnet-4"
+
+    retry = _turn("", conversation_id, action="retry", edit_index=1, model=other)
+    await _last(conversations.turn(retry))
+
+    stored = await conversations.open(OWNER, conversation_id)
+    assert fake.chat_requests()[-1].body["model"] == other
+    assert _texts(stored) == ["first", "second"] and versions_of(stored)[3] == (2, 2)
+    answers = [stored.messages[3], *(n.message for n in stored.branches)]
+    assert [a.meta.model for a in answers if a.meta] == [other, MODEL]
+    assert stored.messages[1].meta is not None and stored.messages[1].meta.model == MODEL
+    shown = await conversations.switch_version(OWNER, conversation_id, 3, -1)
+    assert shown.messages[3].meta is not None and shown.messages[3].meta.model == MODEL
+
+
+@pytest.mark.parametrize("nth", [2, 7, -1])
+async def test_retry_at_a_question_that_is_not_there_is_refused_before_anything_is_sent(
+    fake: FakeOpenRouter, services: tuple[ChatService, ConversationService, UsageLog], nth: int
+) -> None:
+    _, conversations, _ = services
+    conversation_id = await _chat(conversations, "first", "second")
+    before = await conversations.open(OWNER, conversation_id)
+    sent = len(fake.chat_requests())
+
+    with pytest.raises(InputError, match="no message to retry"):
+        await anext(conversations.turn(_turn("", conversation_id, action="retry", edit_index=nth)))
+
+    assert len(fake.chat_requests()) == sent
+    assert await conversations.open(OWNER, conversation_id) == before
+
+
+async def test_a_chats_options_are_saved_and_a_turn_without_its_own_uses_them(
+    services: tuple[ChatService, ConversationService, UsageLog],
+) -> None:
+    _, conversations, _ = services
+    plain = await _chat(conversations, "no options asked")
+    assert (await conversations.open(OWNER, plain)).options == AnswerOptions()
+    searched = AnswerOptions(web_search=True, reasoning_effort="low", max_tokens=120)
+
+    first = await _last(conversations.turn(_turn(f"news?\n{QUICK}", options=searched)))
+    chat_id = first.conversation.id
+    assert first.conversation.options == searched
+    await _last(conversations.turn(_turn(f"more\n{QUICK}", chat_id)))  # no options: the chat's
+    retried = await _last(conversations.turn(_turn("", chat_id, action="retry", edit_index=0)))
+    assert retried.conversation.options == searched
+    assert (await conversations.open(OWNER, chat_id)).options == searched
+
+    shorter = replace(searched, web_search=False, max_tokens=None)
+    await _last(conversations.turn(_turn(f"again\n{QUICK}", chat_id, options=shorter)))
+    assert (await conversations.open(OWNER, chat_id)).options == shorter
 
 
 async def test_editing_a_question_replaces_it_and_everything_after_it(

@@ -21,9 +21,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatlib.branches import switch, versions_of
-from chatlib.chat import ChatService
-from chatlib.client import ClientPool
+from chatlib.branches import fork, switch, versions_of
 from chatlib.conversations import ConversationService, TurnRequest
 from chatlib.errors import (
     ConversationChanged,
@@ -31,8 +29,9 @@ from chatlib.errors import (
     ConversationNotFound,
     StorageError,
 )
-from chatlib.frames import FrameBudget
 from chatlib.messages import AnswerMeta, ChatMessage
+from chatlib.options import AnswerOptions
+from chatlib.sources import Source
 from chatlib.storage import NEW_CHAT_TITLE, Conversation
 from chatlib.store import (
     SqlConversationStore,
@@ -44,10 +43,9 @@ from chatlib.store import (
 from chatlib.store.migrate import alembic_config
 from chatlib.store.schema import metadata
 from tests.clocks import FakeClock
-from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 from tests.pg_server import fresh_database, postgres_server, postgres_url  # noqa: F401
-from tests.turns import last_frame, turn_request
+from tests.turns import each_database, last_frame, service_over, turn_request
 
 ALICE = "a1" * 16
 BOB = "b2" * 16
@@ -56,9 +54,7 @@ BOB = "b2" * 16
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty database of each engine (PostgreSQL: a new database per test)."""
-    if request.param == "sqlite":
-        return database_url(tmp_path)
-    return fresh_database(request.getfixturevalue("postgres_url"))
+    return each_database(request, tmp_path)
 
 
 @pytest.fixture
@@ -686,6 +682,87 @@ async def test_a_database_from_the_first_release_migrates_without_losing_anythin
     assert [m.id for m in answered.messages[:2]] == ids
 
 
+async def _database_at_revision_0003(database: str) -> None:
+    """A database as the attachments release left it: one chat, an answer with two versions."""
+    engine = create_engine_for(database)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0003"))
+            await connection.execute(
+                text(
+                    "INSERT INTO conversations (id, owner_key, title, created_at, updated_at, "
+                    "model, system_prompt, temperature, revision, message_count, total_cost_usd, "
+                    "imported_at, branches) VALUES (:id, :owner, 'Before options', 1.0, 2.0, "
+                    "'m/x', 'Be brief.', 0.3, 7, 2, 0.5, NULL, :branches)"
+                ),
+                {"id": "d" * 32, "owner": ALICE, "branches": _OLD_BRANCHES},
+            )
+            for position, (node, role, content, meta) in enumerate(
+                [("q1", "user", "a question", None), ("a2", "assistant", "answer", _OLD_META)]
+            ):
+                await connection.execute(
+                    text(
+                        "INSERT INTO messages (conversation_id, position, node_id, role, content, "
+                        "reasoning, meta, created_at, attachments) "
+                        "VALUES (:c, :p, :n, :r, :t, '', :m, 1.0, NULL)"
+                    ),
+                    {"c": "d" * 32, "p": position, "n": node, "r": role, "t": content, "m": meta},
+                )
+    finally:
+        await engine.dispose()
+
+
+_OLD_BRANCHES = (
+    '[{"id":"a1","parent_id":"q1","role":"assistant","content":"first answer",'
+    '"meta":{"model":"m/y","status":"complete"}}]'
+)
+
+
+async def test_chats_from_before_options_keep_everything_and_ask_with_the_defaults(
+    database: str, opened: Callable[[], Any]
+) -> None:
+    await _database_at_revision_0003(database)
+    store: SqlConversationStore = await opened()  # migrates 0003 -> 0004
+
+    old = await store.load(ALICE, "d" * 32)
+    assert old.options == AnswerOptions()
+    assert (old.title, old.revision, old.system_prompt) == ("Before options", 7, "Be brief.")
+    assert [(m.id, m.content) for m in old.messages] == [("q1", "a question"), ("a2", "answer")]
+    assert versions_of(old) == ((1, 1), (2, 2))  # the other answer is still there
+    assert [n.message.content for n in old.branches] == ["first answer"]
+
+    chosen = AnswerOptions(web_search=True, max_tokens=300)
+    saved = await store.save(ALICE, replace(old, options=chosen), expected=old)
+    assert (await (await opened()).load(ALICE, old.id)).options == chosen == saved.options
+
+
+async def test_sources_in_every_version_and_the_chats_options_come_back_from_the_database(
+    opened: Callable[[], Any],
+) -> None:
+    store: SqlConversationStore = await opened()
+    chat = await _chat(store, ALICE, "Who won the match?")
+    first = chat.messages[1]
+    assert first.meta is not None
+    cited = (Source("https://news.example/report", "Report"), Source("javascript:alert(1)"))
+    first = replace(first, meta=replace(first.meta, sources=cited))
+    chat = await store.save(ALICE, replace(chat, messages=(chat.messages[0], first)), expected=chat)
+    # Asked again: the first answer becomes another version, the new one cites another page.
+    second = replace(first, id="", meta=replace(first.meta, sources=cited[:1], model="m/other"))
+    forked = fork(chat, 1)
+    options = AnswerOptions(web_search=True, reasoning_effort="high", max_tokens=1200)
+    retried = replace(forked, messages=(*forked.messages, second), options=options)
+    saved = await store.save(ALICE, retried, expected=chat)
+
+    reopened = await (await opened()).load(ALICE, saved.id)
+
+    assert reopened == saved and reopened.options == options
+    assert reopened.messages[1].meta is not None
+    assert reopened.messages[1].meta.sources == cited[:1]
+    assert [n.message.meta.sources for n in reopened.branches if n.message.meta] == [cited]
+    back = switch(reopened, 1, -1)
+    assert back.messages[1].meta is not None and back.messages[1].meta.sources == cited
+
+
 def test_database_urls_name_the_engine_and_never_echo_a_password(tmp_path: Path) -> None:
     assert database_url(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'chat.db'}"
     assert database_url(tmp_path, "postgresql://u:p@h/db") == "postgresql://u:p@h/db"
@@ -706,18 +783,8 @@ def test_database_urls_name_the_engine_and_never_echo_a_password(tmp_path: Path)
 async def conversation_service(
     fake: FakeOpenRouter, tmp_path: Path, store: SqlConversationStore
 ) -> AsyncIterator[ConversationService]:
-    settings = settings_for(fake, tmp_path)
-    pool = ClientPool(settings)
-    chat = ChatService(settings, pool, FrameBudget(updates_per_second=300, min_interval_s=0.01))
-    try:
-        yield ConversationService(
-            store,  # type: ignore[arg-type]  # the service takes ConversationStoreProtocol
-            chat,
-            exports_dir=tmp_path / "exports",
-            max_import_bytes=1_000_000,
-        )
-    finally:
-        await pool.aclose()
+    async with service_over(store, fake, tmp_path) as service:
+        yield service
 
 
 def _turn(said: str, conversation_id: str | None = None) -> TurnRequest:
