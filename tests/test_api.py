@@ -108,7 +108,17 @@ def test_the_api_neither_reads_nor_writes_stored_conversations(
     assert stored.conversations(app_server.workdir / ".data") == []
     api = client.view_api(return_format="dict", print_info=False)
     parameters = [p["parameter_name"] for p in api["named_endpoints"]["/chat"]["parameters"]]
-    assert parameters == ["message", "model", "system_prompt", "temperature", "history", "files"]
+    assert parameters == [
+        "message",
+        "model",
+        "system_prompt",
+        "temperature",
+        "history",
+        "files",
+        "web_search",
+        "reasoning_effort",
+        "max_tokens",
+    ]
 
 
 def test_inputs_that_would_cost_the_operator_dearly_are_refused(

@@ -12,9 +12,10 @@ from gradio.utils import get_upload_folder
 
 from chatlib.conversations import TurnRequest
 from chatlib.errors import ChatError
-from chatlib.messages import history_from_dicts
+from chatlib.messages import ChatMessage, history_from_dicts
 from chatlib.ratelimit import client_ip
-from ui.chat import read_attachments
+from chatlib.sources import Source
+from ui.chat import answer_options, read_attachments
 from ui.context import PageContext, client_address
 from ui.errors import refuse
 
@@ -74,6 +75,25 @@ def uploaded_paths(files: object) -> list[str]:
     return paths
 
 
+def with_sources(answer: ChatMessage) -> str:
+    """The answer's text, then the web pages it cites (if any) as a numbered list.
+
+    The list is plain text under a "Sources:" line, so callers that only read text keep
+    working: `1. Title — https://…`. Addresses are as the search gave them (not checked).
+    """
+    sources = answer.meta.sources if answer.meta is not None else ()
+    if not sources:
+        return answer.content
+    lines = [f"{n}. {_source_line(s)}" for n, s in enumerate(sources, start=1)]
+    return f"{answer.content}\n\nSources:\n" + "\n".join(lines)
+
+
+def _source_line(source: Source) -> str:
+    title = " ".join(source.title.split())
+    url = " ".join(source.url.split())
+    return f"{title} — {url}" if title else url
+
+
 def _kind(value: object) -> str:
     """What a JSON value is, in words (never the value itself: it may be huge or secret)."""
     names = {type(None): "null", bool: "true/false", int: "a number", float: "a number"}
@@ -93,15 +113,25 @@ def chat_endpoint(ctx: PageContext) -> Callable[..., AsyncIterator[str]]:
         temperature: float = settings.slider_temperature,
         history: list[dict[str, str]] | None = None,
         files: list[dict[str, Any]] | None = None,
+        web_search: bool = False,
+        reasoning_effort: str = "off",
+        max_tokens: int | None = None,
         request: gr.Request | None = None,
     ) -> AsyncIterator[str]:
         """Stream an answer to `message`; `history` is an optional list of prior messages.
 
         `files` are attachments (images, PDFs, text files) sent with `message`, each given
         with `gradio_client.handle_file(path)`; they are checked like the page's.
+        `web_search` lets the model search the web (the pages it used follow the answer
+        under "Sources:"); `reasoning_effort` (off, low, medium, high) is for models that
+        can think; `max_tokens` caps the answer's length (None: the model's default).
         """
         model, system_prompt, temperature = checked_inputs(
             message, model, system_prompt, temperature, history, settings.slider_temperature
+        )
+        # A REST caller's missing values arrive as nulls (RequestGuard): the defaults.
+        options = answer_options(
+            False if web_search is None else web_search, reasoning_effort, max_tokens
         )
         try:
             attachments = await read_attachments(uploaded_paths(files), settings.attachment_limits)
@@ -125,6 +155,7 @@ def chat_endpoint(ctx: PageContext) -> Callable[..., AsyncIterator[str]]:
             temperature=temperature,  # its range is checked with the rest by the chat service
             rate_key=client_ip(peer, forwarded, services.trusted_proxies),
             attachments=attachments,
+            options=options,
         )
         # Closed here when the caller goes away mid-answer: the answer is stopped, usage kept.
         async with contextlib.aclosing(services.chat.run_turn(turn, prior)) as frames:
@@ -133,7 +164,8 @@ def chat_endpoint(ctx: PageContext) -> Callable[..., AsyncIterator[str]]:
             except ChatError as exc:
                 refuse(exc.user_message)
             async for frame in frames:
-                yield frame.answer.content
+                # Sources follow the finished answer: each partial stays a prefix of the last.
+                yield with_sources(frame.answer) if frame.done else frame.answer.content
                 if frame.done and frame.error is not None:
                     refuse(frame.error.user_message)
 
@@ -141,7 +173,7 @@ def chat_endpoint(ctx: PageContext) -> Callable[..., AsyncIterator[str]]:
 
 
 # How many values each public endpoint takes (REST callers may send fewer: see RequestGuard).
-API_INPUTS = {"chat": 6}
+API_INPUTS = {"chat": 9}
 
 
 def wire(ctx: PageContext) -> None:

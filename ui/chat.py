@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
 import time
@@ -16,10 +17,12 @@ import gradio as gr
 from chatlib import attachments as attachment_rules
 from chatlib.attachment_links import link_path, seat_from_cookie_header
 from chatlib.attachments import Attachment, AttachmentLimits, AttachmentRef, data_url
+from chatlib.catalog import ModelFilter, model_choices
 from chatlib.config import TEMPERATURE_SLIDER_MAX
 from chatlib.conversations import ConversationFrame, ConversationService, TurnRequest
 from chatlib.errors import StorageError
 from chatlib.live import LiveAnswer
+from chatlib.options import MAX_ANSWER_TOKENS, REASONING_EFFORTS, AnswerOptions
 from chatlib.visitors import Visitor
 from ui.assets import CLOSE_SIDEBAR_IF_NARROW_JS, SHOW_ADDRESS_JS
 from ui.context import QUICK, STREAMING, PageContext, session_of
@@ -40,6 +43,40 @@ VIEW_CHECK_S = 0.25  # how soon a page that opened another chat stops drawing th
 # What the composer offers to attach (the server decides by content anyway).
 ATTACHMENT_FILE_TYPES = ["image", ".pdf", ".txt", ".md", ".csv", ".json"]
 EMPTY_COMPOSER: dict[str, Any] = {"text": "", "files": []}
+EFFORT_CHOICES = [(effort.capitalize(), effort) for effort in REASONING_EFFORTS]
+BAD_MAX_TOKENS = (
+    f"Invalid max_tokens (max answer length): expected a whole number of tokens from 1 to "
+    f"{MAX_ANSWER_TOKENS:,}, or nothing for the model's default."
+)
+
+
+def answer_options(
+    web_search: object, reasoning_effort: object, max_tokens: object
+) -> AnswerOptions | None:
+    """The options a page or an API caller asked for (None: all unsaid, the chat's own).
+
+    Values come from the browser or any JSON: a wrong one is refused, naming it. The chat
+    service checks again and sends the effort only to models that take reasoning. (The
+    page's number box cannot be empty: its handlers pass 0 as None, the model's default.)
+    """
+    if web_search is None and reasoning_effort is None and max_tokens is None:
+        return None
+    if web_search is not None and not isinstance(web_search, bool):
+        refuse("Invalid web_search: expected true or false.")
+    wanted = reasoning_effort or "off"
+    effort = next((e for e in REASONING_EFFORTS if e == wanted), None)
+    if effort is None:
+        refuse(f"Invalid reasoning_effort: expected one of {', '.join(REASONING_EFFORTS)}.")
+    tokens: int | None = None
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int | float):
+            refuse(BAD_MAX_TOKENS)
+        if not math.isfinite(max_tokens) or max_tokens != int(max_tokens):
+            refuse(BAD_MAX_TOKENS)
+        tokens = int(max_tokens)
+        if not 1 <= tokens <= MAX_ANSWER_TOKENS:
+            refuse(BAD_MAX_TOKENS)
+    return AnswerOptions(web_search=bool(web_search), reasoning_effort=effort, max_tokens=tokens)
 
 
 def _read_and_prepare(path: str, limits: AttachmentLimits) -> Attachment:
@@ -142,6 +179,7 @@ class ChatPanel:
             group_consecutive_messages=False,
             autoscroll=False,  # static/chat.js follows new text only while at the bottom
         )
+        self._render_other_model()
         with gr.Row(elem_id="composer", equal_height=True):
             self.textbox = gr.MultimodalTextbox(
                 show_label=False,
@@ -173,6 +211,32 @@ class ChatPanel:
         # "‹ 2/3 ›" under a message: the script sends "<message index>:<step>" here.
         self.version_request = gr.Textbox(visible="hidden", elem_id="version-request")
         self.version_go = gr.Button(visible="hidden", elem_id="version-request-go")
+        # "↻ Other model" under an answer: the script sends the question's number here.
+        self.other_request = gr.Textbox(visible="hidden", elem_id="other-model-request")
+        self.other_go = gr.Button(visible="hidden", elem_id="other-model-go")
+
+    def _render_other_model(self) -> None:
+        """The chooser "↻ Other model" opens: a model list, Retry and Cancel (hidden till then)."""
+        default = self.ctx.settings.default_model
+        with gr.Row(visible=False, elem_id="other-model-row", equal_height=True) as row:
+            self.other_row = row
+            self.other_model = gr.Dropdown(
+                choices=model_choices(self.ctx.services.catalog.models, ModelFilter(), [default]),
+                value=default,
+                label="Ask again with",
+                allow_custom_value=True,
+                filterable=True,
+                scale=6,
+                elem_id="other-model-picker",
+            )
+            self.other_retry = gr.Button(
+                "Retry", variant="primary", scale=1, min_width=80, elem_id="other-model-retry"
+            )
+            self.other_cancel = gr.Button(
+                "Cancel", scale=1, min_width=80, elem_id="other-model-cancel"
+            )
+        # Which question the chooser is for (its number among the questions, from 0).
+        self.other_nth = gr.State(None)
 
     def render_settings(self) -> None:
         """The model picker, system prompt and temperature (the right-hand column)."""
@@ -195,6 +259,34 @@ class ChatPanel:
             info="Lower is more focused, higher more creative.",
             elem_id="temperature",
         )
+        self._render_answer_options()
+
+    def _render_answer_options(self) -> None:
+        """Web search, reasoning effort (for models that reason) and the answer's length."""
+        defaults = AnswerOptions()
+        with gr.Group(elem_id="answer-options"):
+            self.web_search = gr.Checkbox(
+                value=defaults.web_search,
+                label="Search the web",
+                info="The answer lists the pages it used; searches add to its cost.",
+                elem_id="web-search",
+            )
+            self.reasoning_effort = gr.Radio(
+                EFFORT_CHOICES,
+                value=defaults.reasoning_effort,
+                label="Reasoning effort",
+                info="How long the model thinks before answering.",
+                visible=self.model_picker.takes_reasoning(self.ctx.settings.default_model),
+                elem_id="reasoning-effort",
+            )
+            self.max_tokens = gr.Number(
+                value=defaults.max_tokens or 0,  # Gradio's box shows 0 for "no number" anyway
+                label="Max answer length (tokens)",
+                info="0 or empty: the model's default.",
+                precision=0,
+                elem_id="max-tokens",
+            )
+        self.options = [self.web_search, self.reasoning_effort, self.max_tokens]
 
     # ---- a turn, drawn -------------------------------------------------------------------
 
@@ -235,9 +327,14 @@ class ChatPanel:
         return lambda ref: link_path(secret, owner_key, ref, seat, time.time())
 
     async def _run(
-        self, turn: TurnRequest, link: Link | None, *, clear_input: bool
+        self,
+        turn: TurnRequest,
+        link: Link | None,
+        *,
+        clear_input: bool,
+        also: Updates | None = None,
     ) -> AsyncGenerator[Updates]:
-        """Start the turn as a live answer and follow it on this page.
+        """Start the turn as a live answer and follow it on this page (`also` with its first).
 
         The answer runs on the server whatever the page does: closing or reloading the tab
         only stops following it (a reloaded page attaches again); Stop stops it.
@@ -245,6 +342,7 @@ class ChatPanel:
         live = await self.ctx.services.live.start(turn)
         self.ctx.services.conversations.view(turn.session_key, live.conversation_id)
         extra: Updates = {self.textbox: dict(EMPTY_COMPOSER)} if clear_input else {}
+        extra.update(also or {})
         if turn.conversation_id is None:  # a new chat appears in the list at once
             extra.update(await self.sidebar.refreshed(turn.owner_key, live.conversation_id))
         async with contextlib.aclosing(
@@ -334,14 +432,19 @@ class ChatPanel:
         browser_value: Any,
         request: gr.Request,
         profile: gr.OAuthProfile | None,
+        web_search: bool | None = None,
+        reasoning_effort: str | None = None,
+        max_tokens: float | None = None,
     ) -> AsyncIterator[Updates]:
         """Send the composer's message and files, or ask the last question again ("retry").
 
         A refusal (a file too large or of the wrong kind, a picture for a model that cannot
-        see) is a toast naming the limit; the text and the files stay in the box.
+        see) is a toast naming the limit; the text and the files stay in the box. The
+        answer options come last (after Gradio's request and profile); unsaid, the chat's.
         """
         visitor = self.ctx.visitor(browser_value, profile, request)
         settings = (model, system_prompt, temperature)
+        options = answer_options(web_search, reasoning_effort, max_tokens or None)
         text, paths = _composed(message)
         attachments = await read_attachments(paths, self.ctx.settings.attachment_limits)
         turn = self._request(
@@ -352,6 +455,7 @@ class ChatPanel:
             user_text=text,
             action=action,
             attachments=attachments,
+            options=options,
         )
         link = self._links(visitor.owner_key, request)
         running = self._run(turn, link, clear_input=action == "send")
@@ -369,8 +473,13 @@ class ChatPanel:
         edit_data: gr.EditData,
         request: gr.Request,
         profile: gr.OAuthProfile | None,
+        web_search: bool | None = None,
+        reasoning_effort: str | None = None,
+        max_tokens: float | None = None,
     ) -> AsyncIterator[Updates]:
+        """Ask an edited question in place of the one shown (the old one stays a version)."""
         visitor = self.ctx.visitor(browser_value, profile, request)
+        options = answer_options(web_search, reasoning_effort, max_tokens or None)
         if conversation_id is None:
             refuse("Only your own messages can be edited.")
         conversation = await self.ctx.services.conversations.open(
@@ -389,6 +498,7 @@ class ChatPanel:
             user_text=text,
             action="edit",
             edit_index=nth_user,
+            options=options,
         )
         link = self._links(visitor.owner_key, request)
         async with contextlib.aclosing(self._run(turn, link, clear_input=False)) as frames:
@@ -434,7 +544,28 @@ class ChatPanel:
             **self._shown_id(None),
             self.sidebar.conversation_list: gr.update(value=None),
             **self._buttons(False),
+            **self._options_shown(AnswerOptions()),  # a new chat starts from the defaults
+            self.other_row: gr.update(visible=False),
         }
+
+    def _options_shown(self, options: AnswerOptions, model: str | None = None) -> Updates:
+        """The answer options' controls set as `options` say (a chat's saved ones).
+
+        With `model`, the effort is shown or hidden for it too (a chat's model may be the
+        one already picked, and then the picker says no change).
+        """
+        effort: Any = options.reasoning_effort
+        if model is not None:
+            effort = gr.update(value=effort, visible=self.model_picker.takes_reasoning(model))
+        return {
+            self.web_search: options.web_search,
+            self.reasoning_effort: effort,
+            self.max_tokens: options.max_tokens or 0,
+        }
+
+    def effort_shown(self, model: str | None) -> Updates:
+        """The reasoning effort is offered for models the catalog says can think."""
+        return {self.reasoning_effort: gr.update(visible=self.model_picker.takes_reasoning(model))}
 
     async def open_conversation(
         self,
@@ -463,7 +594,9 @@ class ChatPanel:
             self.model: conversation.model,
             self.system_prompt: conversation.system_prompt,
             self.temperature: min(conversation.temperature, TEMPERATURE_SLIDER_MAX),
+            **self._options_shown(conversation.options, conversation.model),
             self.sidebar.conversation_list: gr.update(value=conversation.id),
+            self.other_row: gr.update(visible=False),
         }
         if live is None:
             yield {**shown, **self._buttons(False)}
@@ -494,6 +627,76 @@ class ChatPanel:
         link = self._links(visitor.owner_key, request)
         return {self.chatbot: conversation_display(switched, link)}
 
+    async def offer_other_model(
+        self,
+        request_text: str,
+        conversation_id: str | None,
+        model: str,
+        browser_value: Any,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None,
+    ) -> Updates:
+        """ "↻ Other model" under an answer: show the chooser for that question."""
+        found = re.fullmatch(r"\d{1,6}", (request_text or "").strip())
+        if found is None or not conversation_id:
+            refuse("This answer cannot be asked again.")
+        visitor = self.ctx.visitor(browser_value, profile, request)
+        if self.ctx.services.live.find(visitor.owner_key, conversation_id) is not None:
+            refuse("Wait for the answer to finish, then ask again with another model.")
+        nth = int(found[0])
+        chosen = (model or self.ctx.settings.default_model).strip()
+        catalog = self.ctx.services.catalog
+        return {
+            self.other_nth: nth,
+            self.other_model: gr.update(
+                choices=model_choices(catalog.models, ModelFilter(), [chosen]),
+                value=chosen,
+                label=f"Ask question {nth + 1} again with",
+            ),
+            self.other_row: gr.update(visible=True),
+        }
+
+    async def retry_other_model(
+        self,
+        nth: int | None,
+        other_model: str,
+        conversation_id: str | None,
+        system_prompt: str,
+        temperature: float,
+        browser_value: Any,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None,
+        web_search: bool | None = None,
+        reasoning_effort: str | None = None,
+        max_tokens: float | None = None,
+    ) -> AsyncIterator[Updates]:
+        """Ask the chosen question again with `other_model`; the old answer stays a version.
+
+        The chat goes on with that model (the picker shows it), as a chat does after any turn.
+        """
+        if nth is None or not conversation_id:
+            refuse("This answer cannot be asked again.")
+        if not isinstance(other_model, str) or not other_model.strip():
+            refuse("Choose a model first.")
+        visitor = self.ctx.visitor(browser_value, profile, request)
+        options = answer_options(web_search, reasoning_effort, max_tokens or None)
+        chosen = other_model.strip()
+        turn = self._request(
+            visitor,
+            request,
+            conversation_id,
+            (chosen, system_prompt, temperature),
+            action="retry",
+            edit_index=nth,
+            options=options,
+        )
+        link = self._links(visitor.owner_key, request)
+        also = {self.other_row: gr.update(visible=False), self.model: chosen}
+        running = self._run(turn, link, clear_input=False, also=also)
+        async with contextlib.aclosing(running) as frames:
+            async for updates in frames:
+                yield updates
+
     async def open_from_address(
         self, browser_value: Any, request: gr.Request, profile: gr.OAuthProfile | None
     ) -> AsyncIterator[Updates]:
@@ -523,10 +726,41 @@ class ChatPanel:
             self.stop_btn,
             *sidebar.list_outputs,
         ]
-        self._wire_turns([ctx.conversation_id, *turn_settings, ctx.browser_state], turn_outputs)
-        self.open_outputs = [*turn_outputs, *turn_settings]
+        state_in = [ctx.conversation_id, *turn_settings, ctx.browser_state, *self.options]
+        self._wire_turns(state_in, turn_outputs)
+        self._wire_other_model(turn_outputs)
+        self.open_outputs = [*turn_outputs, *turn_settings, *self.options, self.other_row]
         self._wire_navigation(sidebar)
         self.model_picker.wire(demo)
+        self.model.change(
+            self.effort_shown, inputs=self.model, outputs=self.reasoning_effort, **QUICK
+        )
+
+    def _wire_other_model(self, turn_outputs: list[Any]) -> None:
+        """ "↻ Other model" under an answer: the chooser, then its Retry (or Cancel)."""
+        ctx = self.ctx
+        self.other_go.click(
+            shown_as_toast(self.offer_other_model),
+            inputs=[self.other_request, ctx.conversation_id, self.model, ctx.browser_state],
+            outputs=[self.other_nth, self.other_model, self.other_row],
+            trigger_mode="multiple",
+            **QUICK,
+        )
+        self.other_retry.click(
+            shown_as_toast(self.retry_other_model),
+            inputs=[
+                self.other_nth,
+                self.other_model,
+                ctx.conversation_id,
+                self.system_prompt,
+                self.temperature,
+                ctx.browser_state,
+                *self.options,
+            ],
+            outputs=[*turn_outputs, self.other_row, self.model],
+            **STREAMING,
+        )
+        self.other_cancel.click(lambda: gr.update(visible=False), outputs=self.other_row, **QUICK)
 
     def _wire_turns(self, state_in: list[Any], turn_outputs: list[Any]) -> None:
         """Send, retry, edit, undo and Stop."""
@@ -572,6 +806,8 @@ class ChatPanel:
                 sidebar.conversation_list,
                 self.send_btn,
                 self.stop_btn,
+                *self.options,
+                self.other_row,
             ],
             js=CLOSE_SIDEBAR_IF_NARROW_JS,
             **QUICK,

@@ -10,6 +10,7 @@ from typing import Any
 from chatlib.attachments import AttachmentRef, human_bytes
 from chatlib.branches import versions_of
 from chatlib.messages import ChatMessage, format_answer_footer
+from chatlib.sources import Source
 from chatlib.storage import Conversation
 
 # Starts every footer we add under an answer: the page's copy button leaves the footer out
@@ -30,6 +31,16 @@ Link = Callable[[AttachmentRef], str]
 # Starts the line of a message's files, so an edited question can leave it out.
 ATTACHMENTS_MARK = "\u2064"
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~])")
+# Characters of untrusted text (a source's title or address) written as numeric entities:
+# HTML, Markdown and the LaTeX delimiters then all read them as plain text.
+_INERT = re.compile(r"[^\w\s]|_")
+# Kept out of a link's address as percent escapes: quotes, angle brackets and the LaTeX
+# delimiters would otherwise end the attribute or be rendered as formulas.
+_URL_ESCAPES = {c: f"%{ord(c):02X}" for c in "\"'<>`\\$ "}
+# Starts the sources list under an answer (static/chat.js leaves it out of a copy).
+SOURCES_MARK = "\u2062"
+# The other-model retry link in an answer's footer (see static/chat.js).
+OTHER_MODEL = "↻ Other model"
 
 
 def conversation_display(
@@ -45,12 +56,15 @@ def to_display(
     """Messages in the chat component's format (role/content/metadata dicts).
 
     Reasoning becomes a "Thinking" block before its answer, open while it streams; the
-    footer line (model, cost, speed, and "‹ 2/3 ›" where a question or an answer has other
-    versions) sits under the answer. Raw HTML typed by anyone is escaped by the component
-    (sanitize_html); the only markup we add is our own.
+    web sources it cites are listed under it; the footer line (model, cost, speed,
+    "‹ 2/3 ›" where a question or an answer has other versions and, for a stored chat
+    (`versions` given), "↻ Other model") sits under the answer. Raw HTML typed by anyone
+    is escaped by the component (sanitize_html); the only markup we add is our own, and
+    text from the web inside it is inert (`inert_text`).
     """
     shown: list[dict[str, Any]] = []
     question_versions = ""
+    questions = 0
     for index, message in enumerate(history):
         arrows = _arrows(index, versions)
         if message.role == "system":
@@ -59,8 +73,12 @@ def to_display(
             content = message.content + attachments_markdown(message.attachments, link)
             shown.append({"role": "user", "content": content})
             question_versions = arrows and f"question {arrows}"
+            questions += 1
             continue
-        extra = _footer_extra(question_versions, arrows and f"answer {arrows}")
+        answer_versions = arrows and f"answer {arrows}"
+        # Only an answer to a question of this history can be asked again (not the API's).
+        other = _other_model_link(questions - 1) if versions is not None and questions else ""
+        extra = _footer_extra(question_versions, answer_versions, other)
         shown.extend(_answer(message, extra, link))
         question_versions = ""
     if history and history[-1].role == "user":
@@ -83,13 +101,45 @@ def _answer(message: ChatMessage, extra: str, link: Link | None) -> list[dict[st
     if streaming and not body and not message.reasoning and not message.attachments:
         body = TYPING
     body += attachments_markdown(message.attachments, link)
+    if meta is not None and meta.error and not streaming:
+        body += f"\n\n> ⚠️ {meta.error}"
+    if meta is not None and meta.sources:  # listed as they arrive, and kept
+        body += "\n\n" + sources_html(meta.sources)
     if meta is not None and not streaming:
-        if meta.error:
-            body += f"\n\n> ⚠️ {meta.error}"
         footer = html.escape(format_answer_footer(meta))
         body += f"\n\n<sub>{FOOTER_MARK}{footer}{' · ' + extra if extra else ''}</sub>"
     shown.append({"role": "assistant", "content": body})
     return shown
+
+
+def sources_html(sources: Sequence[Source]) -> str:
+    """An answer's web sources as one line of HTML: a numbered list, quiet under the answer.
+
+    Titles and addresses come from the web: every character that HTML, Markdown or LaTeX
+    could read as markup is written as an entity, and only an http(s) address
+    (`Source.link`) becomes a link, opened in a new tab without a referrer. Others are text.
+    """
+    items = "".join(f"<li>{_source_item(source)}</li>" for source in sources)
+    return (
+        f'<div class="answer-sources" role="group" aria-label="Sources">{SOURCES_MARK}'
+        f'<span class="sources-title">Sources</span><ol>{items}</ol></div>'
+    )
+
+
+def _source_item(source: Source) -> str:
+    link = source.link
+    if link is None:
+        title = f"{inert_text(source.title)} " if source.title else ""
+        return f'{title}<span class="source-url">{inert_text(source.url)}</span>'
+    href = html.escape("".join(_URL_ESCAPES.get(c, c) for c in link), quote=True)
+    label = inert_text(source.title or source.domain)
+    anchor = f'<a href="{href}" target="_blank" rel="noopener noreferrer">{label}</a>'
+    return f'{anchor} <span class="source-domain">{inert_text(source.domain)}</span>'
+
+
+def inert_text(text: str) -> str:
+    """Untrusted text that every renderer of the chat shows as written (one line)."""
+    return _INERT.sub(lambda found: f"&#{ord(found[0])};", " ".join(text.split()))
 
 
 def attachments_markdown(refs: Sequence[AttachmentRef], link: Link | None) -> str:
@@ -119,6 +169,11 @@ def _attachment(ref: AttachmentRef, link: Link | None) -> str:
 
 def _footer_extra(*parts: str) -> str:
     return " · ".join(p for p in parts if p)
+
+
+def _other_model_link(nth_question: int) -> str:
+    """A link the page's script turns into "ask this question again with another model"."""
+    return f"[{OTHER_MODEL}](#other-model:{nth_question})"
 
 
 def _arrows(index: int, versions: Versions | None) -> str:

@@ -117,6 +117,11 @@ class ModelPicker:
     def outputs(self) -> list[Any]:
         return [self.dropdown, self.status]
 
+    def takes_reasoning(self, model_id: str | None) -> bool:
+        """Whether the catalog says this model can think (a custom id not in it: no)."""
+        wanted = model_id.strip() if isinstance(model_id, str) else ""
+        return any(m.id == wanted and m.reasoning for m in self.ctx.services.catalog.models)
+
     def shown(
         self,
         flags: Sequence[str] | None,

@@ -1,5 +1,5 @@
 // The chat area: the open chat's address (?c=<id>) with back/forward, free scrolling while
-// an answer streams, copying an answer without its footer, and version arrows.
+// an answer streams, copying an answer without its footer, version arrows and "↻ Other model".
 (() => {
   const orchat = window.orchat;
   const params = () => new URLSearchParams(window.location.search);
@@ -52,8 +52,9 @@
     else orchat.click("new-chat");
   });
 
-  // Copy: our footer (model, cost, speed, versions) and error line are not part of the answer.
-  const FOOTER = /(\n\n> ⚠️[^\n]*)?\n\n<sub>\u2063[^\n]*<\/sub>/g;
+  // Copy: our footer (model, cost, speed, versions), error line and sources list are not
+  // part of the answer.
+  const FOOTER = /(\n\n> ⚠️[^\n]*)?(\n\n<div class="answer-sources"[^>\n]*>\u2062[^\n]*<\/div>)?\n\n<sub>\u2063[^\n]*<\/sub>/g;
   const clipboard = navigator.clipboard;
   if (clipboard && clipboard.writeText) {
     const write = clipboard.writeText.bind(clipboard);
@@ -93,5 +94,16 @@
     event.stopPropagation();
     const [, index, step] = link.getAttribute("href").split("#version:")[1].match(/^(\d+):(-?1)$/) || [];
     if (index !== undefined) orchat.send("version-request", "version-request-go", `${index}:${step}`);
+  }, true);
+
+  // "↻ Other model" under an answer links to #other-model:<nth question>: it asks the server
+  // for the chooser (a model list and Retry) instead of navigating.
+  document.addEventListener("click", (event) => {
+    const link = event.target.closest?.("#chat a[href*='#other-model:']");
+    if (!link) return;
+    event.preventDefault();
+    event.stopPropagation();
+    const [, nth] = link.getAttribute("href").split("#other-model:")[1].match(/^(\d+)$/) || [];
+    if (nth !== undefined) orchat.send("other-model-request", "other-model-go", nth);
   }, true);
 })();

@@ -1,0 +1,148 @@
+"""Browser journeys: web search and its sources, reasoning effort, answer length, other models."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from playwright.sync_api import Locator, Page, expect
+
+from tests.conftest import AppServer
+from tests.fakes.openrouter import FakeOpenRouter, expected_reply
+from tests.ui import (
+    bot_messages,
+    last_answer,
+    open_app,
+    send,
+    set_model,
+    user_messages,
+    wait_until_idle,
+)
+
+pytestmark = pytest.mark.e2e
+
+WEB_SEARCH = "#web-search input[type=checkbox]"
+EFFORT = "#reasoning-effort"
+MAX_TOKENS = "#max-tokens input"
+
+
+def chat_once(page: Page, text: str) -> None:
+    """Send `text` and wait for the whole answer (its footer)."""
+    before = user_messages(page).count()
+    send(page, text)
+    expect(user_messages(page)).to_have_count(before + 1)
+    expect(last_answer(page)).to_contain_text("TTFT")
+    wait_until_idle(page)
+
+
+def sources_of(answer: Locator) -> Locator:
+    """The numbered sources listed under an answer."""
+    return answer.locator(".answer-sources li")
+
+
+def open_listed(page: Page, title: str) -> None:
+    """Open the chat whose title starts with `title` from the sidebar."""
+    page.locator("#conversation-list label").filter(has_text=title).first.click()
+    expect(user_messages(page).first).to_contain_text(title)
+
+
+def web_search_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The web search server tool in an upstream request (None when not asked for)."""
+    tools = body.get("tools") or []
+    return next((t for t in tools if t.get("type") == "openrouter:web_search"), None)
+
+
+def test_the_search_toggle_is_remembered_per_chat(
+    page: Page, app_server: AppServer, fake: FakeOpenRouter
+) -> None:
+    open_app(page, app_server.url)
+    toggle = page.locator(WEB_SEARCH)
+    expect(toggle).not_to_be_checked()
+    toggle.check()
+    chat_once(page, "Searched chat [[tokens=3]]")
+    assert web_search_tool(fake.chat_requests()[-1].body) is not None
+
+    page.locator("#new-chat").click()  # a new chat starts from the defaults
+    expect(toggle).not_to_be_checked()
+    chat_once(page, "Plain chat [[tokens=3]]")
+    assert web_search_tool(fake.chat_requests()[-1].body) is None
+
+    open_listed(page, "Searched chat")
+    expect(toggle).to_be_checked()
+    open_listed(page, "Plain chat")
+    expect(toggle).not_to_be_checked()
+    open_listed(page, "Searched chat")
+    page.reload(wait_until="load")  # the chat's address reopens it, toggle and all
+    expect(user_messages(page).first).to_contain_text("Searched chat")
+    expect(toggle).to_be_checked()
+
+
+def test_reasoning_effort_is_offered_for_models_that_think_and_reaches_upstream(
+    page: Page, app_server: AppServer, fake: FakeOpenRouter
+) -> None:
+    open_app(page, app_server.url)
+    effort = page.locator(EFFORT)
+    expect(effort).to_be_hidden()  # openai/gpt-4o, the default, does not reason
+    set_model(page, "deepseek/deepseek-r1")
+    expect(effort).to_be_visible()
+    effort.get_by_label("High").check()
+    page.locator(MAX_TOKENS).fill("256")
+    chat_once(page, "Think hard [[tokens=3]]")
+    body = fake.chat_requests()[-1].body
+    assert body["reasoning"] == {"effort": "high"}
+    assert body["max_tokens"] == 256
+
+    set_model(page, "my-own/custom-model")  # not in the catalog: no effort offered
+    expect(effort).to_be_hidden()
+    set_model(page, "openai/gpt-4o")
+    chat_once(page, "Quick one [[tokens=3]]")
+    body = fake.chat_requests()[-1].body
+    assert "reasoning" not in body  # the hidden high effort is not sent to a model without it
+    assert body["max_tokens"] == 256  # the length is for every model
+
+    page.locator("#new-chat").click()
+    expect(page.locator(MAX_TOKENS)).to_have_value("0")  # 0: the model's default
+    open_listed(page, "Think hard")  # the chat's own options come back with it
+    expect(page.locator(MAX_TOKENS)).to_have_value("256")
+    expect(effort.get_by_label("High")).to_be_checked()
+
+
+def test_retry_with_another_model_keeps_both_answers(
+    page: Page, app_server: AppServer, fake: FakeOpenRouter
+) -> None:
+    open_app(page, app_server.url)
+    chat_once(page, "Which model are you? [[tokens=3]]")
+    chat_once(page, "And now? [[tokens=3]]")
+    first_answer = bot_messages(page).first
+    expect(first_answer).to_contain_text("openai/gpt-4o")
+    first_answer.get_by_role("link", name="↻ Other model").click()
+    picker = page.locator("#other-model-picker input")
+    expect(picker).to_be_visible()
+    picker.fill("mistralai/mistral-small-3.2-24b-instruct")
+    picker.press("Enter")
+    page.locator("#other-model-retry").click()
+    fake.wait_for_requests(3)
+    wait_until_idle(page)
+    expect(page.locator("#other-model-row")).to_be_hidden()
+
+    # The first question was asked again with the other model; what followed it is a version.
+    sent = fake.chat_requests()[-1].body
+    assert sent["model"] == "mistralai/mistral-small-3.2-24b-instruct"
+    assert [m["content"] for m in sent["messages"] if m["role"] == "user"] == [
+        "Which model are you? [[tokens=3]]"
+    ]
+    expect(user_messages(page)).to_have_count(1)
+    answer = last_answer(page)
+    expect(answer).to_contain_text("mistralai/mistral-small-3.2-24b-instruct")
+    expect(answer).to_contain_text("answer ‹ 2/2 ›")
+    expect(page.locator("#model-picker input")).to_have_value(
+        re.compile("mistral-small-3.2-24b-instruct")
+    )
+
+    answer.get_by_role("link", name="‹").click()  # back to the first model's answer
+    first_answer = bot_messages(page).first
+    expect(first_answer).to_contain_text("answer ‹ 1/2 ›")
+    expect(first_answer).to_contain_text("openai/gpt-4o")
+    expect(user_messages(page)).to_have_count(2)  # and the talk that followed it
+    expect(last_answer(page)).to_contain_text(expected_reply("And now?", 3))
