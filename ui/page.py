@@ -21,6 +21,7 @@ from chatlib.visitors import BrowserIdentity
 from ui import api
 from ui.assets import CLOSE_SIDEBAR_ON_PHONES_JS, CSS, SETTLE_ADDRESS_JS, head_html
 from ui.chat import ChatPanel
+from ui.compare import ComparePanel
 from ui.context import QUICK, STREAMING, PageContext, session_of
 from ui.errors import shown_as_toast
 from ui.own_key import KeyNotice, OwnKeyPanel
@@ -78,6 +79,7 @@ class Page:
             with gr.Tab("Chat", id="chat-tab"), gr.Row(equal_height=False):
                 with gr.Column(scale=3, min_width=320):
                     self.chat = ChatPanel(ctx)
+                    self.compare = ComparePanel(ctx)
                 with gr.Column(scale=1, min_width=280):
                     self.chat.render_settings()
                     self.own_key = OwnKeyPanel(ctx, self.key_notice)
@@ -86,6 +88,7 @@ class Page:
 
     def _wire(self) -> None:
         self.chat.wire(self.demo, self.sidebar)
+        self.compare.wire(self.chat, self.sidebar)
         self.sidebar.wire(self.chat.chatbot)
         self.transfer.wire(self.sidebar)
         self.own_key.wire(self.demo)
