@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ from structlog.testing import capture_logs
 from chatlib.config import Settings
 from chatlib.errors import ConfigError
 from chatlib.hub_sync import HubSync, RestoreReport, install_signal_flush, is_synced_path
+from chatlib.messages import AnswerMeta, ChatMessage
+from chatlib.options import AnswerOptions
+from chatlib.sources import Source
+from chatlib.storage import ConversationStore
 from tests.conftest import free_port
 from tests.fakes.hf_hub import DEFAULT_TOKEN, FakeHfHub
 
@@ -320,6 +325,29 @@ def test_restart_with_an_empty_data_dir_restores_everything(
     assert local_files(fresh_dir) == synced
     assert second.flush(timeout=20)
     assert len(hub.commits) == commits, "restored files are not pushed back"
+
+
+def test_a_chats_options_and_an_answers_sources_come_back_after_a_restart(
+    tmp_path: Path, make_sync: Callable[..., HubSync]
+) -> None:
+    owner, first_dir = hex_id(), tmp_path / "first"
+    files = ConversationStore(first_dir)
+    cited = (Source("https://weather.example/today", "Forecast"), Source("data:text/html,hi"))
+    answer = ChatMessage("assistant", "Rain.", meta=AnswerMeta("m/x", "complete", sources=cited))
+    chat = replace(
+        files.new_conversation("m/x", "", 0.3),
+        messages=(ChatMessage("user", "Weather?"), answer),
+        options=AnswerOptions(web_search=True, reasoning_effort="medium", max_tokens=256),
+    )
+    saved = files.save(owner, chat)
+    assert make_sync(first_dir).flush(timeout=20)
+
+    fresh_dir = tmp_path / "after-restart"
+    assert make_sync(fresh_dir).restore().ok
+
+    back = ConversationStore(fresh_dir).load(owner, saved.id)
+    assert back == saved and back.options == chat.options
+    assert back.messages[1].meta is not None and back.messages[1].meta.sources == cited
 
 
 def test_restore_merges_instead_of_overwriting(
