@@ -39,6 +39,7 @@ class ModelInfo:
     input_modalities: tuple[str, ...] = ("text",)
     output_modalities: tuple[str, ...] = ("text",)
     supported_parameters: tuple[str, ...] = ()
+    max_completion_tokens: int | None = None  # the top provider's cap on an answer's length
 
     @property
     def is_free(self) -> bool:
@@ -214,6 +215,9 @@ def parse_model(item: Any) -> ModelInfo | None:
     inputs = _names(architecture.get("input_modalities")) or ("text",)
     outputs = _names(architecture.get("output_modalities")) or ("text",)
     valid_context = isinstance(context, int) and not isinstance(context, bool) and context > 0
+    top_provider = item.get("top_provider")
+    cap = top_provider.get("max_completion_tokens") if isinstance(top_provider, dict) else None
+    valid_cap = isinstance(cap, int) and not isinstance(cap, bool) and cap > 0
     return ModelInfo(
         id=model_id,
         name=_clean_text(item.get("name")) or model_id,
@@ -223,6 +227,7 @@ def parse_model(item: Any) -> ModelInfo | None:
         input_modalities=inputs,
         output_modalities=outputs,
         supported_parameters=_names(item.get("supported_parameters")),
+        max_completion_tokens=cap if valid_cap else None,
     )
 
 

@@ -29,6 +29,7 @@ from chatlib.client import (
     FirstToken,
     ImageDelta,
     ReasoningDelta,
+    SourcesFound,
     StreamEvent,
     StreamFailed,
     TextDelta,
@@ -50,8 +51,9 @@ from chatlib.messages import (
     upstream_messages,
     upstream_window,
 )
-from chatlib.options import AnswerOptions
+from chatlib.options import MAX_ANSWER_TOKENS, REASONING_EFFORTS, AnswerOptions
 from chatlib.ratelimit import RateLimiter
+from chatlib.sources import merged
 from chatlib.usage import UsageRecord, UsageSink
 
 log = structlog.get_logger(__name__)
@@ -139,6 +141,8 @@ class _Turn:
             self.text.append(event.text)
         elif isinstance(event, ReasoningDelta):
             self.reasoning.append(event.text)
+        elif isinstance(event, SourcesFound):
+            self.meta = replace(self.meta, sources=merged(self.meta.sources, event.sources))
         elif isinstance(event, FirstToken):
             self.meta = replace(self.meta, ttft_ms=event.ttft_ms)
             log.info("chat.first_token", ttft_ms=event.ttft_ms)
@@ -311,6 +315,7 @@ class ChatService:
             request,
             user_text=text,
             model=model,
+            options=_checked_options(request.options),
             system_prompt=check_system_prompt(
                 request.system_prompt, self._settings.max_input_chars
             ),
@@ -358,10 +363,14 @@ class ChatService:
         """Frames while the answer streams; the turn's meta is final afterwards."""
         request = turn.request
         upstream, extra_body = await self._request_body(turn, files)
+        options = request.options or AnswerOptions()
         log.info(
             "chat.started",
             messages=len(upstream),
             temperature=request.temperature,
+            web_search=options.web_search,
+            reasoning_effort=options.reasoning_effort,
+            max_tokens=extra_body.get("max_tokens"),
             attachments=len(request.attachments),
             dropped_attachments=turn.dropped_attachments,
         )
@@ -424,6 +433,7 @@ class ChatService:
             extra_body["plugins"] = plugins
         if info is not None and info.image_output:
             extra_body["modalities"] = ["image", "text"]
+        extra_body.update(_option_fields(request.options or AnswerOptions(), info, settings))
         if not loaded:
             return upstream_messages(window, request.system_prompt, loaded), extra_body
         # Base64 of megabytes of files would hold every other stream up: off the loop.
@@ -503,6 +513,50 @@ class ChatService:
                 )
             )
         decision.raise_if_refused()
+
+
+def _checked_options(options: AnswerOptions | None) -> AnswerOptions:
+    """The turn's options (None: the defaults), or InputError naming the field and the rule."""
+    if options is None:
+        return AnswerOptions()
+    if not isinstance(options.web_search, bool):
+        raise errors.InputError("web_search must be true or false.")
+    if options.reasoning_effort not in REASONING_EFFORTS:
+        efforts = ", ".join(REASONING_EFFORTS)
+        raise errors.InputError(f"reasoning_effort must be one of {efforts}.")
+    tokens = options.max_tokens
+    if tokens is not None and (
+        not isinstance(tokens, int)
+        or isinstance(tokens, bool)
+        or not 1 <= tokens <= MAX_ANSWER_TOKENS
+    ):
+        raise errors.InputError(
+            f"max_tokens must be a whole number from 1 to {MAX_ANSWER_TOKENS:,} (or empty)."
+        )
+    return options
+
+
+def _option_fields(
+    options: AnswerOptions, info: ModelInfo | None, settings: Settings
+) -> dict[str, Any]:
+    """The request fields of web search, reasoning effort and answer length.
+
+    Reasoning goes to a model the catalog says takes it, or to one it does not list (a
+    custom id: OpenRouter judges); max_tokens to every model, within the catalog's cap.
+    """
+    fields: dict[str, Any] = {}
+    if options.web_search:
+        parameters = {"max_results": settings.web_search_max_results}
+        fields["tools"] = [{"type": "openrouter:web_search", "parameters": parameters}]
+    if options.reasoning_effort != "off":
+        if info is None or info.reasoning:
+            fields["reasoning"] = {"effort": options.reasoning_effort}
+        else:
+            log.info("chat.reasoning_skipped", reason="model_takes_no_reasoning")
+    if options.max_tokens is not None:
+        cap = info.max_completion_tokens if info is not None else None
+        fields["max_tokens"] = min(options.max_tokens, cap) if cap else options.max_tokens
+    return fields
 
 
 def _is_content(event: StreamEvent) -> bool:

@@ -351,6 +351,10 @@ def _usage_event(usage: Mapping[str, Any]) -> Usage:
     details = usage.get("completion_tokens_details")
     reasoning = details.get("reasoning_tokens") if isinstance(details, Mapping) else None
     cost = usage.get("cost")
+    tools = usage.get("server_tool_use")
+    searches = tools.get("web_search_requests") if isinstance(tools, Mapping) else None
+    if searches:  # billed inside `cost`; said in the log only
+        log.info("chat.web_search_requests", requests=_int(searches))
     return Usage(
         prompt_tokens=_int(usage.get("prompt_tokens")),
         completion_tokens=_int(usage.get("completion_tokens")),

@@ -338,6 +338,13 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "mistral-ocr (scans, paid per page) or native (the model's own file input).",
     ),
     EnvVar(
+        "WEB_SEARCH_MAX_RESULTS",
+        "5",
+        _integer(1, 25),
+        "Pages a web search may return per answer (OpenRouter bills each result, and the "
+        "cost shows up in the answer's cost).",
+    ),
+    EnvVar(
         "MAX_UNATTENDED_ANSWERS",
         "3",
         _integer(0, 1000),
@@ -499,6 +506,7 @@ class Settings:
     max_message_attachment_bytes: int = 25_000_000
     image_max_side: int = 1568
     pdf_engine: str = ""
+    web_search_max_results: int = 5
     max_unattended_answers: int = 3
     max_import_bytes: int = 5_000_000
     trusted_proxies: str = ""
