@@ -20,27 +20,23 @@ from sqlalchemy import func, select, text
 
 from chatlib.attachments import Attachment, AttachmentKind, AttachmentRef
 from chatlib.branches import BranchNode
-from chatlib.chat import ChatService
-from chatlib.client import ClientPool
 from chatlib.conversations import ConversationService
 from chatlib.errors import AttachmentNotFound, ConversationNotFound, ImportRejected
-from chatlib.frames import FrameBudget
 from chatlib.messages import AnswerMeta, ChatMessage
 from chatlib.storage import Conversation
 from chatlib.store import (
     SqlAttachmentStore,
     SqlConversationStore,
     create_engine_for,
-    database_url,
     open_store,
 )
 from chatlib.store.attachments import UNUSED_GRACE_SECONDS
 from chatlib.store.migrate import alembic_config
 from chatlib.store.schema import attachments
 from tests.clocks import FakeClock
-from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.pg_server import fresh_database, postgres_server, postgres_url  # noqa: F401
+from tests.turns import each_database, service_over
 
 ALICE = "a1" * 16
 BOB = "b2" * 16
@@ -78,9 +74,7 @@ NOTES = attachment(b"shopping: eggs\n", "notes.txt", "text/plain", "text")
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return database_url(tmp_path)
-    return fresh_database(request.getfixturevalue("postgres_url"))
+    return each_database(request, tmp_path)
 
 
 @pytest.fixture
@@ -293,19 +287,10 @@ async def service(
     store: SqlConversationStore,
     files: SqlAttachmentStore,
 ) -> AsyncIterator[ConversationService]:
-    settings = settings_for(fake, tmp_path)
-    pool = ClientPool(settings)
-    chat = ChatService(settings, pool, FrameBudget(updates_per_second=300, min_interval_s=0.01))
-    try:
-        yield ConversationService(
-            store,  # type: ignore[arg-type]  # the service takes ConversationStoreProtocol
-            chat,
-            exports_dir=tmp_path / "exports",
-            max_import_bytes=5_000_000,
-            attachments=files,
-        )
-    finally:
-        await pool.aclose()
+    async with service_over(
+        store, fake, tmp_path, max_import_bytes=5_000_000, attachments=files
+    ) as conversations:
+        yield conversations
 
 
 async def test_deleting_a_chat_deletes_its_files_unless_another_chat_uses_them(

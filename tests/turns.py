@@ -1,14 +1,25 @@
-"""Shared by the service-level tests of turns: a request as a page makes it, and waiting."""
+"""Shared by the service-level tests of turns: a request as a page makes it, waiting, and
+the conversation service over a test's store."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from chatlib.chat import TurnRequest
-from chatlib.conversations import ConversationFrame
+import pytest
+
+from chatlib.chat import ChatService, TurnRequest
+from chatlib.client import ClientPool
+from chatlib.conversations import ConversationFrame, ConversationService
+from chatlib.frames import FrameBudget
+from chatlib.store import SqlAttachmentStore, SqlConversationStore, database_url
+from tests.conftest import settings_for
+from tests.fakes.openrouter import FakeOpenRouter
+from tests.pg_server import fresh_database
 
 OWNER = "0" * 32
 MODEL = "openai/gpt-4o"
@@ -35,3 +46,36 @@ async def eventually(check: Callable[[], bool | Awaitable[bool]]) -> None:
 async def last_frame(frames: AsyncIterator[ConversationFrame]) -> ConversationFrame:
     """Run a turn to its end; its final frame."""
     return [frame async for frame in frames][-1]
+
+
+def each_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """For a fixture parametrised ["sqlite", "postgresql"]: an empty database of that engine
+    (PostgreSQL: a new database per test on the `postgres_url` cluster)."""
+    if request.param == "sqlite":
+        return database_url(tmp_path)
+    return fresh_database(request.getfixturevalue("postgres_url"))
+
+
+@contextlib.asynccontextmanager
+async def service_over(
+    store: SqlConversationStore,
+    fake: FakeOpenRouter,
+    tmp_path: Path,
+    *,
+    max_import_bytes: int = 1_000_000,
+    attachments: SqlAttachmentStore | None = None,
+) -> AsyncIterator[ConversationService]:
+    """The conversation service over a test's store, answering from the fake upstream."""
+    settings = settings_for(fake, tmp_path)
+    pool = ClientPool(settings)
+    chat = ChatService(settings, pool, FrameBudget(updates_per_second=300, min_interval_s=0.01))
+    try:
+        yield ConversationService(
+            store,  # type: ignore[arg-type]  # the service takes ConversationStoreProtocol
+            chat,
+            exports_dir=tmp_path / "exports",
+            max_import_bytes=max_import_bytes,
+            attachments=attachments,
+        )
+    finally:
+        await pool.aclose()
