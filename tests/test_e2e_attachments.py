@@ -6,6 +6,7 @@ import base64
 import io
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import TEST_API_KEY, AppServer, start_app
 from tests.fakes.openrouter import FakeOpenRouter
+from tests.test_e2e_conversations import chat_menu
 from tests.ui import INPUT, new_device_context, open_app, set_model, toast, wait_until_idle
 
 VISION_MODEL = "openai/gpt-4o"
@@ -74,6 +76,24 @@ def paste_png(page: Page, data: bytes, name: str = "screenshot.png") -> None:
         }""",
         [base64.b64encode(data).decode("ascii"), name],
     )
+
+
+def drop_files(page: Page, *named: tuple[str, bytes, str]) -> None:
+    """Drag files (name, bytes, MIME type) from the desktop and drop them on the message box."""
+    transfer = page.evaluate_handle(
+        """(files) => {
+            const data = new DataTransfer();
+            for (const [b64, name, type] of files) {
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                data.items.add(new File([bytes], name, { type }));
+            }
+            return data;
+        }""",
+        [[base64.b64encode(data).decode("ascii"), name, mime] for name, data, mime in named],
+    )
+    box = page.locator(INPUT)
+    for event in ("dragenter", "dragover", "drop"):
+        box.dispatch_event(event, {"dataTransfer": transfer})
 
 
 def send_now(page: Page, text: str) -> None:
@@ -224,3 +244,59 @@ def test_a_drawn_picture_appears_and_is_still_there_after_a_restart(
         page.wait_for_function(f"document.querySelector('{drawn}').naturalWidth > 0")
     finally:
         again.stop()
+
+
+def test_files_dropped_on_the_composer_are_sent_and_a_blind_model_is_said_to_miss_the_picture(
+    page: Page, app: AppServer, fake: FakeOpenRouter
+) -> None:
+    open_app(page, app.url)
+    set_model(page, VISION_MODEL)
+    drop_files(
+        page,
+        ("holiday.png", png(color="navy"), "image/png"),
+        ("plan.pdf", pdf(), "application/pdf"),
+    )
+    expect(page.locator(CHIPS)).to_have_count(2)
+    expect(page.locator(CHIPS).first).to_contain_text("holiday.png")
+    send_now(page, "What do these show? [[tokens=3]]")
+    wait_until_idle(page)
+    expect(page.locator(USER_IMAGES)).to_have_count(1)
+    expect(page.locator('#chat [data-testid="user"]').last).to_contain_text("plan.pdf")
+    assert sorted(p["type"] for p in user_parts(fake)) == ["file", "image_url", "text"]
+
+    # The visitor moves on with a model that cannot see: the picture stays behind, and says so.
+    set_model(page, TEXT_ONLY_MODEL)
+    send_now(page, "Now in one word [[tokens=2]]")
+    wait_until_idle(page)
+    expect(toast(page, "older picture was not sent")).to_contain_text("can't see images")
+    sent = fake.chat_requests()[-1].body["messages"]
+    parts = [p for m in sent if isinstance(m["content"], list) for p in m["content"]]
+    assert sent[-1]["content"] == "Now in one word [[tokens=2]]" or user_parts(fake)
+    assert "image_url" not in {p["type"] for p in parts}
+    expect(page.locator(USER_IMAGES)).to_have_count(1)  # still on the page, and kept
+
+
+def test_a_chat_with_files_exports_from_its_menu_as_markdown_with_the_files_beside_it(
+    page: Page, app: AppServer, tmp_path: Path
+) -> None:
+    photo, report = png(color="maroon"), pdf()
+    open_app(page, app.url)
+    set_model(page, VISION_MODEL)
+    page.locator(FILE_INPUT).set_input_files(files(tmp_path, sunset_png=photo, budget_pdf=report))
+    expect(page.locator(CHIPS)).to_have_count(2)
+    send_now(page, "Keep these for the trip report [[tokens=3]]")
+    wait_until_idle(page)
+
+    menu = chat_menu(page, "Keep these for the trip")
+    with page.expect_download() as download_info:
+        menu.get_by_role("menuitem", name="Export Markdown").click()
+    download = download_info.value
+    assert download.suggested_filename.endswith(".zip")
+    with zipfile.ZipFile(download.path()) as archive:
+        assert sorted(archive.namelist()) == ["chat.md", "files/budget.pdf", "files/sunset.png"]
+        document = archive.read("chat.md").decode("utf-8")
+        assert archive.read("files/sunset.png") == photo
+        assert archive.read("files/budget.pdf") == report
+    assert "Keep these for the trip report" in document
+    assert "(files/sunset.png)" in document and "(files/budget.pdf)" in document
+    assert TEST_API_KEY not in document
