@@ -271,7 +271,6 @@ def test_files_dropped_on_the_composer_are_sent_and_a_blind_model_is_said_to_mis
     expect(toast(page, "older picture was not sent")).to_contain_text("can't see images")
     sent = fake.chat_requests()[-1].body["messages"]
     parts = [p for m in sent if isinstance(m["content"], list) for p in m["content"]]
-    assert sent[-1]["content"] == "Now in one word [[tokens=2]]" or user_parts(fake)
     assert "image_url" not in {p["type"] for p in parts}
     expect(page.locator(USER_IMAGES)).to_have_count(1)  # still on the page, and kept
 
