@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.requests import Request
 
 from chatlib.identity import new_anonymous_id
+from chatlib.options import AnswerOptions
 from chatlib.services import create_services
+from chatlib.sources import Source
 from chatlib.visitors import BrowserIdentity
 from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter
+from ui.chat import answer_options
+from ui.display import sources_html
 from ui.errors import shown_as_toast
 from ui.page import Page
 from ui.sidebar import LISTED_CHATS
@@ -48,12 +55,19 @@ def request(session: str = "page-1", peer: str = "127.0.0.1") -> gr.Request:
 
 
 async def send(
-    page: Page, browser: dict[str, Any], text: str, chat_id: str | None = None
+    page: Page,
+    browser: dict[str, Any],
+    text: str,
+    chat_id: str | None = None,
+    options: tuple[bool, str, float] | None = None,
 ) -> dict[Any, Any]:
-    """Send `text` and return every update merged, as the page ends up showing them."""
+    """Send `text` and return every update merged, as the page ends up showing them.
+
+    `options`: the page's web search, reasoning effort and max length controls.
+    """
     shown: dict[Any, Any] = {}
     async for updates in page.chat.ask(
-        "send", text, chat_id, "openai/gpt-4o", "", 0.3, browser, request(), None
+        "send", text, chat_id, "openai/gpt-4o", "", 0.3, browser, request(), None, *(options or ())
     ):
         shown.update(updates)
     return shown
@@ -204,3 +218,125 @@ async def test_the_database_of_everyones_chats_is_readable_by_the_app_alone(
     files = [p for p in (tmp_path / "data").glob("chat.db*") if p.is_file()]
     assert {p.name for p in files} >= {"chat.db", "chat.db-wal"}
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o600"}
+
+
+async def test_a_chats_answer_options_come_back_with_it_and_a_new_chat_has_the_defaults(
+    page: Page,
+) -> None:
+    me = visitor()
+    searched = await send(page, me, "Look it up", options=(True, "medium", 300))
+    chat_id = searched[page.ctx.conversation_id]
+    fresh = page.chat.new_chat(request())
+    assert fresh[page.chat.web_search] is False
+    assert fresh[page.chat.reasoning_effort] == "off"
+    assert fresh[page.chat.max_tokens] == 0  # the page's box for "the model's default"
+    reopened = await opened(page, chat_id, me)
+    assert reopened[page.chat.web_search] is True
+    assert reopened[page.chat.max_tokens] == 300
+    effort = reopened[page.chat.reasoning_effort]
+    assert effort["value"] == "medium"
+    assert effort["visible"] is False  # openai/gpt-4o does not reason: the control is hidden
+
+
+async def test_the_effort_control_follows_the_model(page: Page) -> None:
+    assert page.chat.effort_shown("deepseek/deepseek-r1")[page.chat.reasoning_effort]["visible"]
+    for model in ("openai/gpt-4o", "someone/custom-model", "", None):
+        assert not page.chat.effort_shown(model)[page.chat.reasoning_effort]["visible"]
+
+
+@pytest.mark.parametrize(
+    ("web_search", "effort", "max_tokens", "named"),
+    [
+        ("yes", "off", None, "web_search"),
+        (False, "extreme", None, "reasoning_effort"),
+        (False, "off", 0, "max_tokens"),
+        (False, "off", 12.5, "max_tokens"),
+        (False, "off", "100", "max_tokens"),
+        (False, "off", 1_000_001, "max_tokens"),
+        (False, "off", True, "max_tokens"),
+        (False, "off", float("nan"), "max_tokens"),
+    ],
+)
+def test_odd_answer_options_are_refused_by_name(
+    web_search: object, effort: object, max_tokens: object, named: str
+) -> None:
+    with pytest.raises(gr.Error, match=f"Invalid {named}"):
+        answer_options(web_search, effort, max_tokens)
+
+
+def test_answer_options_not_given_are_the_chats_own() -> None:
+    assert answer_options(None, None, None) is None
+    assert answer_options(True, None, 64.0) == AnswerOptions(web_search=True, max_tokens=64)
+
+
+async def test_another_model_is_offered_only_for_a_chat_of_ones_own(page: Page) -> None:
+    owner, intruder = visitor(), visitor()
+    chat_id = (await send(page, owner, "Mine"))[page.ctx.conversation_id]
+    offered = await page.chat.offer_other_model(
+        "0", chat_id, "openai/gpt-4o", owner, request(), None
+    )
+    assert offered[page.chat.other_nth] == 0
+    assert offered[page.chat.other_row]["visible"] is True
+    retry = shown_as_toast(page.chat.retry_other_model)
+    with pytest.warns(UserWarning):
+        frames = [
+            u
+            async for u in retry(
+                0, "x-ai/grok-4", chat_id, "", 0.3, intruder, request("evil"), None
+            )
+        ]
+    assert frames == [gr.skip()]
+    for junk in ("", "-1", "0:1", "x" * 10):
+        with pytest.warns(UserWarning):
+            refused = await shown_as_toast(page.chat.offer_other_model)(
+                junk, chat_id, "openai/gpt-4o", owner, request(), None
+            )
+        assert refused == gr.skip()
+
+
+class _Markup(HTMLParser):
+    """The elements and attributes of a piece of HTML, and its text."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text += data
+
+
+@given(st.text(max_size=80), st.text(max_size=80))
+def test_any_source_is_listed_as_inert_text_or_a_safe_link(url: str, title: str) -> None:
+    source = Source(url=url, title=title)
+    shown = sources_html([source])
+    assert "\n" not in shown  # one line: the copy button and Markdown see one block
+    markup = _Markup()
+    markup.feed(shown)
+    assert {tag for tag, _ in markup.tags} <= {"div", "span", "ol", "li", "a"}
+    links = [attrs for tag, attrs in markup.tags if tag == "a"]
+    if source.link is None:
+        assert links == []
+    else:
+        assert len(links) == 1
+        assert links[0]["href"] is not None and links[0]["href"].startswith(("http", "HTTP"))
+        assert links[0]["target"] == "_blank"
+        assert links[0]["rel"] == "noopener noreferrer"
+    for tag, attrs in markup.tags:
+        assert not any(name.startswith("on") for name in attrs), tag
+    # Nothing Markdown or LaTeX would read as markup is left in the text from the web.
+    body = shown.split("<ol>", 1)[1]
+    text_parts = [part.split(">", 1)[-1] for part in body.split("<")]
+    assert not any(c in part for part in text_parts for c in "*_[]()`$\\")
+
+
+def test_a_hostile_source_title_is_shown_as_written() -> None:
+    title = "<img src=x onerror=alert(1)> [click](javascript:alert(2)) $$x$$"
+    shown = sources_html([Source("javascript:alert(3)", title)])
+    markup = _Markup()
+    markup.feed(shown)
+    assert [tag for tag, _ in markup.tags] == ["div", "span", "ol", "li", "span"]
+    assert title in markup.text and "javascript:alert(3)" in markup.text
