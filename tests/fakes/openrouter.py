@@ -1,4 +1,29 @@
-"""Local stand-in for the OpenRouter API (real HTTP and SSE on loopback) for tests."""
+"""Local stand-in for the OpenRouter API (real HTTP and SSE on loopback) for tests.
+
+Prompt keywords, `[[key=value]]` anywhere in the last user message (also settable for every
+request, or one model's, with `FakeOpenRouter.set_defaults`):
+
+- `tokens=N`, `rate=T` (tokens/s), `delay=S`: the answer's length and pace.
+- `reasoning=N`: N reasoning chunks before the text. Without it, a request with
+  `reasoning: {"effort": ...}` to a model whose catalog entry takes `reasoning` thinks for
+  REASONING_BY_EFFORT[effort] chunks.
+- `error=CODE` (`retry_after=S` for 429), `midstream_error=N` (`midstream_code=CODE`), `stall=N`,
+  `drop=N`, `garbage=N`, `badbytes=N`, `badshape=N`, `truncate=N`: failures, before the
+  answer or after N text chunks.
+- `images=N`, `badimage=N`: pictures drawn (data URLs in `delta.images`) before the text.
+- `options=1`: the answer starts by saying what the request asked for, e.g.
+  `[received: tools=openrouter:web_search max_results=5 reasoning=high max_tokens=100
+  plugins=file-parser]` (`none` when nothing), so a browser test can see it reached upstream.
+- `citations=delta|message|both|none` (default `both`): where a web search's sources
+  (`url_citation` annotations) come: on a late delta, on a final `message`, or both (same
+  URLs twice: the client must dedupe).
+- `hostile=1`: the sources also hold a `javascript:alert(1)` URL (with a title) and a
+  `data:` URL.
+
+A request with the `openrouter:web_search` server tool gets min(max_results, 3) sources
+(https://example.com/source-N, "Source N") after its text, and its usage `cost` grows by
+SEARCH_COST_PER_RESULT per result asked for (`server_tool_use.web_search_requests` = 1).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +40,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from http import HTTPStatus
 from types import FrameType
 from typing import Any
@@ -34,17 +59,24 @@ __all__ = [
     "CATALOG",
     "CATALOG_MODES",
     "DIRECTIVE_KEYS",
+    "HOSTILE_SOURCES",
+    "REASONING_BY_EFFORT",
+    "SEARCH_COST_PER_RESULT",
+    "WEB_SEARCH_TOOL",
     "PROVIDER_NAME",
     "FakeOpenRouter",
     "RecordedRequest",
     "SeenFile",
     "check_content",
+    "describe_options",
     "expected_cost",
     "expected_reply",
     "main",
     "prompt_tokens",
     "reply_chunks",
+    "search_annotations",
     "strip_directives",
+    "web_search_results",
 ]
 
 API_PREFIX = "/api/v1"
@@ -69,7 +101,20 @@ DIRECTIVE_KEYS = frozenset(
         "retry_after",
         "images",
         "badimage",
+        "options",
+        "citations",
+        "hostile",
     }
+)
+CITATION_PLACES = ("delta", "message", "both", "none")
+WEB_SEARCH_TOOL = "openrouter:web_search"
+SEARCH_COST_PER_RESULT = 0.004  # USD, added to the usage cost per result asked for
+SEARCH_SOURCES = 3  # at most this many sources per searched answer
+DEFAULT_MAX_RESULTS = 5
+REASONING_BY_EFFORT = {"low": 2, "medium": 4, "high": 8}
+HOSTILE_SOURCES = (
+    {"url": "javascript:alert(1)", "title": "Click <b>me</b>"},
+    {"url": "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==", "title": ""},
 )
 IMAGE_MAX_SIDE = 1568  # the app's default IMAGE_MAX_SIDE; FakeOpenRouter.image_max_side
 DRAWN_IMAGE_SIDE = 64  # the pictures `[[images=N]]` streams
@@ -430,6 +475,7 @@ CATALOG: tuple[dict[str, Any], ...] = (
 )
 
 _PRICING: dict[str, dict[str, str]] = {m["id"]: m["pricing"] for m in CATALOG}
+_PARAMETERS: dict[str, list[str]] = {m["id"]: m["supported_parameters"] for m in CATALOG}
 
 
 @dataclass(frozen=True)
@@ -462,6 +508,9 @@ class _Plan:
     retry_after: str = "7"
     images: int = 0  # pictures streamed (`delta.images`) before the text
     badimage: int = 0  # malformed image data URLs streamed before the text
+    options: int = 0  # 1: the answer starts by saying what the request asked for
+    citations: str = "both"  # where a web search's sources come (CITATION_PLACES)
+    hostile: int = 0  # 1: the sources include javascript: and data: URLs
 
     def fault(self, content_chunks: int) -> tuple[str, int] | None:
         """Return the earliest stream fault as (kind, content position), or None."""
@@ -674,6 +723,10 @@ def _parse_directive(key: str, value: str) -> Any:
         if not value:
             raise ValueError("retry_after must not be empty")
         return value
+    if key == "citations":
+        if value not in CITATION_PLACES:
+            raise ValueError(f"citations must be one of {', '.join(CITATION_PLACES)}")
+        return value
     number = int(value)
     if number < 0:
         raise ValueError(f"{key} must be non-negative")
@@ -773,6 +826,92 @@ def _huge_catalog_bytes() -> bytes:
     return orjson.dumps({"data": [*CATALOG, *(bulk(i) for i in range(count))]})
 
 
+def describe_options(body: Mapping[str, Any]) -> str:
+    """What a request asked for beyond its messages, as `[[options=1]]` says it."""
+    said: list[str] = []
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, dict):
+            said.append(f"tools={tool.get('type')}")
+            parameters = tool.get("parameters")
+            if isinstance(parameters, dict) and "max_results" in parameters:
+                said.append(f"max_results={parameters['max_results']}")
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict):
+        said.append(f"reasoning={reasoning.get('effort')}")
+    if "max_tokens" in body:
+        said.append(f"max_tokens={body['max_tokens']}")
+    plugins = body.get("plugins")
+    for plugin in plugins if isinstance(plugins, list) else ():
+        if isinstance(plugin, dict):
+            said.append(f"plugins={plugin.get('id')}")
+    return " ".join(said) or "none"
+
+
+def web_search_results(body: Mapping[str, Any]) -> int:
+    """max_results of the request's `openrouter:web_search` server tool; 0 without one."""
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, dict) and tool.get("type") == WEB_SEARCH_TOOL:
+            parameters = tool.get("parameters")
+            wanted = parameters.get("max_results") if isinstance(parameters, dict) else None
+            return wanted if isinstance(wanted, int) and wanted > 0 else DEFAULT_MAX_RESULTS
+    return 0
+
+
+def search_annotations(results: int, *, hostile: bool = False) -> tuple[dict[str, Any], ...]:
+    """The `url_citation` annotations of a search asking for `results` results."""
+    if not results:
+        return ()
+    pages = [
+        {"url": f"https://example.com/source-{n}", "title": f"Source {n}"}
+        for n in range(1, min(results, SEARCH_SOURCES) + 1)
+    ]
+    if hostile:
+        pages.extend(HOSTILE_SOURCES)
+    return tuple(
+        {
+            "type": "url_citation",
+            "url_citation": {
+                **page,
+                "content": f"What the page {page['url'][:40]} says.",
+                "start_index": 0,
+                "end_index": 5,
+            },
+        }
+        for page in pages
+    )
+
+
+def _reasoning_chunks(body: Mapping[str, Any], model: str) -> int:
+    """How long a reasoning model thinks for the request's `reasoning.effort` (0: it does not)."""
+    reasoning = body.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    params = _PARAMETERS.get(model) or _PARAMETERS.get(model.split(":")[0]) or ()
+    if "reasoning" not in params or not isinstance(effort, str):
+        return 0
+    return REASONING_BY_EFFORT.get(effort, 0)
+
+
+def _citation_chunks(fmt: _StreamFormat, gen: _Generation) -> bytes:
+    """The chunks carrying a search's sources, after the text (`[[citations=...]]`)."""
+    if not gen.annotations:
+        return b""
+    place = gen.plan.citations
+    out = b""
+    if place in ("delta", "both"):
+        out += fmt.delta({"role": "assistant", "content": "", "annotations": list(gen.annotations)})
+    if place in ("message", "both"):
+        message = {
+            "role": "assistant",
+            "content": "".join(gen.chunks),
+            "annotations": list(gen.annotations),
+        }
+        choice = {"index": 0, "delta": {}, "message": message, "finish_reason": None}
+        out += fmt.event({"choices": [choice]})
+    return out
+
+
 class _StreamFormat:
     """Pre-serialized pieces of one generation's SSE chunks."""
 
@@ -844,6 +983,8 @@ class _Generation:
     prompt_tokens: int
     gen_id: str
     created: int
+    search_results: int = 0  # max_results of a web search; 0: no search
+    annotations: tuple[dict[str, Any], ...] = ()  # url_citation annotations of the search
 
     def usage(self) -> dict[str, Any]:
         """Return the usage object for a completed generation."""
@@ -856,10 +997,12 @@ class _Generation:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": self.prompt_tokens + completion,
-            "cost": expected_cost(self.model, self.prompt_tokens, completion),
+            "cost": expected_cost(self.model, self.prompt_tokens, completion)
+            + self.search_results * SEARCH_COST_PER_RESULT,
             "is_byok": False,
             "prompt_tokens_details": {"cached_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": self.plan.reasoning},
+            **({"server_tool_use": {"web_search_requests": 1}} if self.search_results else {}),
         }
 
 
@@ -996,6 +1139,17 @@ class FakeOpenRouter(Fake):
         messages = request.body.get("messages") or []
         return [file for files in check_content(messages, self.image_max_side) for file in files]
 
+    def received_options(self, request: RecordedRequest | None = None) -> dict[str, Any]:
+        """`tools`, `plugins`, `reasoning`, `max_tokens` of a chat request (default: the last);
+        the ones it did not carry are left out."""
+        if request is None:
+            requests = self.chat_requests()
+            if not requests:
+                return {}
+            request = requests[-1]
+        keys = ("tools", "plugins", "reasoning", "max_tokens")
+        return {key: request.body[key] for key in keys if key in request.body}
+
     def received_images(self, request: RecordedRequest | None = None) -> list[tuple[str, int, int]]:
         """(MIME, width, height) of each image a chat request carried (default: the last)."""
         return [
@@ -1129,6 +1283,11 @@ class FakeOpenRouter(Fake):
             return _error(400, str(exc))
         if plan.error is not None:
             return self._error_directive(plan, model, user_text)
+        if plan.options:  # first, so a short max_tokens does not cut it off
+            user_text = f"[received: {describe_options(body)}] {user_text}"
+        if "reasoning" not in directives:
+            plan = replace(plan, reasoning=_reasoning_chunks(body, model))
+        search_results = web_search_results(body)
         chunks = reply_chunks(user_text, plan.tokens)
         finish_reason = "stop"
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
@@ -1143,6 +1302,8 @@ class FakeOpenRouter(Fake):
             prompt_tokens=prompt_tokens(messages),
             gen_id=_new_generation_id(),
             created=int(time.time()),
+            search_results=search_results,
+            annotations=search_annotations(search_results, hostile=bool(plan.hostile)),
         )
         headers = {"X-Generation-Id": generation.gen_id}
         if body.get("stream") is True:
@@ -1223,6 +1384,8 @@ class FakeOpenRouter(Fake):
         }
         if urls := _drawn_urls(plan):
             message["images"] = [_image_part(url) for url in urls]
+        if generation.annotations:
+            message["annotations"] = list(generation.annotations)
         body = {
             "id": generation.gen_id,
             "provider": PROVIDER_NAME,
@@ -1287,6 +1450,7 @@ class FakeOpenRouter(Fake):
                     yield bytes(buf)
                     buf.clear()
             if fault is None:
+                buf += _citation_chunks(fmt, gen)
                 buf += fmt.finish(gen.finish_reason)
                 buf += fmt.event({"choices": [], "usage": gen.usage()})
                 yield bytes(buf + DONE_LINE)
