@@ -201,6 +201,7 @@ async def test_a_comparison_goes_on_from_the_chat_history_with_its_options(
     assert [m.role for m in final.conversation.messages] == ["user", "assistant"] * 2
     for sent in fake.chat_requests():
         assert [m["role"] for m in sent.body["messages"]] == ["user", "assistant", "user"]
+        assert sent.body.get("max_tokens") == 5  # the options apply to every model
     assert final.conversation.options == options
 
 

@@ -39,6 +39,7 @@ def test_three_models_stream_together_one_is_stopped_alone_and_one_is_kept(
     quick = page.locator("#compare-1")
     slow = page.locator("#compare-2")
     reply = expected_reply("Which is best?", 20)
+    expect(page.locator("#compare-question")).to_contain_text("Which is best?")
     # The two quick models finish while the slow one is still typing.
     expect(page.locator("#compare-answer-0")).to_contain_text(reply)
     expect(page.locator("#compare-answer-1")).to_contain_text(reply)
@@ -65,6 +66,7 @@ def test_three_models_stream_together_one_is_stopped_alone_and_one_is_kept(
 
     quick.get_by_role("button", name="Continue with this answer").click()
     expect(fast).to_be_hidden()
+    expect(page.locator("#compare-question")).not_to_contain_text("Which is best?")
     expect(last_answer(page)).to_contain_text("answer ‹ 2/3 ›")
     expect(last_answer(page)).to_contain_text(QUICK)
 

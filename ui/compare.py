@@ -30,7 +30,14 @@ from chatlib.conversations import TurnRequest
 from chatlib.live import BUSY
 from chatlib.messages import format_answer_footer
 from chatlib.visitors import Visitor
-from ui.chat import EMPTY_COMPOSER, LATEX_DELIMITERS, ChatPanel, _composed, read_attachments
+from ui.chat import (
+    EMPTY_COMPOSER,
+    LATEX_DELIMITERS,
+    ChatPanel,
+    _composed,
+    answer_options,
+    read_attachments,
+)
 from ui.context import QUICK, STREAMING, PageContext, session_of
 from ui.display import TYPING, attachments_markdown
 from ui.errors import refuse, shown_as_toast, unchanged
@@ -113,6 +120,13 @@ class _Slot:
         }
 
 
+def _asked(text: str, files: int) -> str:
+    """The question over the columns (the chat shows it once the answers are saved)."""
+    quoted = "\n".join(f"> {line}" for line in text.strip().splitlines()) or "> …"
+    attached = f" ({files} file{'s' if files != 1 else ''} attached)" if files else ""
+    return f"**You asked{attached}:**\n\n{quoted}"
+
+
 def _inline(files: dict[str, bytes]) -> Any:
     """Pictures the models drew, shown from their bytes (the columns are not links to keep)."""
 
@@ -156,6 +170,7 @@ class ComparePanel:
                 self.send_btn = gr.Button(
                     "Compare", variant="primary", scale=1, min_width=100, elem_id="compare-btn"
                 )
+            self.question = gr.Markdown(elem_id="compare-question")
             with gr.Row(elem_id="compare-columns", equal_height=False):
                 self.slots = [_Slot(i) for i in range(MAX_COMPARE_MODELS)]
         # The last comparison's chat and answer position, for "Continue" once it is saved.
@@ -195,15 +210,23 @@ class ComparePanel:
         browser_value: Any,
         request: gr.Request,
         profile: gr.OAuthProfile | None,
+        web_search: bool | None = None,
+        reasoning_effort: str | None = None,
+        max_tokens: float | None = None,
     ) -> AsyncIterator[Updates]:
-        """Ask every picked model the message; the columns stream until all answers ended."""
+        """Ask every picked model the message; the columns stream until all answers ended.
+
+        The chat's settings beside it (system prompt, temperature, web search, reasoning,
+        answer length) apply to every model.
+        """
         visitor = self.ctx.visitor(browser_value, profile, request)
+        options = answer_options(web_search, reasoning_effort, max_tokens or None)
         if conversation_id and self.ctx.services.live.find(visitor.owner_key, conversation_id):
             refuse(BUSY)
         text, paths = _composed(message)
         attachments = await read_attachments(paths, self.ctx.settings.attachment_limits)
         turn = self._request(visitor, request, conversation_id, text, system_prompt, temperature)
-        turn = replace(turn, attachments=attachments)
+        turn = replace(turn, attachments=attachments, options=options)
         chosen = check_models(models or [])
         running = _Running(CompareControl.for_columns(len(chosen)))
         frames = self.ctx.services.conversations.compare(turn, chosen, running.control)
@@ -211,7 +234,10 @@ class ComparePanel:
         self._running[session] = running
         try:
             async with contextlib.aclosing(frames) as compared:
-                first: Updates = {self.textbox: dict(EMPTY_COMPOSER)}
+                first: Updates = {
+                    self.textbox: dict(EMPTY_COMPOSER),
+                    self.question: _asked(text, len(attachments)),
+                }
                 async for frame in compared:
                     if not frame.done:
                         yield {**first, **self._columns(frame)}
@@ -297,7 +323,12 @@ class ComparePanel:
 
     def _kept(self, conversation_id: str) -> Updates:
         """The columns close; the chat (opened next) shows the kept answer."""
-        return {**self._all_hidden(), self.last: None, self.ctx.conversation_id: conversation_id}
+        return {
+            **self._all_hidden(),
+            self.question: "",
+            self.last: None,
+            self.ctx.conversation_id: conversation_id,
+        }
 
     # ---- wiring --------------------------------------------------------------------------
 
@@ -320,10 +351,12 @@ class ComparePanel:
                 chat.system_prompt,
                 chat.temperature,
                 ctx.browser_state,
+                *chat.options,
             ],
             outputs=[
                 *slots,
                 self.textbox,
+                self.question,
                 self.last,
                 ctx.conversation_id,
                 *sidebar.list_outputs,
@@ -340,6 +373,6 @@ class ComparePanel:
             slot.keep.click(
                 shown_as_toast(self.keep),
                 inputs=[gr.State(slot.index), self.last, ctx.browser_state],
-                outputs=[*slots, self.last, ctx.conversation_id],
+                outputs=[*slots, self.question, self.last, ctx.conversation_id],
                 **STREAMING,
             ).then(**show_chat, **opened)
