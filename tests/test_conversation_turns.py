@@ -294,7 +294,7 @@ async def test_retry_at_a_question_that_is_not_there_is_refused_before_anything_
 
 
 async def test_a_chats_options_are_saved_and_a_turn_without_its_own_uses_them(
-    services: tuple[ChatService, ConversationService, UsageLog],
+    fake: FakeOpenRouter, services: tuple[ChatService, ConversationService, UsageLog]
 ) -> None:
     _, conversations, _ = services
     plain = await _chat(conversations, "no options asked")
@@ -305,13 +305,22 @@ async def test_a_chats_options_are_saved_and_a_turn_without_its_own_uses_them(
     chat_id = first.conversation.id
     assert first.conversation.options == searched
     await _last(conversations.turn(_turn(f"more\n{QUICK}", chat_id)))  # no options: the chat's
+    assert _asked_with(fake) == (True, 120)
     retried = await _last(conversations.turn(_turn("", chat_id, action="retry", edit_index=0)))
-    assert retried.conversation.options == searched
+    assert retried.conversation.options == searched and _asked_with(fake) == (True, 120)
     assert (await conversations.open(OWNER, chat_id)).options == searched
 
     shorter = replace(searched, web_search=False, max_tokens=None)
     await _last(conversations.turn(_turn(f"again\n{QUICK}", chat_id, options=shorter)))
     assert (await conversations.open(OWNER, chat_id)).options == shorter
+    assert _asked_with(fake) == (False, None)
+
+
+def _asked_with(fake: FakeOpenRouter) -> tuple[bool, int | None]:
+    """Whether the last request upstream searched the web, and its answer length."""
+    sent = fake.received_options()
+    searched = any("web_search" in str(tool.get("type")) for tool in sent.get("tools", []))
+    return searched, sent.get("max_tokens")
 
 
 async def test_editing_a_question_replaces_it_and_everything_after_it(
