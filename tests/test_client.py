@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from chatlib.client import (
     FirstToken,
     ImageDelta,
     ReasoningDelta,
+    SourcesFound,
     StreamEvent,
     StreamFailed,
     TextDelta,
@@ -34,6 +37,7 @@ from chatlib.client import (
 from chatlib.config import Settings
 from chatlib.frames import FrameBudget
 from chatlib.messages import AnswerMeta, format_answer_footer
+from chatlib.sources import Source
 from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 
@@ -446,3 +450,175 @@ def test_an_older_saved_402_answer_reads_as_out_of_credit_too() -> None:
     )
     meta = AnswerMeta(model="m", status="interrupted", error=old_error)
     assert format_answer_footer(meta).endswith("failed: out of credit")
+
+
+# -- sources (web search) and big request bodies ---------------------------------------------
+
+SEARCH_TOOL = [{"type": "openrouter:web_search", "parameters": {"max_results": 5}}]
+
+
+async def _stream_with(
+    fake: FakeOpenRouter, text: str, messages: list[dict[str, Any]] | None = None, **extra: Any
+) -> list[StreamEvent]:
+    client = AsyncOpenAI(base_url=fake.base_url, api_key="sk-or-v1-unit", max_retries=0)
+    try:
+        return [
+            event
+            async for event in stream_chat(
+                client,
+                model="openai/gpt-4o",
+                messages=messages or [{"role": "user", "content": text}],
+                temperature=0.3,
+                idle_timeout=5.0,
+                extra_body=extra,
+            )
+        ]
+    finally:
+        await client.close()
+
+
+def _sources(events: list[StreamEvent]) -> list[Source]:
+    return [s for e in events if isinstance(e, SourcesFound) for s in e.sources]
+
+
+@pytest.mark.parametrize("place", ["delta", "message", "both"])
+async def test_a_searched_answer_names_its_sources_once_after_its_text(
+    fake: FakeOpenRouter, place: str
+) -> None:
+    text = f"what is new? [[tokens=6]] [[citations={place}]]"
+    events = await _stream_with(fake, text, tools=SEARCH_TOOL)
+    assert _text(events) == expected_reply(text, 6)  # the text is whole
+    urls = [s.url for s in _sources(events)]
+    assert urls == [f"https://example.com/source-{n}" for n in (1, 2, 3)]  # once each
+    assert _sources(events)[0].title == "Source 1"
+    kinds = [type(e) for e in events]
+    assert kinds.index(FirstToken) < kinds.index(TextDelta) < kinds.index(SourcesFound)
+    usage = next(e for e in events if isinstance(e, Usage))
+    assert usage.cost_usd is not None and usage.cost_usd > 5 * 0.004  # the search is billed
+
+
+async def test_hostile_sources_are_kept_as_text_never_as_links(fake: FakeOpenRouter) -> None:
+    events = await _stream_with(fake, "news [[tokens=3]] [[hostile=1]]", tools=SEARCH_TOOL)
+    hostile = [s for s in _sources(events) if s.link is None]
+    assert {s.url.split(":")[0] for s in hostile} == {"javascript", "data"}
+    assert isinstance(events[-1], Finished)
+
+
+def test_sources_alone_are_not_a_first_token() -> None:
+    events = client_module._Events(lambda: 0.0)
+    batch = client_module._parse_lines(
+        [_annotated_chunk({"annotations": [_citation("https://a.example")]})]
+    )
+    assert [type(e) for e in events.from_batch(batch)] == [SourcesFound]
+    assert not events.has_content
+
+
+def _citation(url: object, title: object = "A page") -> dict[str, Any]:
+    return {"type": "url_citation", "url_citation": {"url": url, "title": title}}
+
+
+def _annotated_chunk(delta: dict[str, Any], message: dict[str, Any] | None = None) -> bytes:
+    choice: dict[str, Any] = {"index": 0, "delta": delta}
+    if message is not None:
+        choice["message"] = message
+    return b"data: " + orjson.dumps({"id": "gen-1", "choices": [choice]})
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        "not a list",
+        {"type": "url_citation"},
+        [1, None, "x", []],
+        [{"type": "url_citation", "url_citation": "nope"}],
+        [{"type": "url_citation", "url_citation": {"url": 42, "title": ["t"]}}],
+        [{"type": "file_annotation", "file": {"name": "a.pdf"}}],
+        [_citation("   ")],
+    ],
+)
+def test_odd_annotations_never_cost_the_answer_its_text(annotations: object) -> None:
+    events = client_module._Events(lambda: 0.0)
+    lines = [
+        _annotated_chunk({"content": "Hello", "annotations": annotations}),
+        _annotated_chunk({}, message={"annotations": annotations}),
+        _annotated_chunk({"content": " world"}),
+    ]
+    out = list(events.from_batch(client_module._parse_lines(lines)))
+    assert "".join(e.text for e in out if isinstance(e, TextDelta)) == "Hello world"
+    assert not any(isinstance(e, SourcesFound) for e in out)
+
+
+def test_a_source_repeated_in_a_later_read_is_not_sent_again_unless_it_gained_a_title() -> None:
+    events = client_module._Events(lambda: 0.0)
+
+    def found(*citations: dict[str, Any]) -> list[Source]:
+        batch = client_module._parse_lines([_annotated_chunk({"annotations": list(citations)})])
+        return [
+            s for e in events.from_batch(batch) if isinstance(e, SourcesFound) for s in e.sources
+        ]
+
+    assert found(_citation("https://a.example", ""), _citation("https://a.example", "")) == [
+        Source("https://a.example")
+    ]
+    assert found(_citation("https://a.example", "")) == []
+    assert found(_citation("https://a.example", "A")) == [Source("https://a.example", "A")]
+    assert found(_citation("https://a.example", "B")) == []
+
+
+def _big_messages() -> list[dict[str, Any]]:
+    pdf = b"%PDF-1.4\n%" + os.urandom(3_000_000) + b"\n%%EOF\n"
+    data = "data:application/pdf;base64," + base64.b64encode(pdf).decode()
+    part = {"type": "file", "file": {"filename": "big.pdf", "file_data": data}}
+    text = {"type": "text", "text": 'Summarise "this" — é\n' * 5000}
+    return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [text, part]}]
+
+
+async def test_a_big_body_is_sent_in_pieces_as_the_same_json_and_still_streams(
+    fake: FakeOpenRouter,
+) -> None:
+    messages = _big_messages()
+    body = {"model": "openai/gpt-4o", "stream": True, "messages": messages, "temperature": 0.3}
+    encoded = await client_module.encode_request_body({**body, "plugins": [{"id": "file-parser"}]})
+    assert isinstance(encoded, client_module.RequestBody) and len(encoded.pieces) > 3
+    assert bytes(encoded) == orjson.dumps({**body, "plugins": [{"id": "file-parser"}]})
+    events = await _stream_with(fake, "", messages, plugins=[{"id": "file-parser"}])
+    assert isinstance(events[-1], Finished) and _text(events).startswith("Echo:")
+    sent = fake.chat_requests()[-1]
+    assert sent.body == {**body, "plugins": [{"id": "file-parser"}]}
+    assert sent.headers["content-length"] == str(len(encoded))  # not chunked
+    assert "transfer-encoding" not in sent.headers
+
+
+async def test_the_request_carries_the_same_headers_and_json_as_the_sdk_would_send(
+    fake: FakeOpenRouter,
+) -> None:
+    headers = {"X-OpenRouter-Title": "T"}
+    client = AsyncOpenAI(
+        base_url=fake.base_url, api_key="sk-or-v1-unit", max_retries=0, default_headers=headers
+    )
+    messages: list[Any] = [{"role": "user", "content": "same? [[tokens=2]]"}]
+    try:  # what the client did before it encoded bodies itself
+        async with client.chat.completions.with_streaming_response.create(
+            model="openai/gpt-4o", messages=messages, temperature=0.3, stream=True
+        ) as response:
+            await response.read()
+        events = stream_chat(
+            client, model="openai/gpt-4o", messages=messages, temperature=0.3, idle_timeout=5.0
+        )
+        assert isinstance([e async for e in events][-1], Finished)
+    finally:
+        await client.close()
+    by_sdk, ours = fake.chat_requests()[-2:]
+    assert ours.body == by_sdk.body
+    assert ours.headers.keys() == by_sdk.headers.keys()
+    same = set(ours.headers) - {"content-length", "x-stainless-read-timeout"}
+    assert {k: ours.headers[k] for k in same} == {k: by_sdk.headers[k] for k in same}
+
+
+async def test_a_body_that_cannot_be_encoded_fails_the_answer_with_a_message(
+    fake: FakeOpenRouter,
+) -> None:
+    events = await _stream_with(fake, "broken \ud800 text")
+    assert len(events) == 1 and isinstance(events[0], StreamFailed)
+    assert "cannot be encoded" in events[0].error.user_message
+    assert fake.chat_requests() == []

@@ -874,3 +874,112 @@ def test_cli_prints_ready_and_stops_on_sigterm() -> None:
             process.wait(timeout=15)
         if process.stdout is not None:
             process.stdout.close()
+
+
+# -- web search, reasoning effort, options echo (issue 17) ------------------------------------
+
+SEARCH = [{"type": "openrouter:web_search", "parameters": {"max_results": 4}}]
+
+
+def _annotations_in(raw: bytes) -> tuple[list[Any], list[Any]]:
+    """(annotations on deltas, annotations on final messages) of a raw SSE body."""
+    on_deltas: list[Any] = []
+    on_messages: list[Any] = []
+    for event in sse_events(raw):
+        payload = event.removeprefix("data: ")
+        if not payload.startswith("{"):
+            continue
+        for choice in json.loads(payload).get("choices", []):
+            on_deltas.extend((choice.get("delta") or {}).get("annotations") or [])
+            on_messages.extend((choice.get("message") or {}).get("annotations") or [])
+    return on_deltas, on_messages
+
+
+def _usage_in(raw: bytes) -> dict[str, Any]:
+    events = [json.loads(e.removeprefix("data: ")) for e in sse_events(raw) if "usage" in e]
+    return events[-1]["usage"]
+
+
+def test_a_searched_answer_cites_its_sources_after_the_text_and_bills_the_search(
+    router: FakeOpenRouter,
+) -> None:
+    _, raw = raw_stream(router, "news [[tokens=3]]", tools=SEARCH)
+    on_deltas, on_messages = _annotations_in(raw)
+    urls = [a["url_citation"]["url"] for a in on_deltas]
+    assert urls == [f"https://example.com/source-{n}" for n in (1, 2, 3)]
+    assert on_messages == on_deltas  # both places by default: a client must dedupe
+    assert on_deltas[0]["type"] == "url_citation" and on_deltas[0]["url_citation"]["title"]
+    usage = _usage_in(raw)
+    words = prompt_tokens(user("news [[tokens=3]]"))
+    assert usage["cost"] == pytest.approx(expected_cost(MODEL, words, 3) + 4 * 0.004)
+    assert usage["server_tool_use"] == {"web_search_requests": 1}
+    _, plain = raw_stream(router, "news [[tokens=3]]")
+    assert _annotations_in(plain) == ([], []) and "server_tool_use" not in _usage_in(plain)
+
+
+@pytest.mark.parametrize(("place", "deltas", "messages"), [("delta", 3, 0), ("message", 0, 3)])
+def test_sources_can_come_on_a_late_delta_or_on_a_final_message_alone(
+    router: FakeOpenRouter, place: str, deltas: int, messages: int
+) -> None:
+    _, raw = raw_stream(router, f"news [[tokens=3]] [[citations={place}]]", tools=SEARCH)
+    on_deltas, on_messages = _annotations_in(raw)
+    assert (len(on_deltas), len(on_messages)) == (deltas, messages)
+
+
+def test_a_hostile_search_cites_script_and_data_urls(router: FakeOpenRouter) -> None:
+    _, raw = raw_stream(router, "news [[tokens=3]] [[hostile=1]]", tools=SEARCH)
+    urls = [a["url_citation"]["url"] for a in _annotations_in(raw)[0]]
+    assert "javascript:alert(1)" in urls
+    assert any(url.startswith("data:") for url in urls)
+
+
+async def test_the_answer_can_say_what_the_request_asked_for(router: FakeOpenRouter) -> None:
+    text, _ = await collect(
+        router,
+        "what did you get? [[options=1]] [[tokens=40]]",
+        model="deepseek/deepseek-r1",
+        max_tokens=30,
+        extra_body={"tools": SEARCH, "reasoning": {"effort": "high"}},
+    )
+    assert text.startswith(
+        "Echo: [received: tools=openrouter:web_search max_results=4 reasoning=high max_tokens=30]"
+    )
+    assert router.received_options() == {
+        "tools": SEARCH,
+        "reasoning": {"effort": "high"},
+        "max_tokens": 30,
+    }
+    text, _ = await collect(router, "and now? [[options=1]] [[tokens=6]]")
+    assert text.startswith("Echo: [received: none]") and router.received_options() == {}
+
+
+async def test_a_reasoning_model_thinks_for_the_effort_asked_and_others_do_not(
+    router: FakeOpenRouter,
+) -> None:
+    def thoughts(chunks: list[ChatCompletionChunk]) -> int:
+        return sum(
+            1 for c in chunks if c.choices and getattr(c.choices[0].delta, "reasoning", None)
+        )
+
+    high = {"reasoning": {"effort": "high"}}
+    _, chunks = await collect(
+        router, "hm [[tokens=2]]", model="deepseek/deepseek-r1", extra_body=high
+    )
+    assert thoughts(chunks) == 8
+    _, chunks = await collect(
+        router,
+        "hm [[tokens=2]]",
+        model="deepseek/deepseek-r1",
+        extra_body={"reasoning": {"effort": "low"}},
+    )
+    assert thoughts(chunks) == 2
+    _, chunks = await collect(router, "hm [[tokens=2]]", model=MODEL, extra_body=high)
+    assert thoughts(chunks) == 0  # gpt-4o takes no reasoning
+    _, chunks = await collect(router, "hm [[tokens=2]]", model="deepseek/deepseek-r1")
+    assert thoughts(chunks) == 0  # not asked
+
+
+def test_the_catalog_has_reasoning_models_and_answer_length_caps() -> None:
+    caps = [m["top_provider"]["max_completion_tokens"] for m in CATALOG]
+    assert any(isinstance(cap, int) for cap in caps) and None in caps
+    assert any("reasoning" in m["supported_parameters"] for m in CATALOG)
