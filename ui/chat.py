@@ -313,6 +313,18 @@ class ChatPanel:
             **what,
         )
 
+    def _page_options(
+        self, model: str, web_search: object, reasoning_effort: object, max_tokens: object
+    ) -> AnswerOptions | None:
+        """The options the page's controls show for a turn with `model`.
+
+        The box says 0 for "the model's default"; an effort the page hides (the model does
+        not think, or is not in the catalog) is not asked for: what is sent is what is shown.
+        """
+        if not self.model_picker.takes_reasoning(model or self.ctx.settings.default_model):
+            reasoning_effort = None if reasoning_effort is None else "off"
+        return answer_options(web_search, reasoning_effort, max_tokens or None)
+
     def _links(self, owner_key: str, request: gr.Request | None) -> Link | None:
         """Private links to `owner_key`'s files for the browser behind `request`.
 
@@ -444,7 +456,7 @@ class ChatPanel:
         """
         visitor = self.ctx.visitor(browser_value, profile, request)
         settings = (model, system_prompt, temperature)
-        options = answer_options(web_search, reasoning_effort, max_tokens or None)
+        options = self._page_options(model, web_search, reasoning_effort, max_tokens)
         text, paths = _composed(message)
         attachments = await read_attachments(paths, self.ctx.settings.attachment_limits)
         turn = self._request(
@@ -479,7 +491,7 @@ class ChatPanel:
     ) -> AsyncIterator[Updates]:
         """Ask an edited question in place of the one shown (the old one stays a version)."""
         visitor = self.ctx.visitor(browser_value, profile, request)
-        options = answer_options(web_search, reasoning_effort, max_tokens or None)
+        options = self._page_options(model, web_search, reasoning_effort, max_tokens)
         if conversation_id is None:
             refuse("Only your own messages can be edited.")
         conversation = await self.ctx.services.conversations.open(
@@ -679,8 +691,8 @@ class ChatPanel:
         if not isinstance(other_model, str) or not other_model.strip():
             refuse("Choose a model first.")
         visitor = self.ctx.visitor(browser_value, profile, request)
-        options = answer_options(web_search, reasoning_effort, max_tokens or None)
         chosen = other_model.strip()
+        options = self._page_options(chosen, web_search, reasoning_effort, max_tokens)
         turn = self._request(
             visitor,
             request,
