@@ -182,6 +182,28 @@ def app_factory(
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def shared_app_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., AppServer]]:
+    """Like `app_factory`, but one app per distinct settings for the whole session.
+
+    For modules whose tests each take a fresh browser context (a new visitor) and depend on
+    no server-wide state: they share the app instead of starting their own (~10 s each).
+    """
+    started: dict[tuple[tuple[str, str], ...], AppServer] = {}
+
+    def factory(name: str = "app", **env: str) -> AppServer:
+        key = tuple(sorted(env.items()))
+        if key not in started:
+            started[key] = start_app(tmp_path_factory.mktemp(name), env)
+        return started[key]
+
+    yield factory
+    for server in started.values():
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def app_server(app_factory: Callable[..., AppServer], fake_openrouter: FakeOpenRouter) -> AppServer:
     """The app with an operator key, pointed at the fake OpenRouter."""

@@ -27,17 +27,19 @@ def axe() -> Axe:
 
 
 @pytest.fixture(scope="module")
-def keyed_app(app_factory: Callable[..., AppServer], fake_openrouter: FakeOpenRouter) -> AppServer:
-    return app_factory(
+def keyed_app(
+    shared_app_factory: Callable[..., AppServer], fake_openrouter: FakeOpenRouter
+) -> AppServer:
+    return shared_app_factory(
         "a11y", OPENROUTER_API_KEY=TEST_API_KEY, OPENROUTER_BASE_URL=fake_openrouter.base_url
     )
 
 
 @pytest.fixture(scope="module")
 def first_run_app(
-    app_factory: Callable[..., AppServer], fake_openrouter: FakeOpenRouter
+    shared_app_factory: Callable[..., AppServer], fake_openrouter: FakeOpenRouter
 ) -> AppServer:
-    return app_factory(
+    return shared_app_factory(
         "a11y-first-run", OPENROUTER_API_KEY="", OPENROUTER_BASE_URL=fake_openrouter.base_url
     )
 

@@ -117,9 +117,9 @@ def user_parts(fake: FakeOpenRouter) -> list[dict[str, Any]]:
 
 
 def test_a_photo_and_a_pasted_screenshot_reach_a_vision_model_and_stay_after_a_reload(
-    device_page: Page, app: AppServer, fake: FakeOpenRouter, tmp_path: Path
+    page: Page, app: AppServer, fake: FakeOpenRouter, tmp_path: Path
 ) -> None:
-    page = device_page
+    # Desktop only: issue 16 names no phone journey (the composer is the same component).
     open_app(page, app.url)
     set_model(page, VISION_MODEL)
     page.locator(FILE_INPUT).set_input_files(files(tmp_path, photo_png=png()))

@@ -26,19 +26,21 @@ REFUSAL = "Too long: 9,120 of 8,000 characters. Shorten it or send it in parts."
 
 
 @pytest.fixture(scope="module")
-def keyed_app(app_factory: Callable[..., AppServer], fake_openrouter: FakeOpenRouter) -> AppServer:
+def keyed_app(
+    shared_app_factory: Callable[..., AppServer], fake_openrouter: FakeOpenRouter
+) -> AppServer:
     """The app with an operator key and the default 8,000-character limit."""
-    return app_factory(
+    return shared_app_factory(
         "shell", OPENROUTER_API_KEY=TEST_API_KEY, OPENROUTER_BASE_URL=fake_openrouter.base_url
     )
 
 
 @pytest.fixture(scope="module")
 def first_run_app(
-    app_factory: Callable[..., AppServer], fake_openrouter: FakeOpenRouter
+    shared_app_factory: Callable[..., AppServer], fake_openrouter: FakeOpenRouter
 ) -> AppServer:
     """The app as first started: no operator key."""
-    return app_factory(
+    return shared_app_factory(
         "first-run", OPENROUTER_API_KEY="", OPENROUTER_BASE_URL=fake_openrouter.base_url
     )
 
