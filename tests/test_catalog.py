@@ -172,3 +172,15 @@ def test_the_controls_values_become_a_filter_and_unknown_values_mean_any() -> No
     assert model_filter(None, "7", "1e9") == ModelFilter()
     assert [label for label, _ in CONTEXT_CHOICES] == ["any", "8K", "32K", "128K", "1M"]
     assert PRICE_CHOICES[0] == ("any", "any")
+
+
+def test_an_answer_length_cap_is_read_from_the_top_provider_and_odd_ones_are_ignored() -> None:
+    live = _live()
+    assert live["evil/model"].max_completion_tokens == 1024
+    assert live["deepseek/deepseek-chat-v3.1"].max_completion_tokens is None  # null upstream
+    base = {"id": "a/b", "name": "A"}
+    for odd in ({"max_completion_tokens": "4096"}, {"max_completion_tokens": -1}, "x", None):
+        assert parse_model({**base, "top_provider": odd}) == ModelInfo("a/b", "A")
+    assert parse_model({**base, "top_provider": {"max_completion_tokens": True}}) == ModelInfo(
+        "a/b", "A"
+    )

@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import structlog
 
-from chatlib.chat import ChatService, TurnRequest
+from chatlib.catalog import ModelCatalog, http_catalog_fetcher
+from chatlib.chat import ChatService, TurnFrame, TurnRequest
 from chatlib.client import ClientPool
 from chatlib.errors import InputError, MissingApiKey, RateLimited
 from chatlib.frames import FrameBudget
 from chatlib.logging import REDACTED, SecretRedactor
+from chatlib.options import MAX_ANSWER_TOKENS, AnswerOptions
 from chatlib.ratelimit import RateLimiter
 from chatlib.usage import UsageLog, read_usage
 from tests.conftest import TEST_API_KEY, settings_for
@@ -223,3 +226,112 @@ async def test_two_replicas_record_one_refusal_row_per_window_between_them(
             await limiter.aclose()
             log.close()
     assert sorted(r.count for r in rows) == [1, 4]  # five refusals, two rows, one window each
+
+
+# -- answer options: web search, reasoning effort, answer length (issue 17) ------------------
+
+
+async def _catalog_service(fake: FakeOpenRouter, tmp_path: Path, **env: str) -> ChatService:
+    settings = settings_for(fake, tmp_path, **env)
+    catalog = ModelCatalog(
+        http_catalog_fetcher(fake.base_url, 5.0), ttl_seconds=3600, timeout_seconds=5.0
+    )
+    assert await catalog.refresh()
+    pool = ClientPool(settings)
+    _POOLS.append(pool)
+    budget = FrameBudget(updates_per_second=300, min_interval_s=0.01)
+    return ChatService(settings, pool, budget, catalog=catalog)
+
+
+async def _answer(service: ChatService, text: str, **kw: object) -> TurnFrame:
+    frames = [f async for f in service.run_turn(_request(text, **kw), ())]
+    return frames[-1]
+
+
+async def test_a_searched_answer_keeps_its_sources_and_pays_for_the_search(
+    fake: FakeOpenRouter, tmp_path: Path
+) -> None:
+    service = await _catalog_service(fake, tmp_path, WEB_SEARCH_MAX_RESULTS="7")
+    final = await _answer(
+        service, "what happened? [[tokens=5]]", options=AnswerOptions(web_search=True)
+    )
+    assert fake.received_options() == {
+        "tools": [{"type": "openrouter:web_search", "parameters": {"max_results": 7}}]
+    }
+    meta = final.answer.meta
+    assert meta is not None and meta.status == "complete"
+    assert [s.url for s in meta.sources] == [f"https://example.com/source-{n}" for n in (1, 2, 3)]
+    assert meta.cost_usd is not None and meta.cost_usd > 7 * 0.004
+    assert final.answer.content == expected_reply("what happened? [[tokens=5]]", 5)
+    await _answer(service, "and plainly? [[tokens=2]]")
+    assert fake.received_options() == {}  # None: the defaults, no search
+
+
+async def test_reasoning_effort_goes_to_models_that_take_it_and_to_custom_ids_only(
+    fake: FakeOpenRouter, tmp_path: Path
+) -> None:
+    service = await _catalog_service(fake, tmp_path)
+    high = AnswerOptions(reasoning_effort="high")
+    final = await _answer(service, "hm [[tokens=2]]", model="deepseek/deepseek-r1", options=high)
+    assert fake.received_options() == {"reasoning": {"effort": "high"}}
+    assert final.answer.reasoning.startswith("think0")  # the model thought
+    await _answer(service, "hm [[tokens=2]]", model="openai/gpt-4o", options=high)
+    assert fake.received_options() == {}  # gpt-4o takes no reasoning: not sent
+    await _answer(service, "hm [[tokens=2]]", model="someone/custom-model", options=high)
+    assert fake.received_options() == {"reasoning": {"effort": "high"}}  # OpenRouter judges
+    off = AnswerOptions(reasoning_effort="off")
+    await _answer(service, "hm [[tokens=2]]", model="deepseek/deepseek-r1", options=off)
+    assert fake.received_options() == {}
+
+
+async def test_max_answer_length_goes_to_every_model_within_its_cap(
+    fake: FakeOpenRouter, tmp_path: Path
+) -> None:
+    service = await _catalog_service(fake, tmp_path)
+    final = await _answer(service, "long [[tokens=30]]", options=AnswerOptions(max_tokens=4))
+    assert fake.received_options() == {"max_tokens": 4}
+    assert final.answer.meta is not None and final.answer.meta.completion_tokens == 4
+    await _answer(
+        service, "x [[tokens=2]]", model="evil/model", options=AnswerOptions(max_tokens=5000)
+    )
+    assert fake.received_options() == {"max_tokens": 1024}  # the catalog's cap
+    await _answer(
+        service, "x [[tokens=2]]", model="a/custom", options=AnswerOptions(max_tokens=5000)
+    )
+    assert fake.received_options() == {"max_tokens": 5000}
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        (AnswerOptions(reasoning_effort="extreme"), "reasoning_effort"),  # type: ignore[arg-type]
+        (AnswerOptions(max_tokens=0), "max_tokens"),
+        (AnswerOptions(max_tokens=MAX_ANSWER_TOKENS + 1), "max_tokens"),
+        (AnswerOptions(max_tokens=2.5), "max_tokens"),  # type: ignore[arg-type]
+        (AnswerOptions(max_tokens=True), "max_tokens"),
+        (AnswerOptions(web_search="yes"), "web_search"),  # type: ignore[arg-type]
+    ],
+)
+async def test_odd_options_are_refused_by_name_before_anything_is_sent(
+    fake: FakeOpenRouter, tmp_path: Path, options: AnswerOptions, field: str
+) -> None:
+    service = _service(fake, tmp_path)
+    with pytest.raises(InputError, match=field):
+        await _answer(service, "hi", options=options)
+    assert fake.chat_requests() == []
+
+
+async def test_the_turn_log_says_which_options_were_asked(
+    fake: FakeOpenRouter, tmp_path: Path
+) -> None:
+    service = await _catalog_service(fake, tmp_path)
+    options = AnswerOptions(web_search=True, reasoning_effort="low", max_tokens=50)
+    with structlog.testing.capture_logs() as logs:
+        await _answer(service, "hi [[tokens=2]]", model="openai/gpt-4o", options=options)
+    started = next(entry for entry in logs if entry["event"] == "chat.started")
+    assert started["web_search"] is True and started["reasoning_effort"] == "low"
+    assert started["max_tokens"] == 50
+    assert any(entry["event"] == "chat.reasoning_skipped" for entry in logs)
+    assert any(
+        entry.get("requests") == 1 for entry in logs if entry["event"] == "chat.web_search_requests"
+    )

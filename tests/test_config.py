@@ -178,3 +178,14 @@ def test_a_database_that_cannot_be_opened_stops_startup_with_a_message(tmp_path:
     )
     with pytest.raises(ConfigError, match="could not be opened or migrated.*DATA_DIR"):
         create_services(settings)
+
+
+def test_web_search_results_default_to_five_and_stay_within_what_openrouter_takes() -> None:
+    assert Settings.from_env({}, env_file=None).web_search_max_results == 5
+    assert (
+        Settings.from_env({"WEB_SEARCH_MAX_RESULTS": "25"}, env_file=None).web_search_max_results
+        == 25
+    )
+    for wrong in ("0", "26", "five"):
+        with pytest.raises(ConfigError, match="WEB_SEARCH_MAX_RESULTS"):
+            Settings.from_env({"WEB_SEARCH_MAX_RESULTS": wrong}, env_file=None)
