@@ -103,9 +103,11 @@ def test_chat_is_the_only_public_endpoint(client: Client) -> None:
 def test_the_api_neither_reads_nor_writes_stored_conversations(
     client: Client, app_server: AppServer
 ) -> None:
+    # The database exists (the read-only reader refuses a missing file); the app is shared
+    # with the browser modules, so what counts is that the call adds no chat.
+    before = stored.conversations(app_server.workdir / ".data")
     client.predict("Nothing of this is stored [[tokens=3]]", api_name="/chat")
-    # The database exists (the read-only reader refuses a missing file) and holds no chat.
-    assert stored.conversations(app_server.workdir / ".data") == []
+    assert stored.conversations(app_server.workdir / ".data") == before
     api = client.view_api(return_format="dict", print_info=False)
     parameters = [p["parameter_name"] for p in api["named_endpoints"]["/chat"]["parameters"]]
     assert parameters == [
@@ -205,3 +207,70 @@ def test_a_caller_cancelling_mid_answer_still_leaves_a_usage_row(
     while stopped_rows() == before and time.monotonic() < deadline + 30:
         time.sleep(0.1)
     assert stopped_rows() == before + 1
+
+
+def test_web_search_sources_follow_the_finished_answer(
+    client: Client, fake: FakeOpenRouter
+) -> None:
+    job = client.submit(
+        "Search for me [[tokens=20]] [[rate=40]]", web_search=True, api_name="/chat"
+    )
+    partials = list(job)
+    final = job.outputs()[-1]
+    reply = expected_reply("Search for me", 20)
+    assert final == (
+        f"{reply}\n\nSources:\n"
+        "1. Source 1 — https://example.com/source-1\n"
+        "2. Source 2 — https://example.com/source-2\n"
+        "3. Source 3 — https://example.com/source-3"
+    )
+    assert all(final.startswith(p) for p in partials)  # while it streams: the text so far
+    tools = fake.chat_requests()[-1].body["tools"]
+    assert tools == [{"type": "openrouter:web_search", "parameters": {"max_results": 5}}]
+
+
+def test_reasoning_effort_and_answer_length_reach_upstream(
+    client: Client, fake: FakeOpenRouter
+) -> None:
+    answer = client.predict(
+        "Think [[tokens=5]]",
+        "deepseek/deepseek-r1",
+        reasoning_effort="low",
+        max_tokens=3,
+        api_name="/chat",
+    )
+    assert answer == expected_reply("Think", 3)  # the fake stops at max_tokens
+    body = fake.chat_requests()[-1].body
+    assert body["reasoning"] == {"effort": "low"}
+    assert body["max_tokens"] == 3
+    assert "tools" not in body
+    # A model that does not reason is not sent the effort; without the options: nothing.
+    client.predict("Plain [[tokens=3]]", "openai/gpt-4o", reasoning_effort="high", api_name="/chat")
+    assert "reasoning" not in fake.chat_requests()[-1].body
+    client.predict("Default [[tokens=3]]", api_name="/chat")
+    assert not {"reasoning", "max_tokens", "tools"} & set(fake.chat_requests()[-1].body)
+
+
+def test_odd_answer_options_are_refused_naming_them(client: Client, fake: FakeOpenRouter) -> None:
+    with pytest.raises(AppError, match="Invalid reasoning_effort"):
+        client.predict("hi", reasoning_effort="extreme", api_name="/chat")
+    with pytest.raises(AppError, match="Invalid max_tokens"):
+        client.predict("hi", max_tokens=0, api_name="/chat")
+    with httpx.Client(base_url=client.src) as http:
+        data = ["hi", None, None, None, None, None, "yes"]
+        started = http.post("/gradio_api/call/chat", json={"data": data})
+        result = http.get(f"/gradio_api/call/chat/{started.json()['event_id']}").text
+    assert "event: error" in result and "Invalid web_search" in result
+    assert fake.chat_requests() == []
+
+
+def test_an_old_rest_caller_sending_six_values_still_gets_an_answer(
+    client: Client, fake: FakeOpenRouter
+) -> None:
+    with httpx.Client(base_url=client.src, timeout=30) as http:
+        data = ["Old style [[tokens=3]]", "openai/gpt-4o", "", 0.3, [], None]
+        started = http.post("/gradio_api/call/chat", json={"data": data})
+        result = http.get(f"/gradio_api/call/chat/{started.json()['event_id']}").text
+    assert "event: complete" in result
+    assert expected_reply("Old style", 3) in result
+    assert "tools" not in fake.chat_requests()[-1].body
