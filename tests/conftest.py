@@ -204,10 +204,16 @@ def shared_app_factory(
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def app_server(app_factory: Callable[..., AppServer], fake_openrouter: FakeOpenRouter) -> AppServer:
-    """The app with an operator key, pointed at the fake OpenRouter."""
-    return app_factory(
+@pytest.fixture(scope="session")
+def app_server(
+    shared_app_factory: Callable[..., AppServer], fake_openrouter: FakeOpenRouter
+) -> AppServer:
+    """The app with an operator key, pointed at the fake OpenRouter.
+
+    One for the session: every module using it opens its own pages (new visitors), so none
+    sees another's chats; a test about the whole server compares before and after.
+    """
+    return shared_app_factory(
         "app",
         OPENROUTER_API_KEY=TEST_API_KEY,
         OPENROUTER_BASE_URL=fake_openrouter.base_url,
