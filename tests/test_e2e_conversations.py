@@ -57,8 +57,8 @@ def send_action(page: Page, payload: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def app(app_factory: Callable[..., AppServer], fake_openrouter: FakeOpenRouter) -> AppServer:
-    return app_factory(
+def app(shared_app_factory: Callable[..., AppServer], fake_openrouter: FakeOpenRouter) -> AppServer:
+    return shared_app_factory(  # the keyed app of the session: every test is a new visitor
         "conversations",
         OPENROUTER_API_KEY=TEST_API_KEY,
         OPENROUTER_BASE_URL=fake_openrouter.base_url,
