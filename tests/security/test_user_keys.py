@@ -79,9 +79,10 @@ def test_a_crafted_stored_state_sent_to_the_real_app_is_billed_to_the_operator(
     send_fn = fn_index(config, "message-input", "submit")
     crafted = {"anon_id": new_anonymous_id(), "api_key": ATTACKER_KEY}
     # Inputs: action (server state), message, chat id (server state), model, system prompt,
-    # temperature, browser state: exactly what the page's JavaScript posts.
+    # temperature, browser state, web search, reasoning effort, max answer length: exactly
+    # what the page's JavaScript posts.
     message = {"text": "Use my key [[tokens=2]]", "files": []}
-    data = [None, message, None, "openai/gpt-4o", "", 0.3, crafted]
+    data = [None, message, None, "openai/gpt-4o", "", 0.3, crafted, False, "off", 0]
     with http_from(security_app.url) as http:
         messages = queue_call(http, send_fn, data)
     assert messages[-1]["msg"] == "process_completed" and messages[-1]["success"]
