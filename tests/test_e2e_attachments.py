@@ -267,8 +267,9 @@ def test_files_dropped_on_the_composer_are_sent_and_a_blind_model_is_said_to_mis
     # The visitor moves on with a model that cannot see: the picture stays behind, and says so.
     set_model(page, TEXT_ONLY_MODEL)
     send_now(page, "Now in one word [[tokens=2]]")
-    wait_until_idle(page)
+    # Looked for at once: a toast closes by itself after a while.
     expect(toast(page, "older picture was not sent")).to_contain_text("can't see images")
+    wait_until_idle(page)
     sent = fake.chat_requests()[-1].body["messages"]
     parts = [p for m in sent if isinstance(m["content"], list) for p in m["content"]]
     assert "image_url" not in {p["type"] for p in parts}
@@ -285,6 +286,9 @@ def test_a_chat_with_files_exports_from_its_menu_as_markdown_with_the_files_besi
     expect(page.locator(CHIPS)).to_have_count(2)
     send_now(page, "Keep these for the trip report [[tokens=3]]")
     wait_until_idle(page)
+    # The list is drawn again once the answer is saved (with its cost): open the menu after.
+    listed = page.locator("#conversation-list label").filter(has_text="Keep these for the trip")
+    expect(listed).to_contain_text("$")
 
     menu = chat_menu(page, "Keep these for the trip")
     with page.expect_download() as download_info:
