@@ -8,6 +8,7 @@ import os
 import queue
 import secrets
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,9 +18,12 @@ from chatlib.attachments import Attachment, AttachmentRef
 from chatlib.branches import BranchNode
 from chatlib.messages import AnswerMeta, ChatMessage
 from chatlib.retention import RetentionSweeper, ensure_private_dir, sweep
+from chatlib.services import create_services
 from chatlib.store import SqlAttachmentStore, database_url, open_store
 from chatlib.store.attachments import unused_files_sweep
 from tests.clocks import FakeClock
+from tests.conftest import settings_for
+from tests.fakes.openrouter import FakeOpenRouter
 
 HOUR = 3600.0
 NOW = 1_800_000_000.0
@@ -269,3 +273,19 @@ def test_a_job_that_fails_is_skipped_and_the_folders_are_still_swept(tmp_path: P
 
     assert sweeper.sweep_once() == 3
     assert not export.exists()
+
+
+async def test_the_app_sweeps_unused_attached_files_on_its_retention_timer(
+    fake: FakeOpenRouter, tmp_path: Path
+) -> None:
+    settings = settings_for(fake, tmp_path, DATA_DIR=str(tmp_path / "data"))
+    services = await asyncio.to_thread(create_services, settings)
+    try:
+        await services.attachments.put(ALICE, NEVER_SENT)
+        jobs = services.retention.jobs  # the store dated the file by the real clock
+        assert [await asyncio.to_thread(job, time.time() + 60) for job in jobs] == [0]
+        assert await services.attachments.hashes(ALICE) == {NEVER_SENT.ref.sha256}
+        assert [await asyncio.to_thread(job, time.time() + HOUR + 1) for job in jobs] == [1]
+        assert await services.attachments.hashes(ALICE) == set()
+    finally:
+        await services.aclose()
