@@ -19,11 +19,13 @@ from chatlib.branches import BranchNode
 from chatlib.messages import AnswerMeta, ChatMessage
 from chatlib.retention import RetentionSweeper, ensure_private_dir, sweep
 from chatlib.services import create_services
-from chatlib.store import SqlAttachmentStore, database_url, open_store
+from chatlib.store import SqlAttachmentStore, open_store
 from chatlib.store.attachments import unused_files_sweep
 from tests.clocks import FakeClock
 from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter
+from tests.pg_server import postgres_server, postgres_url  # noqa: F401
+from tests.turns import each_database
 
 HOUR = 3600.0
 NOW = 1_800_000_000.0
@@ -214,10 +216,15 @@ ASKED_WITH, OLD_VERSION, NEVER_SENT, BOBS_LEFTOVER, JUST_UPLOADED = (
 )
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return each_database(request, tmp_path)
+
+
 async def test_the_sweeper_deletes_attached_files_no_message_uses_once_they_are_an_hour_old(
-    tmp_path: Path,
+    database: str, tmp_path: Path
 ) -> None:
-    url = database_url(tmp_path)
+    url = database
     store = await open_store(url, data_dir=None, clock=FakeClock())
     clock = [NOW]
     files = SqlAttachmentStore(store.engine, clock=lambda: clock[0])
