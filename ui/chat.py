@@ -135,7 +135,7 @@ async def _while_viewing(
                 await pending
 
 
-def _composed(message: dict[str, Any] | str | None) -> tuple[str, list[str]]:
+def composed(message: dict[str, Any] | str | None) -> tuple[str, list[str]]:
     """(text, uploaded file paths) of the composer's value."""
     if isinstance(message, dict):
         files = [str(f) for f in message.get("files") or [] if isinstance(f, str)]
@@ -457,7 +457,7 @@ class ChatPanel:
         visitor = self.ctx.visitor(browser_value, profile, request)
         settings = (model, system_prompt, temperature)
         options = self._page_options(model, web_search, reasoning_effort, max_tokens)
-        text, paths = _composed(message)
+        text, paths = composed(message)
         attachments = await read_attachments(paths, self.ctx.settings.attachment_limits)
         turn = self._request(
             visitor,

@@ -34,8 +34,8 @@ from ui.chat import (
     EMPTY_COMPOSER,
     LATEX_DELIMITERS,
     ChatPanel,
-    _composed,
     answer_options,
+    composed,
     read_attachments,
 )
 from ui.context import QUICK, STREAMING, PageContext, session_of
@@ -223,7 +223,7 @@ class ComparePanel:
         options = answer_options(web_search, reasoning_effort, max_tokens or None)
         if conversation_id and self.ctx.services.live.find(visitor.owner_key, conversation_id):
             refuse(BUSY)
-        text, paths = _composed(message)
+        text, paths = composed(message)
         attachments = await read_attachments(paths, self.ctx.settings.attachment_limits)
         turn = self._request(visitor, request, conversation_id, text, system_prompt, temperature)
         turn = replace(turn, attachments=attachments, options=options)
