@@ -31,6 +31,7 @@ def test_three_models_stream_together_one_is_stopped_alone_and_one_is_kept(
     page = device_page
     fake.set_defaults(for_model=SLOW, stall=0)  # the third model says nothing until stopped
     open_app(page, app_server.url)
+    page.locator("#web-search input[type=checkbox]").check()  # every column searches the web
     pick_models(page, FAST, QUICK, SLOW)
     page.locator("#compare-input textarea").fill("Which is best?")
     page.locator("#compare-btn").click()
@@ -47,6 +48,7 @@ def test_three_models_stream_together_one_is_stopped_alone_and_one_is_kept(
     expect(page.locator("#compare-footer-0")).to_contain_text(FAST)
     expect(page.locator("#compare-footer-0")).to_contain_text("TTFT")
     expect(page.locator("#compare-footer-1")).to_contain_text("tok/s")
+    expect(page.locator("#compare-answer-1 .answer-sources li")).to_have_count(3)
     expect(fast.get_by_role("button", name="Continue with this answer")).to_be_enabled()
     expect(slow.get_by_role("button", name="Continue with this answer")).to_be_disabled()
 

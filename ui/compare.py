@@ -39,7 +39,7 @@ from ui.chat import (
     read_attachments,
 )
 from ui.context import QUICK, STREAMING, PageContext, session_of
-from ui.display import TYPING, attachments_markdown
+from ui.display import TYPING, attachments_markdown, sources_html
 from ui.errors import refuse, shown_as_toast, unchanged
 from ui.sidebar import SidebarPanel
 
@@ -105,6 +105,8 @@ class _Slot:
         if not body and not column.done:
             body = TYPING
         body += attachments_markdown(answer.attachments, _inline(files))
+        if meta is not None and meta.sources:
+            body += "\n\n" + sources_html(meta.sources)
         footer = ""
         if column.done and meta is not None:
             footer = html.escape(format_answer_footer(meta))
