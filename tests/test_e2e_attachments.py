@@ -50,6 +50,9 @@ def app(app_factory: Callable[..., AppServer], fake_openrouter: FakeOpenRouter) 
         OPENROUTER_API_KEY=TEST_API_KEY,
         OPENROUTER_BASE_URL=fake_openrouter.base_url,
         MAX_ATTACHMENT_BYTES=str(MAX_ATTACHMENT_BYTES),
+        # Every journey here uploads from 127.0.0.1: the default 10 a minute would refuse the
+        # later ones (the upload limit has its own test).
+        UPLOADS_PER_MIN="0",
     )
 
 
