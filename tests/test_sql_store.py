@@ -890,3 +890,18 @@ async def test_versions_of_answers_are_stored_and_the_chosen_one_is_shown_after_
         await service.switch_version(BOB, chat.id, 1, +1)
     undone, _ = await service.undo(ALICE, chat.id)
     assert undone.messages == () and undone.branches == ()
+
+
+async def test_a_sqlite_url_can_shorten_how_long_a_write_waits_for_another_writer(
+    tmp_path: Path,
+) -> None:
+    waits: dict[str, int] = {}
+    for query in ("", "?timeout=0.25"):
+        engine = create_engine_for(f"sqlite:///{tmp_path / 'chat.db'}{query}")
+        try:
+            async with engine.connect() as connection:
+                result = await connection.exec_driver_sql("PRAGMA busy_timeout")
+                waits[query] = result.scalar_one()
+        finally:
+            await engine.dispose()
+    assert waits == {"": 5000, "?timeout=0.25": 250}

@@ -7,6 +7,7 @@ the other engine-specific part, lives in `search.py`).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,11 +18,10 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 SQLITE_FILE_NAME = "chat.db"
-SQLITE_BUSY_TIMEOUT_MS = 5000
+SQLITE_BUSY_TIMEOUT_MS = 5000  # a SQLite URL's `?timeout=<seconds>` (the driver's own) overrides
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
-    f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
     "PRAGMA foreign_keys=ON",
 )
 # An execution option of a connection: its transaction is a write (SQLite: BEGIN IMMEDIATE).
@@ -90,7 +90,7 @@ def create_engine_for(url: str) -> AsyncEngine:
         if target.database and target.database != ":memory:":
             Path(target.database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         engine = create_async_engine(target)
-        _install_sqlite_events(engine)
+        _install_sqlite_events(engine, _busy_timeout_ms(target))
         return engine
     return create_async_engine(target, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
@@ -107,7 +107,19 @@ def _contains(haystack: str | None, needle: str | None) -> bool:
     return needle in haystack.casefold()
 
 
-def _install_sqlite_events(engine: AsyncEngine) -> None:
+def _busy_timeout_ms(target: URL) -> int:
+    """How long a connection waits for another writer: the URL's `timeout` (s), else 5 s."""
+    raw = target.query.get("timeout")
+    try:
+        seconds = float(raw if isinstance(raw, str) else "nan")
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        return SQLITE_BUSY_TIMEOUT_MS
+    return round(seconds * 1000)
+
+
+def _install_sqlite_events(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     """Pragmas and `chat_contains` on every connection; our own BEGIN (IMMEDIATE for writes).
 
     The sqlite3 driver's own transaction handling (BEGIN only before DML, DEFERRED) is turned
@@ -120,7 +132,7 @@ def _install_sqlite_events(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            for pragma in SQLITE_PRAGMAS:
+            for pragma in (*SQLITE_PRAGMAS, f"PRAGMA busy_timeout={busy_timeout_ms}"):
                 cursor.execute(pragma)
         finally:
             cursor.close()
