@@ -15,6 +15,7 @@ sent right now, stored before the message that refers to it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import time
 from collections.abc import Callable, Iterable
@@ -307,6 +308,12 @@ def unused_files_sweep(
             await engine.dispose()
 
     def unused_attachments(now: float) -> int:
-        return asyncio.run(sweep_at(now))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # the sweeper's own thread: no loop here
+            return asyncio.run(sweep_at(now))
+        # Called on a thread that runs a loop (asyncio.run would refuse): a thread of its own.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, sweep_at(now)).result()
 
     return unused_attachments

@@ -12,6 +12,7 @@ from starlette.routing import Route
 from chatlib.attachment_route import AttachmentRoute
 from chatlib.request_guard import RequestGuard
 from chatlib.upload_guard import UploadGuard
+from chatlib.upload_owners import UploadOwners
 from tests.conftest import AppServer
 from tests.security.conftest import PageFactory, http_from
 from ui.page import launch_kwargs
@@ -47,13 +48,15 @@ async def test_the_app_has_exactly_gradios_state_changing_routes(make_page: Page
     assert changing == routes_that_change_state(gradios.routes)
     assert ("POST", "/gradio_api/queue/join") in changing
     assert ("POST", "/gradio_api/upload") in changing
-    # The app's only additions to the HTTP layer are three middlewares: the request guard
-    # (malformed requests get a 4xx), the upload guard (rate and size) and the attachment
+    # The app's only additions to the HTTP layer are four middlewares: the request guard
+    # (malformed requests get a 4xx), the upload guard (rate and size), the upload owners
+    # (Gradio's copy of an upload only to its uploader; it only refuses) and the attachment
     # route (GET only: private, expiring links to a visitor's own files; see
     # tests/test_attachment_links.py).
     assert [m.cls for m in app_kwargs["middleware"]] == [
         RequestGuard,
         UploadGuard,
+        UploadOwners,
         AttachmentRoute,
     ]
 
