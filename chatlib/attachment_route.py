@@ -90,18 +90,18 @@ class AttachmentRoute:
 
     async def _serve(self, scope: Scope, token: str, cookie: str | None, send: Send) -> None:
         if scope.get("method") not in ("GET", "HEAD"):
-            await _not_found(send)
+            await not_found(send)
             return
         now = self.clock()
         link = verify(self.secret, token, seat_from_cookie_header(cookie), now)
         if link is None:
-            await _not_found(send)
+            await not_found(send)
             return
         try:
             data = await self.load(link.owner_key, link.sha256)
         except (ChatError, LookupError, OSError) as exc:
             log.info("attachment.not_served", error=type(exc).__name__)
-            await _not_found(send)
+            await not_found(send)
             return
         body = b"" if scope.get("method") == "HEAD" else data
         await send(
@@ -164,7 +164,8 @@ def _disposition(kind: str, name: str) -> str:
     return f"{kind}; filename=\"{fallback or 'file'}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
-async def _not_found(send: Send) -> None:
+async def not_found(send: Send) -> None:
+    """A bare 404 that never says why."""
     await send(
         {
             "type": "http.response.start",

@@ -26,6 +26,7 @@ import orjson
 import structlog
 
 from chatlib.attachment_links import seat_from_cookie_header
+from chatlib.attachment_route import not_found
 from chatlib.ratelimit import IPNetwork, client_ip
 from chatlib.upload_guard import UPLOAD_PATH_SUFFIX, ASGIApp, Message, Receive, Scope, Send
 
@@ -35,7 +36,6 @@ FILE_ROUTE_MARK: Final = "/gradio_api/file="
 MAX_RECORDED_UPLOADS: Final = 100_000  # about 20 MB of memory at most; oldest forgotten first
 RECORD_SECONDS: Final = 3 * 3600  # Gradio's copies are swept after an hour (chatlib.retention)
 MAX_UPLOAD_RESPONSE_BYTES: Final = 1_000_000  # the route answers with a short JSON list
-NOT_FOUND: Final = b"Not found"
 Clock = Callable[[], float]
 
 
@@ -86,7 +86,7 @@ class UploadOwners:
             asked = _normal(unquote(path[mark + len(FILE_ROUTE_MARK) :]))
             if not self._may_read(asked, self.holder(scope)):
                 log.info("upload.not_served", reason="not_the_uploader")
-                await _not_found(send)
+                await not_found(send)
                 return
         await self.app(scope, receive, send)
 
@@ -144,18 +144,3 @@ class UploadOwners:
         await self.app(scope, receive, noting_send)
         for waiting in held:  # an answer that ended without a final body part
             await send(waiting)
-
-
-async def _not_found(send: Send) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 404,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(NOT_FOUND)).encode("ascii")),
-                (b"cache-control", b"no-store"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": NOT_FOUND})

@@ -16,7 +16,15 @@ from chatlib.storage import ConversationStore
 from tests import stored
 from tests.conftest import TEST_API_KEY, AppServer
 from tests.fakes.openrouter import FakeOpenRouter
-from tests.ui import INPUT, last_answer, open_app, send, toast, user_messages, wait_until_idle
+from tests.ui import (
+    INPUT,
+    chat_once,
+    last_answer,
+    open_app,
+    send,
+    toast,
+    user_messages,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -24,15 +32,6 @@ pytestmark = pytest.mark.e2e
 def conversation_items(page: Page):  # noqa: ANN201 - a Locator
     """The sidebar's conversation entries."""
     return page.locator("#conversation-list label")
-
-
-def chat_once(page: Page, text: str) -> None:
-    """Send `text` and wait for the whole answer."""
-    before = user_messages(page).count()
-    send(page, text)
-    expect(user_messages(page)).to_have_count(before + 1)
-    expect(last_answer(page)).to_contain_text("TTFT")
-    wait_until_idle(page)
 
 
 def new_chat(page: Page) -> None:

@@ -14,9 +14,9 @@ from tests.conftest import AppServer
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 from tests.ui import (
     bot_messages,
+    chat_once,
     last_answer,
     open_app,
-    send,
     set_model,
     user_messages,
     wait_until_idle,
@@ -27,15 +27,6 @@ pytestmark = pytest.mark.e2e
 WEB_SEARCH = "#web-search input[type=checkbox]"
 EFFORT = "#reasoning-effort"
 MAX_TOKENS = "#max-tokens input"
-
-
-def chat_once(page: Page, text: str) -> None:
-    """Send `text` and wait for the whole answer (its footer)."""
-    before = user_messages(page).count()
-    send(page, text)
-    expect(user_messages(page)).to_have_count(before + 1)
-    expect(last_answer(page)).to_contain_text("TTFT")
-    wait_until_idle(page)
 
 
 def sources_of(answer: Locator) -> Locator:

@@ -64,6 +64,7 @@ from tests.conftest import REPO, TEST_API_KEY, AppServer, start_app
 from tests.fakes.openrouter import FakeOpenRouter, expected_reply
 from tests.reliability_worker import digest
 from tests.ui import INPUT, last_answer, open_app, send, set_model, toast, user_messages
+from tests.ui import chat_once as ui_chat_once
 from tests.ui import wait_until_idle as ui_wait_until_idle
 
 # ---- the figures -------------------------------------------------------------------------
@@ -308,12 +309,8 @@ def wait_until_idle(page: Page) -> None:
 
 
 def chat_once(page: Page, text: str) -> None:
-    """Send `text` and wait for the whole answer (its footer shows the timing)."""
-    before = user_messages(page).count()
-    send(page, text)
-    expect(user_messages(page)).to_have_count(before + 1)
-    expect(last_answer(page)).to_contain_text("TTFT", timeout=30_000)
-    wait_until_idle(page)
+    """Send `text` and wait for the whole answer (a busy machine gets longer)."""
+    ui_chat_once(page, text, timeout=45_000)
 
 
 def assert_no_script_ran(page: Page) -> None:

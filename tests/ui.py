@@ -116,6 +116,15 @@ def wait_until_idle(page: Page, timeout: float = 30_000) -> None:
     expect(page.get_by_role("button", name="Stop", exact=True)).to_be_hidden(timeout=timeout)
 
 
+def chat_once(page: Page, text: str, timeout: float = 30_000) -> None:
+    """Send `text` and wait for the whole answer (its footer shows the timing)."""
+    before = user_messages(page).count()
+    send(page, text)
+    expect(user_messages(page)).to_have_count(before + 1)
+    expect(last_answer(page)).to_contain_text("TTFT", timeout=timeout)
+    wait_until_idle(page, timeout=max(timeout, 30_000))
+
+
 def toast(page: Page, text: str) -> Locator:
     """A notification toast containing `text`."""
     return page.locator(".toast-body").filter(has_text=text)

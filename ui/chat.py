@@ -618,6 +618,20 @@ class ChatPanel:
             async for updates in frames:
                 yield updates
 
+    def _quiet_visitor(
+        self,
+        conversation_id: str,
+        then: str,
+        browser_value: Any,
+        profile: gr.OAuthProfile | None,
+        request: gr.Request,
+    ) -> Visitor:
+        """The caller, refused while an answer is still being written in their chat."""
+        visitor = self.ctx.visitor(browser_value, profile, request)
+        if self.ctx.services.live.find(visitor.owner_key, conversation_id) is not None:
+            refuse(f"Wait for the answer to finish, then {then}.")
+        return visitor
+
     async def switch_version(
         self,
         request_text: str,
@@ -630,9 +644,9 @@ class ChatPanel:
         found = re.fullmatch(r"(\d{1,6}):(-1|1)", (request_text or "").strip())
         if found is None or not conversation_id:
             refuse("This message has no other version.")
-        visitor = self.ctx.visitor(browser_value, profile, request)
-        if self.ctx.services.live.find(visitor.owner_key, conversation_id) is not None:
-            refuse("Wait for the answer to finish, then switch versions.")
+        visitor = self._quiet_visitor(
+            conversation_id, "switch versions", browser_value, profile, request
+        )
         switched = await self.ctx.services.conversations.switch_version(
             visitor.owner_key, conversation_id, int(found[1]), int(found[2])
         )
@@ -652,9 +666,9 @@ class ChatPanel:
         found = re.fullmatch(r"\d{1,6}", (request_text or "").strip())
         if found is None or not conversation_id:
             refuse("This answer cannot be asked again.")
-        visitor = self.ctx.visitor(browser_value, profile, request)
-        if self.ctx.services.live.find(visitor.owner_key, conversation_id) is not None:
-            refuse("Wait for the answer to finish, then ask again with another model.")
+        self._quiet_visitor(
+            conversation_id, "ask again with another model", browser_value, profile, request
+        )
         nth = int(found[0])
         chosen = (model or self.ctx.settings.default_model).strip()
         catalog = self.ctx.services.catalog
