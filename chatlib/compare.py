@@ -42,7 +42,9 @@ def check_models(models: Sequence[str]) -> tuple[str, ...]:
         raise InputError(TOO_FEW)
     if len(chosen) > MAX_COMPARE_MODELS:
         raise InputError(TOO_MANY)
-    repeated = next((m for i, m in enumerate(chosen) if m in chosen[:i]), None)
+    # Case aside: ids differing only in case name one model to a reader (and a billing).
+    folded = [m.casefold() for m in chosen]
+    repeated = next((m for i, m in enumerate(chosen) if folded[i] in folded[:i]), None)
     if repeated is not None:
         raise InputError(f"{repeated} is picked twice. Pick different models to compare.")
     return chosen

@@ -14,7 +14,7 @@ import builtins
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,6 +150,9 @@ class ConversationService:
         # cannot be read (see _load_for_turn); never to decide what is deleted or renamed.
         self._last_seen: OrderedDict[tuple[str, str], Conversation] = OrderedDict()
         self._max_sessions = max_sessions
+        # The comparison each page is running: a newer one from the same page stops it, as a
+        # newer turn stops an older one (one page never has more than three answers going).
+        self._comparing: dict[str, CompareControl] = {}
 
     # -- turns -------------------------------------------------------------------------------
 
@@ -388,8 +391,38 @@ class ConversationService:
         self, request: TurnRequest, models: tuple[str, ...], control: CompareControl
     ) -> AsyncIterator[CompareFrame]:
         start = await self._prepare(replace(request, model=models[0]))
-        owner_key = start.request.owner_key
         started = await self._start_columns(start, models, control)
+        compared = self._compared(start, models, control, started)
+        with self._comparing_as(request.session_key, control):
+            async with contextlib.aclosing(compared) as frames:
+                async for frame in frames:
+                    yield frame
+
+    @contextlib.contextmanager
+    def _comparing_as(self, session_key: str | None, control: CompareControl) -> Iterator[None]:
+        """Let a newer comparison of the same page stop this one (what arrived is saved)."""
+        if session_key is None:
+            yield
+            return
+        previous = self._comparing.get(session_key)
+        if previous is not None:
+            previous.stop()
+        self._comparing[session_key] = control
+        try:
+            yield
+        finally:
+            if self._comparing.get(session_key) is control:
+                del self._comparing[session_key]
+
+    async def _compared(
+        self,
+        start: _Prepared,
+        models: tuple[str, ...],
+        control: CompareControl,
+        started: builtins.list[tuple[TurnFrame, AsyncGenerator[TurnFrame]]],
+    ) -> AsyncGenerator[CompareFrame]:
+        """The comparison's frames once every column has started (see `compare`)."""
+        request, owner_key = start.request, start.request.owner_key
         streams = [frames for _, frames in started]
         try:
             await self._store_question_files(owner_key, start.request.attachments, streams[0])

@@ -43,16 +43,25 @@ class Source:
 
 
 def safe_link(url: str) -> str | None:
-    """`url` if it is an http(s) URL with a host and no control characters or spaces; else None."""
+    """`url` if it is a plain http(s) URL with a host; else None (shown as text, not a link).
+
+    Refused too, because a browser would go elsewhere than the shown domain says: a
+    backslash (browsers read it as `/`, Python does not), a user name or password before
+    the host, a percent-escape in the host, and any space, control, format (bidi, zero
+    width) or separator character, which can hide or reorder what is shown.
+    """
     if not url or len(url) > MAX_SOURCE_URL_CHARS:
         return None
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+    if "\\" in url or any(c == " " or not c.isprintable() for c in url):
         return None
     try:
         parts = urlsplit(url)
+        host = parts.hostname
     except ValueError:
         return None
-    if parts.scheme.lower() not in LINK_SCHEMES or not parts.hostname:
+    if parts.scheme.lower() not in LINK_SCHEMES or not host:
+        return None
+    if "@" in parts.netloc or "%" in parts.netloc:
         return None
     return url
 

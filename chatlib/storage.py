@@ -366,7 +366,9 @@ def parse_options(raw: object, where: str) -> AnswerOptions:
         or not 1 <= max_tokens <= MAX_ANSWER_TOKENS
     ):
         number = isinstance(max_tokens, int | float) and not isinstance(max_tokens, bool)
-        shown = repr(max_tokens) if number else show(max_tokens)
+        # A number of thousands of digits is not written out (nor can Python, past 4,300).
+        short = number and (not isinstance(max_tokens, int) or abs(max_tokens) < 10**15)
+        shown = repr(max_tokens) if short else ("a huge number" if number else show(max_tokens))
         reject(
             f"{at}, field 'max_tokens' is {shown}, expected null or a whole "
             f"number from 1 to {MAX_ANSWER_TOKENS:,}"
