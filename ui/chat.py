@@ -239,10 +239,13 @@ class ChatPanel:
         self.other_nth = gr.State(None)
 
     def render_settings(self) -> None:
-        """The model picker, system prompt and temperature (the right-hand column)."""
+        """The model picker, answer options, system prompt and temperature (the right column)."""
         settings = self.ctx.settings
         self.model_picker = ModelPicker(self.ctx)
         self.model = self.model_picker.dropdown
+        # Right under the model: the effort comes and goes with it, and search is in sight
+        # without scrolling (the system prompt and temperature are set less often).
+        self._render_answer_options()
         self.system_prompt = gr.Textbox(
             label="System prompt",
             placeholder="e.g. You are a concise assistant.",
@@ -259,7 +262,6 @@ class ChatPanel:
             info="Lower is more focused, higher more creative.",
             elem_id="temperature",
         )
-        self._render_answer_options()
 
     def _render_answer_options(self) -> None:
         """Web search, reasoning effort (for models that reason) and the answer's length."""
@@ -282,7 +284,7 @@ class ChatPanel:
             self.max_tokens = gr.Number(
                 value=defaults.max_tokens or 0,  # Gradio's box shows 0 for "no number" anyway
                 label="Max answer length (tokens)",
-                info="0 or empty: the model's default.",
+                info="0 means the model's default; a number cuts the answer off there.",
                 precision=0,
                 elem_id="max-tokens",
             )

@@ -41,6 +41,10 @@ _URL_ESCAPES = {c: f"%{ord(c):02X}" for c in "\"'<>`\\$ "}
 SOURCES_MARK = "\u2062"
 # The other-model retry link in an answer's footer (see static/chat.js).
 OTHER_MODEL = "↻ Other model"
+# Between the footer's parts: a line may break after the dot, never inside "answer ‹ 2/3 ›"
+# or before a dot (a narrow bubble would strand "‹" or "·" at a line's end).
+NBSP = "\u00a0"
+FOOTER_SEPARATOR = f"{NBSP}· "
 
 
 def conversation_display(
@@ -72,10 +76,10 @@ def to_display(
         if message.role == "user":
             content = message.content + attachments_markdown(message.attachments, link)
             shown.append({"role": "user", "content": content})
-            question_versions = arrows and f"question {arrows}"
+            question_versions = arrows and f"question{NBSP}{arrows}"
             questions += 1
             continue
-        answer_versions = arrows and f"answer {arrows}"
+        answer_versions = arrows and f"answer{NBSP}{arrows}"
         # Only an answer to a question of this history can be asked again (not the API's).
         other = _other_model_link(questions - 1) if versions is not None and questions else ""
         extra = _footer_extra(question_versions, answer_versions, other)
@@ -84,7 +88,7 @@ def to_display(
     if history and history[-1].role == "user":
         # Saved without its answer: the server stopped mid-answer (a crash, a replica gone).
         body = f"{UNANSWERED}\n\n<sub>{FOOTER_MARK}interrupted"
-        body += f" · {question_versions}</sub>" if question_versions else "</sub>"
+        body += f"{FOOTER_SEPARATOR}{question_versions}</sub>" if question_versions else "</sub>"
         shown.append({"role": "assistant", "content": body})
     return shown
 
@@ -107,7 +111,8 @@ def _answer(message: ChatMessage, extra: str, link: Link | None) -> list[dict[st
         body += "\n\n" + sources_html(meta.sources)
     if meta is not None and not streaming:
         footer = html.escape(format_answer_footer(meta))
-        body += f"\n\n<sub>{FOOTER_MARK}{footer}{' · ' + extra if extra else ''}</sub>"
+        more = FOOTER_SEPARATOR + extra if extra else ""
+        body += f"\n\n<sub>{FOOTER_MARK}{footer}{more}</sub>"
     shown.append({"role": "assistant", "content": body})
     return shown
 
@@ -168,7 +173,7 @@ def _attachment(ref: AttachmentRef, link: Link | None) -> str:
 
 
 def _footer_extra(*parts: str) -> str:
-    return " · ".join(p for p in parts if p)
+    return FOOTER_SEPARATOR.join(p for p in parts if p)
 
 
 def _other_model_link(nth_question: int) -> str:
@@ -185,4 +190,4 @@ def _arrows(index: int, versions: Versions | None) -> str:
         return ""
     back = f"[‹](#version:{index}:-1)" if number > 1 else "‹"
     forward = f"[›](#version:{index}:1)" if number < count else "›"
-    return f"{back} {number}/{count} {forward}"
+    return f"{back}{NBSP}{number}/{count}{NBSP}{forward}"
