@@ -533,9 +533,13 @@ class ConversationService:
         if not 0 <= message_index < len(numbered) or not 1 <= version <= numbered[message_index][1]:
             raise InputError(branches.NO_OTHER_VERSION)
         step = version - numbered[message_index][0]
-        if step == 0:
+        switched = stored if step == 0 else branches.switch(stored, message_index, step)
+        # The chat goes on with the model whose answer was kept (as after a retry with it).
+        kept = switched.messages[message_index].meta
+        model = kept.model if kept is not None and kept.model else switched.model
+        if step == 0 and model == stored.model:
             return stored
-        switched = branches.switch(stored, message_index, step)
+        switched = replace(switched, model=model)
         saved = await self._store.save(owner_key, switched, touch=False, expected=stored)
         self._seen(owner_key, saved)
         return saved

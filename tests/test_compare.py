@@ -163,6 +163,7 @@ async def test_the_kept_answer_stays_active_after_a_reload(
     assert reopened.messages[at].meta is not None and reopened.messages[at].meta.model == SLOW
     assert branches.versions_of(reopened)[at] == (3, 3)
     assert kept.messages == reopened.messages
+    assert reopened.model == SLOW  # the chat goes on with the kept answer's model
     # The others stay, one switch away.
     back = await conversations.switch_version(OWNER, chat_id, at, -1)
     assert back.messages[at].meta is not None and back.messages[at].meta.model == QUICK

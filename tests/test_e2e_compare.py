@@ -3,6 +3,8 @@ is kept, and the chat remembers it with the others one switch away."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -71,6 +73,8 @@ def test_three_models_stream_together_one_is_stopped_alone_and_one_is_kept(
     expect(page.locator("#compare-question")).not_to_contain_text("Which is best?")
     expect(last_answer(page)).to_contain_text("answer ‹ 2/3 ›")
     expect(last_answer(page)).to_contain_text(QUICK)
+    # The chat goes on with the kept answer's model.
+    expect(page.locator("#model-picker input")).to_have_value(re.compile(re.escape(QUICK)))
 
     page.reload(wait_until="load")  # the choice was saved
     expect(last_answer(page)).to_contain_text("answer ‹ 2/3 ›")
