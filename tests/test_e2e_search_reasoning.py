@@ -196,8 +196,15 @@ def test_retry_with_another_model_keeps_both_answers(
     chat_once(page, "And now? [[tokens=3]]")
     first_answer = bot_messages(page).first
     expect(first_answer).to_contain_text("openai/gpt-4o")
-    first_answer.get_by_role("link", name="↻ Other model").click()
     picker = page.locator("#other-model-picker input")
+    # By keyboard: Enter on the link puts the focus in the chooser, Esc cancels it.
+    last_answer(page).get_by_role("link", name="↻ Other model").focus()
+    page.keyboard.press("Enter")
+    expect(picker).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(page.locator("#other-model-row")).to_be_hidden()
+
+    first_answer.get_by_role("link", name="↻ Other model").click()
     expect(picker).to_be_visible()
     picker.fill("mistralai/mistral-small-3.2-24b-instruct")
     picker.press("Enter")

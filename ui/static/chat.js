@@ -104,6 +104,30 @@
     event.preventDefault();
     event.stopPropagation();
     const [, nth] = link.getAttribute("href").split("#other-model:")[1].match(/^(\d+)$/) || [];
-    if (nth !== undefined) orchat.send("other-model-request", "other-model-go", nth);
+    if (nth !== undefined) {
+      orchat.send("other-model-request", "other-model-go", nth);
+      focusChooserWhenShown(link);
+    }
+  }, true);
+
+  // The chooser takes the focus when it opens (keyboard users land in the model list) and
+  // Esc inside it cancels, giving the focus back to the link that opened it.
+  let chooserOpener = null;
+  function focusChooserWhenShown(opener, triesLeft = 60) {
+    chooserOpener = opener;
+    const row = document.getElementById("other-model-row");
+    const input = row?.querySelector("#other-model-picker input");
+    if (row && input && row.offsetParent !== null) {
+      input.focus();
+      return;
+    }
+    if (triesLeft > 0) setTimeout(() => focusChooserWhenShown(opener, triesLeft - 1), 50);
+  }
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || !event.target.closest?.("#other-model-row")) return;
+    event.preventDefault();
+    event.stopPropagation();
+    document.getElementById("other-model-cancel")?.click();
+    chooserOpener?.focus();
   }, true);
 })();
