@@ -203,6 +203,15 @@ class ChatPanel:
             self.stop_btn = gr.Button(
                 "Stop", variant="stop", scale=1, min_width=80, visible=False, elem_id="stop-btn"
             )
+        # "Search the web" sits by the composer: it is chosen per message, like ChatGPT's.
+        with gr.Row(elem_id="composer-options"):
+            self.web_search = gr.Checkbox(
+                value=AnswerOptions().web_search,
+                label="Search the web",
+                info="The answer lists the pages it used; searches add to its cost.",
+                container=False,
+                elem_id="web-search",
+            )
         # The open chat's address (?c=<id>) for the page's script, and its way to ask for a
         # chat (back/forward). Only ids: every handler checks the owner again.
         self.address = gr.Textbox(visible="hidden", elem_id="chat-address")
@@ -243,8 +252,8 @@ class ChatPanel:
         settings = self.ctx.settings
         self.model_picker = ModelPicker(self.ctx)
         self.model = self.model_picker.dropdown
-        # Right under the model: the effort comes and goes with it, and search is in sight
-        # without scrolling (the system prompt and temperature are set less often).
+        # Right under the model: the effort comes and goes with it (the system prompt and
+        # temperature are set less often).
         self._render_answer_options()
         self.system_prompt = gr.Textbox(
             label="System prompt",
@@ -264,15 +273,12 @@ class ChatPanel:
         )
 
     def _render_answer_options(self) -> None:
-        """Web search, reasoning effort (for models that reason) and the answer's length."""
+        """Reasoning effort (for models that reason) and the answer's length.
+
+        Web search, the third answer option, is by the composer (see `__init__`).
+        """
         defaults = AnswerOptions()
         with gr.Group(elem_id="answer-options"):
-            self.web_search = gr.Checkbox(
-                value=defaults.web_search,
-                label="Search the web",
-                info="The answer lists the pages it used; searches add to its cost.",
-                elem_id="web-search",
-            )
             self.reasoning_effort = gr.Radio(
                 EFFORT_CHOICES,
                 value=defaults.reasoning_effort,
