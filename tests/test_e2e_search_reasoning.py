@@ -143,7 +143,9 @@ def test_the_search_toggle_is_remembered_per_chat(
     expect(toggle).to_be_checked()
     open_listed(page, "Plain chat")
     expect(toggle).not_to_be_checked()
+    plain_address = page.url
     open_listed(page, "Searched chat")
+    expect(page).not_to_have_url(plain_address)  # the address follows the open chat
     page.reload(wait_until="load")  # the chat's address reopens it, toggle and all
     expect(user_messages(page).first).to_contain_text("Searched chat")
     expect(toggle).to_be_checked()
