@@ -19,11 +19,8 @@ from hypothesis import strategies as st
 
 from chatlib import branches
 from chatlib.branches import BranchNode, versions_of
-from chatlib.chat import ChatService
-from chatlib.client import ClientPool
 from chatlib.conversations import ConversationFrame, ConversationService, TurnRequest
 from chatlib.errors import ConversationChanged, ConversationNotFound, ImportRejected, InputError
-from chatlib.frames import FrameBudget
 from chatlib.messages import AnswerMeta, ChatMessage
 from chatlib.storage import (
     AsyncConversationStore,
@@ -34,10 +31,9 @@ from chatlib.storage import (
     parse_conversation,
 )
 from chatlib.transfer import export_json, export_markdown, parse_import
-from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.legacy import transfer as released_transfer
-from tests.turns import OWNER, turn_request
+from tests.turns import OWNER, service_over, turn_request
 
 STRANGER = "5" * 32
 QUICK = "[[tokens=3]] [[rate=500]]"
@@ -299,16 +295,9 @@ def test_an_import_with_a_broken_tree_is_refused_naming_what_is_wrong() -> None:
 
 @pytest.fixture
 async def service(fake: FakeOpenRouter, tmp_path: Path) -> AsyncIterator[ConversationService]:
-    settings = settings_for(fake, tmp_path)
-    pool = ClientPool(settings)
-    chat = ChatService(settings, pool, FrameBudget(updates_per_second=300, min_interval_s=0.01))
     store = AsyncConversationStore(ConversationStore(tmp_path / "data"))
-    try:
-        yield ConversationService(
-            store, chat, exports_dir=tmp_path / "exports", max_import_bytes=1_000_000
-        )
-    finally:
-        await pool.aclose()
+    async with service_over(store, fake, tmp_path) as service:
+        yield service
 
 
 def _turn(text: str, conversation_id: str | None = None, **kw: object) -> TurnRequest:

@@ -8,21 +8,22 @@ import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from chatlib.chat import ChatService, TurnRequest
 from chatlib.client import ClientPool
-from chatlib.conversations import ConversationFrame, ConversationService
+from chatlib.conversations import ConversationService
 from chatlib.frames import FrameBudget
-from chatlib.store import SqlAttachmentStore, SqlConversationStore, database_url
+from chatlib.store import ConversationStoreProtocol, SqlAttachmentStore, database_url
 from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.pg_server import fresh_database
 
 OWNER = "0" * 32
 MODEL = "openai/gpt-4o"
+_Frame = TypeVar("_Frame")
 
 
 def turn_request(
@@ -43,8 +44,8 @@ async def eventually(check: Callable[[], bool | Awaitable[bool]]) -> None:
     raise AssertionError("never happened")
 
 
-async def last_frame(frames: AsyncIterator[ConversationFrame]) -> ConversationFrame:
-    """Run a turn to its end; its final frame."""
+async def last_frame(frames: AsyncIterator[_Frame]) -> _Frame:
+    """Run a turn (or a comparison) to its end; its final frame."""
     return [frame async for frame in frames][-1]
 
 
@@ -58,7 +59,7 @@ def each_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @contextlib.asynccontextmanager
 async def service_over(
-    store: SqlConversationStore,
+    store: ConversationStoreProtocol,
     fake: FakeOpenRouter,
     tmp_path: Path,
     *,
@@ -71,7 +72,7 @@ async def service_over(
     chat = ChatService(settings, pool, FrameBudget(updates_per_second=300, min_interval_s=0.01))
     try:
         yield ConversationService(
-            store,  # type: ignore[arg-type]  # the service takes ConversationStoreProtocol
+            store,
             chat,
             exports_dir=tmp_path / "exports",
             max_import_bytes=max_import_bytes,

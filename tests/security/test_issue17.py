@@ -10,21 +10,17 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
-from chatlib.chat import ChatService
-from chatlib.client import ClientPool
-from chatlib.compare import CompareControl, CompareFrame, check_models
+from chatlib.compare import CompareControl, check_models
 from chatlib.conversations import ConversationService
 from chatlib.errors import ChatError, ConversationNotFound, InputError
-from chatlib.frames import FrameBudget
 from chatlib.messages import AnswerMeta, ChatMessage, SchemaError
 from chatlib.options import AnswerOptions
 from chatlib.sources import MAX_SOURCE_TITLE_CHARS, MAX_SOURCES, Source, merged
 from chatlib.sources import sources_from_annotations as parsed
 from chatlib.storage import AsyncConversationStore, Conversation, ConversationStore, parse_options
 from chatlib.transfer import export_markdown
-from tests.conftest import settings_for
 from tests.fakes.openrouter import FakeOpenRouter
-from tests.turns import OWNER, eventually, last_frame, turn_request
+from tests.turns import OWNER, eventually, last_frame, service_over, turn_request
 from ui.display import sources_html
 
 FAST, QUICK = "openai/gpt-4o", "anthropic/claude-3.5-haiku"
@@ -113,22 +109,11 @@ def test_an_imported_answer_length_too_big_to_write_is_refused_by_name(tokens: i
 # -- the service: one page, other visitors --------------------------------------------------
 
 
-async def _last(frames: AsyncIterator[CompareFrame]) -> CompareFrame:
-    return [frame async for frame in frames][-1]
-
-
 @pytest.fixture
 async def conversations(fake: FakeOpenRouter, tmp_path: Path) -> AsyncIterator[ConversationService]:
-    settings = settings_for(fake, tmp_path)
-    pool = ClientPool(settings)
-    chat = ChatService(settings, pool, FrameBudget(updates_per_second=300, min_interval_s=0.01))
     store = AsyncConversationStore(ConversationStore(tmp_path / "data"))
-    try:
-        yield ConversationService(
-            store, chat, exports_dir=tmp_path / "exports", max_import_bytes=1_000_000
-        )
-    finally:
-        await pool.aclose()
+    async with service_over(store, fake, tmp_path) as service:
+        yield service
 
 
 async def test_a_newer_comparison_from_the_same_page_stops_the_older_one(
@@ -144,7 +129,7 @@ async def test_a_newer_comparison_from_the_same_page_stops_the_older_one(
     await anext(newer)
 
     assert older.stop_requested and all(c.stop_requested for c in older.columns)
-    ended = await _last(first)
+    ended = await last_frame(first)
     assert ended.done
     assert [c.answer.meta.status for c in ended.columns if c.answer.meta] == ["stopped"] * 2
     await newer.aclose()
@@ -185,19 +170,21 @@ async def test_odd_answer_options_are_refused_by_name_before_anything_is_sent(
     with pytest.raises(InputError, match=field):
         await last_frame(conversations.turn(turn_request("hi", options=options)))
     with pytest.raises(InputError, match=field):
-        await _last(conversations.compare(turn_request("hi", options=options), (FAST, QUICK)))
+        await last_frame(conversations.compare(turn_request("hi", options=options), (FAST, QUICK)))
     assert fake.chat_requests() == []
 
 
 async def test_another_visitors_chat_cannot_be_compared_kept_or_retried(
     fake: FakeOpenRouter, conversations: ConversationService
 ) -> None:
-    theirs = await _last(conversations.compare(turn_request("secret"), (FAST, QUICK)))
+    theirs = await last_frame(conversations.compare(turn_request("secret"), (FAST, QUICK)))
     chat_id = theirs.conversation.id
     asked = len(fake.chat_requests())
 
     with pytest.raises(ConversationNotFound):
-        await _last(conversations.compare(turn_request("x", chat_id, owner=MALLORY), (FAST, QUICK)))
+        await last_frame(
+            conversations.compare(turn_request("x", chat_id, owner=MALLORY), (FAST, QUICK))
+        )
     with pytest.raises(ConversationNotFound):
         await conversations.keep_answer(MALLORY, chat_id, 1, 2)
     with pytest.raises(ConversationNotFound):
@@ -224,7 +211,7 @@ async def test_a_retry_at_a_question_that_is_not_there_is_refused(
 async def test_keeping_an_answer_that_is_not_there_is_refused(
     conversations: ConversationService, at: int, version: int
 ) -> None:
-    compared = await _last(conversations.compare(turn_request("q"), (FAST, QUICK)))
+    compared = await last_frame(conversations.compare(turn_request("q"), (FAST, QUICK)))
     with pytest.raises(ChatError):
         await conversations.keep_answer(OWNER, compared.conversation.id, at, version)
     assert await conversations.open(OWNER, compared.conversation.id) == compared.conversation
