@@ -162,6 +162,31 @@ def _fresh(link: Link | None, frame: ConversationFrame) -> Link | None:
     return inline_or_stored
 
 
+def turn_request(
+    ctx: PageContext,
+    visitor: Visitor,
+    request: gr.Request | None,
+    conversation_id: str | None,
+    turn_settings: tuple[str, str, float],
+    **what: Any,
+) -> TurnRequest:
+    """The one request of a turn from the page: the visitor's identity, key and rate key."""
+    model, system_prompt, temperature = turn_settings
+    return TurnRequest(
+        owner_key=visitor.owner_key,
+        conversation_id=conversation_id,
+        user_text=what.pop("user_text", ""),
+        model=(model or ctx.settings.default_model).strip(),
+        system_prompt=system_prompt or "",
+        temperature=temperature,
+        api_key=visitor.api_key,
+        session_key=session_of(request),
+        rate_key=visitor.rate_key,
+        logged_in=visitor.logged_in,
+        **what,
+    )
+
+
 class ChatPanel:
     """The conversation area and the composer (left), model settings (right)."""
 
@@ -297,29 +322,6 @@ class ChatPanel:
         self.options = [self.web_search, self.reasoning_effort, self.max_tokens]
 
     # ---- a turn, drawn -------------------------------------------------------------------
-
-    def _request(
-        self,
-        visitor: Visitor,
-        request: gr.Request | None,
-        conversation_id: str | None,
-        turn_settings: tuple[str, str, float],
-        **what: Any,
-    ) -> TurnRequest:
-        model, system_prompt, temperature = turn_settings
-        return TurnRequest(
-            owner_key=visitor.owner_key,
-            conversation_id=conversation_id,
-            user_text=what.pop("user_text", ""),
-            model=(model or self.ctx.settings.default_model).strip(),
-            system_prompt=system_prompt or "",
-            temperature=temperature,
-            api_key=visitor.api_key,
-            session_key=session_of(request),
-            rate_key=visitor.rate_key,
-            logged_in=visitor.logged_in,
-            **what,
-        )
 
     def _page_options(
         self, model: str, web_search: object, reasoning_effort: object, max_tokens: object
@@ -467,7 +469,8 @@ class ChatPanel:
         options = self._page_options(model, web_search, reasoning_effort, max_tokens)
         text, paths = composed(message)
         attachments = await read_attachments(paths, self.ctx.settings.attachment_limits)
-        turn = self._request(
+        turn = turn_request(
+            self.ctx,
             visitor,
             request,
             conversation_id,
@@ -510,7 +513,8 @@ class ChatPanel:
         nth_user = sum(1 for m in shown[: position + 1] if m["role"] == "user") - 1
         text = edit_data.value if isinstance(edit_data.value, str) else str(edit_data.value)
         text = without_attachments(text)
-        turn = self._request(
+        turn = turn_request(
+            self.ctx,
             visitor,
             request,
             conversation_id,
@@ -715,7 +719,8 @@ class ChatPanel:
         visitor = self.ctx.visitor(browser_value, profile, request)
         chosen = other_model.strip()
         options = self._page_options(chosen, web_search, reasoning_effort, max_tokens)
-        turn = self._request(
+        turn = turn_request(
+            self.ctx,
             visitor,
             request,
             conversation_id,

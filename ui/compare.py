@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import html
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -26,7 +26,6 @@ from chatlib.compare import (
     CompareFrame,
     check_models,
 )
-from chatlib.conversations import TurnRequest
 from chatlib.live import BUSY
 from chatlib.messages import format_answer_footer
 from chatlib.visitors import Visitor
@@ -37,6 +36,7 @@ from ui.chat import (
     answer_options,
     composed,
     read_attachments,
+    turn_request,
 )
 from ui.context import QUICK, STREAMING, PageContext, session_of
 from ui.display import TYPING, attachments_markdown, sources_html
@@ -227,8 +227,18 @@ class ComparePanel:
             refuse(BUSY)
         text, paths = composed(message)
         attachments = await read_attachments(paths, self.ctx.settings.attachment_limits)
-        turn = self._request(visitor, request, conversation_id, text, system_prompt, temperature)
-        turn = replace(turn, attachments=attachments, options=options)
+        # The model is not used: the picked models are asked.
+        turn_settings = (self.ctx.settings.default_model, system_prompt, temperature)
+        turn = turn_request(
+            self.ctx,
+            visitor,
+            request,
+            conversation_id,
+            turn_settings,
+            user_text=text,
+            attachments=attachments,
+            options=options,
+        )
         chosen = check_models(models or [])
         running = _Running(CompareControl.for_columns(len(chosen)))
         frames = self.ctx.services.conversations.compare(turn, chosen, running.control)
@@ -266,28 +276,6 @@ class ComparePanel:
             self.ctx.conversation_id: chat_id,
             **await self.sidebar.refreshed(visitor.owner_key, chat_id),
         }
-
-    def _request(
-        self,
-        visitor: Visitor,
-        request: gr.Request | None,
-        conversation_id: str | None,
-        text: str,
-        system_prompt: str,
-        temperature: float,
-    ) -> TurnRequest:
-        return TurnRequest(
-            owner_key=visitor.owner_key,
-            conversation_id=conversation_id,
-            user_text=text,
-            model=self.ctx.settings.default_model,  # not used: the picked models are asked
-            system_prompt=system_prompt or "",
-            temperature=temperature,
-            api_key=visitor.api_key,
-            session_key=session_of(request),
-            rate_key=visitor.rate_key,
-            logged_in=visitor.logged_in,
-        )
 
     def stop(self, index: int, request: gr.Request) -> None:
         """Stop one column's answer; the others go on."""
